@@ -1,0 +1,142 @@
+"""Activation memory: the tensors autograd keeps between forward and backward, per micro-batch.
+
+The accounting follows Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+Transformer Models", section 4, eq. 1-2: 34·s·b·h + 5·a·s²·b per layer with dropout), adapted to
+the model the executor builds (and the calibration harness mirrors): no dropout, a fused attention
+kernel (scaled_dot_product_attention), norms as PyTorch/HF implement them, logits upcast to fp32
+before cross-entropy.  Each function returns bytes on one GPU for ``b`` sequences.
+
+Symbols: s sequence length, b micro-batch, h d_model, q = h query width, k = kv width (GQA),
+f d_ff, a heads, V vocab, t tensor-parallel degree, e bytes per activation element.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import Plan
+from .spec import ModelSpec
+from .units import (FP32_BYTES, INDEX_BYTES, RECIPES, Activation, AttentionKernel, Norm,
+                    Position, Recompute)
+
+
+@dataclass(frozen=True)
+class _Dims:
+    s: int
+    b: int
+    h: int
+    q: int
+    k: int
+    f: int
+    a: int
+    V: int
+    t: int
+    e: int
+    r: float  #: share of norm-region tensors this rank keeps: 1/t with sequence parallel, else 1
+
+
+def _dims(m: ModelSpec, plan: Plan) -> _Dims:
+    return _Dims(s=m.seq_len, b=plan.micro_batch, h=m.d_model, q=m.d_model, k=m.kv_dim,
+                 f=m.d_ff, a=m.n_heads, V=m.vocab_size, t=plan.tp,
+                 e=RECIPES[plan.precision].activation_bytes,
+                 r=1 / plan.tp if plan.sequence_parallel else 1.0)
+
+
+def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
+    """What one norm keeps, its output (the next matmul's input, saved there) included.
+
+    LayerNorm (aten native_layer_norm) saves its input plus fp32 mean and rstd per token.
+    RMSNorm as Llama implements it (x.float(); x * rsqrt(mean(x²) + eps); .type_as(x) * weight)
+    keeps the fp32 copy of x, the fp32 rsqrt per token and the normalised tensor in the compute
+    dtype (for fp32 training the copy and the cast are no-ops, so both are the fp32 tensors).
+    """
+    sbh = d.s * d.b * d.h
+    if m.norm is Norm.LAYERNORM:
+        kept = d.e * sbh + 2 * FP32_BYTES * d.s * d.b
+    else:
+        kept = (FP32_BYTES + d.e) * sbh + FP32_BYTES * d.s * d.b
+    return (kept + d.e * sbh) * d.r  # + the normalised output the following linear saves
+
+
+def attention_saved_bytes(m: ModelSpec, d: _Dims, recompute: Recompute) -> float:
+    """QKV projection output, rotary copies of q and k, the attention output, the kernel's stats.
+
+    Flash / memory-efficient SDPA saves q, k, v, the output and the fp32 log-sum-exp per head and
+    token (Dao et al. 2022, algorithm 2): no s² tensor.  Eager attention keeps the softmax
+    probabilities (a·s²·b elements) and, with GQA, k and v repeated to every query head.
+    Selective recompute drops the s² tensors (Korthikanti et al. 2022, section 4.2).
+    """
+    sb = d.s * d.b
+    kept = d.e * sb * (d.q + 2 * d.k) / d.t  # fused QKV output; q, k, v are views of it
+    if m.position is Position.ROPE:
+        kept += d.e * sb * (d.q + d.k) / d.t  # rotated q and k are new tensors the kernel keeps
+    kept += d.e * sb * d.q / d.t  # attention output, also the output projection's input
+    if m.attention is AttentionKernel.FLASH:
+        kept += FP32_BYTES * d.b * d.a * d.s / d.t
+    else:
+        if d.k != d.q:
+            kept += d.e * sb * 2 * d.q / d.t  # repeat_kv copies
+        if recompute is not Recompute.SELECTIVE:
+            kept += d.e * d.b * d.a * d.s * d.s / d.t
+    return kept
+
+
+def mlp_saved_bytes(m: ModelSpec, d: _Dims) -> float:
+    """GELU: fc output and GELU output (2·s·b·f); SwiGLU: gate+up output, silu(gate), product (4)."""
+    per_f = 4 if m.activation is Activation.SWIGLU else 2
+    return d.e * d.s * d.b * d.f * per_f / d.t
+
+
+def block_saved_bytes(m: ModelSpec, plan: Plan) -> float:
+    """Everything one block keeps for backward when it is not recomputed."""
+    d = _dims(m, plan)
+    return (2 * norm_saved_bytes(m, d) + attention_saved_bytes(m, d, plan.recompute)
+            + mlp_saved_bytes(m, d))
+
+
+def block_input_bytes(m: ModelSpec, plan: Plan) -> float:
+    """Full recompute keeps only each block's input (the checkpoint boundary)."""
+    d = _dims(m, plan)
+    return d.e * d.s * d.b * d.h * d.r
+
+
+def stored_per_block_bytes(m: ModelSpec, plan: Plan) -> float:
+    if plan.recompute is Recompute.FULL:
+        return block_input_bytes(m, plan)
+    return block_saved_bytes(m, plan)
+
+
+def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
+    """Extra memory while one block runs backward: the residual-stream gradient, the largest pair
+    of intermediate gradients alive at once (in the MLP), and with full recompute the block's
+    rematerialised activations (Chen et al. 2016, "Training Deep Nets with Sublinear Memory")."""
+    d = _dims(m, plan)
+    grads = d.e * d.s * d.b * (d.h + (4 if m.activation is Activation.SWIGLU else 2) * d.f / d.t)
+    if plan.recompute is Recompute.FULL:
+        grads += block_saved_bytes(m, plan)
+    return grads
+
+
+def head_saved_bytes(m: ModelSpec, plan: Plan) -> float:
+    """The final norm and the LM head's input, plus token ids and targets (int64)."""
+    d = _dims(m, plan)
+    return norm_saved_bytes(m, d) + 2 * INDEX_BYTES * d.s * d.b
+
+
+def loss_dtype_bytes(m: ModelSpec, plan: Plan) -> int:
+    return FP32_BYTES if m.loss_dtype == "fp32" else RECIPES[plan.precision].activation_bytes
+
+
+def logits_forward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
+    """At the loss in forward: the logits, their fp32 copy and log_softmax's output coexist."""
+    d = _dims(m, plan)
+    n = d.s * d.b * d.V / d.t
+    upcast = loss_dtype_bytes(m, plan) if loss_dtype_bytes(m, plan) != d.e else 0
+    return n * (d.e + upcast + loss_dtype_bytes(m, plan))
+
+
+def logits_backward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
+    """Backward through cross-entropy: log_softmax's saved output, the gradient nll_loss hands it
+    and the gradient it returns are three logits-sized tensors in the loss dtype at once
+    (aten _log_softmax_backward_data).  Vocab-parallel: V/t per rank."""
+    d = _dims(m, plan)
+    return 3 * loss_dtype_bytes(m, plan) * d.s * d.b * d.V / d.t

@@ -1,0 +1,43 @@
+"""Shipped data: the GPU catalog and the model presets (planner/data/*.yaml)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+#: keys of a preset that describe where its numbers come from rather than the model itself
+PRESET_META_KEYS = ("published_params", "source")
+
+
+def _load(name: str) -> dict[str, dict[str, Any]]:
+    text = resources.files("planner").joinpath("data").joinpath(name).read_text()
+    return yaml.safe_load(text)
+
+
+@lru_cache(maxsize=None)
+def gpu_catalog() -> dict[str, dict[str, Any]]:
+    return _load("gpus.yaml")
+
+
+@lru_cache(maxsize=None)
+def model_presets() -> dict[str, dict[str, Any]]:
+    return _load("models.yaml")
+
+
+def _lookup(table: dict[str, dict[str, Any]], name: str) -> tuple[str, dict[str, Any]] | None:
+    key = name.strip().lower()
+    for canonical, entry in table.items():
+        if key == canonical.lower() or key in (a.lower() for a in entry.get("aliases", ())):
+            return canonical, entry
+    return None
+
+
+def find_gpu(name: str) -> tuple[str, dict[str, Any]] | None:
+    """Catalog entry by name or alias (case-insensitive), or None."""
+    return _lookup(gpu_catalog(), name)
+
+
+def find_preset(name: str) -> tuple[str, dict[str, Any]] | None:
+    return _lookup(model_presets(), name)

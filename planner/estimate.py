@@ -1,0 +1,70 @@
+"""Estimate = everything the planner predicts for one (spec, plan): memory at the peak moment, what
+the caching allocator reserves, capacity, host RAM for offload, FLOPs per step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .flops import StepFlops, step_flops
+from .memory import MemoryBreakdown, host_offload_bytes, peak_memory
+from .plan import Plan
+from .spec import Spec
+from .units import GiB
+
+
+@dataclass(frozen=True)
+class Estimate:
+    plan: Plan
+    memory: MemoryBreakdown  #: predicted peak allocated bytes, by term, on the most-loaded GPU
+    reserved_bytes: float  #: what PyTorch's caching allocator holds at that peak
+    cuda_context_bytes: float  #: outside the allocator, but on the GPU
+    usable_bytes: float  #: GPU capacity less the headroom the spec keeps free
+    host_bytes_per_node: float  #: pinned + pageable host RAM offload needs on one node
+    host_capacity_bytes: float
+    flops: StepFlops
+
+    @property
+    def peak_bytes(self) -> float:
+        return self.memory.total
+
+    @property
+    def required_bytes(self) -> float:
+        return self.reserved_bytes + self.cuda_context_bytes
+
+    @property
+    def free_bytes(self) -> float:
+        return self.usable_bytes - self.required_bytes
+
+    @property
+    def fits_gpu(self) -> bool:
+        return self.required_bytes <= self.usable_bytes
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_bytes_per_node <= self.host_capacity_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_gpu and self.fits_host
+
+    def oom_reason(self) -> str:
+        if not self.fits_gpu:
+            return (f"needs {self.required_bytes / GiB:.1f} GiB per GPU (peak "
+                    f"{self.peak_bytes / GiB:.1f} allocated at {self.memory.moment}) but "
+                    f"{self.usable_bytes / GiB:.1f} GiB is usable")
+        return (f"offload needs {self.host_bytes_per_node / GiB:.0f} GiB of host RAM per node, "
+                f"the node has {self.host_capacity_bytes / GiB:.0f} GiB")
+
+
+def estimate(spec: Spec, plan: Plan) -> Estimate:
+    mem = peak_memory(spec, plan)
+    rt, cluster = spec.runtime, spec.cluster
+    return Estimate(
+        plan=plan,
+        memory=mem,
+        reserved_bytes=mem.total * (1 + rt.allocator_fragmentation),
+        cuda_context_bytes=rt.cuda_context_gib * GiB,
+        usable_bytes=cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom),
+        host_bytes_per_node=host_offload_bytes(spec, plan) * cluster.gpus_per_node,
+        host_capacity_bytes=cluster.host_memory_gib * GiB,
+        flops=step_flops(spec.model, plan, spec.global_batch_sequences),
+    )

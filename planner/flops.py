@@ -1,0 +1,63 @@
+"""FLOPs of one training step, counted from the shape (every matmul), beside 6·N·D.
+
+Conventions (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU
+Clusters", appendix; Kaplan et al. 2020, table 1): a multiply-add is 2 FLOPs; backward costs twice
+the forward; attention scores and attention-over-values are counted for the full s x s product
+(no causal halving), as MFU is usually reported; element-wise work is not counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import Plan
+from .shape import mlp_matrices, param_counts
+from .spec import ModelSpec
+from .units import Recompute
+
+
+def layer_matmul_flops_per_token(m: ModelSpec) -> int:
+    """Forward FLOPs per token of one block's weight matmuls: QKV, output projection, MLP."""
+    d = m.d_model
+    return 2 * (d * (d + 2 * m.kv_dim) + d * d + mlp_matrices(m) * d * m.d_ff)
+
+
+def attention_flops_per_token(m: ModelSpec) -> int:
+    """Forward FLOPs per token of QK^T and (softmax)V in one block: 2·2·s·d."""
+    return 4 * m.seq_len * m.d_model
+
+
+def logits_flops_per_token(m: ModelSpec) -> int:
+    return 2 * m.d_model * m.vocab_size
+
+
+def forward_flops_per_token(m: ModelSpec) -> int:
+    per_layer = layer_matmul_flops_per_token(m) + attention_flops_per_token(m)
+    return m.n_layers * per_layer + logits_flops_per_token(m)
+
+
+def recompute_flops_per_token(m: ModelSpec, recompute: Recompute) -> int:
+    """Extra forward work in backward: full reruns every block, selective the attention core."""
+    if recompute is Recompute.FULL:
+        return m.n_layers * (layer_matmul_flops_per_token(m) + attention_flops_per_token(m))
+    if recompute is Recompute.SELECTIVE:
+        return m.n_layers * attention_flops_per_token(m)
+    return 0
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    tokens: int  #: tokens per optimizer step (global batch)
+    model: float  #: forward + backward, the "model FLOPs" MFU is measured against
+    hardware: float  #: model + recompute's extra forward ("hardware FLOPs", HFU)
+    six_nd: float  #: 6·N·D with N = all parameters
+
+    def per_gpu(self, world_size: int) -> float:
+        return self.hardware / world_size
+
+
+def step_flops(m: ModelSpec, plan: Plan, global_batch_sequences: int) -> StepFlops:
+    tokens = global_batch_sequences * m.seq_len
+    model = 3 * forward_flops_per_token(m) * tokens
+    extra = recompute_flops_per_token(m, plan.recompute) * tokens
+    return StepFlops(tokens=tokens, model=float(model), hardware=float(model + extra),
+                     six_nd=6.0 * param_counts(m).total * tokens)

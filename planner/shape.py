@@ -1,0 +1,155 @@
+"""Parameter counts of the model, of one pipeline stage, and of one tensor-parallel rank.
+
+The count mirrors the executor's model exactly (and HF transformers' GPT-2 / Llama): token
+embedding, optional learned positions, per block two norms, QKV and output projections, the MLP,
+a final norm and the LM head (shared with the embedding when tied).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .spec import ModelSpec
+from .units import Activation, Norm, Position
+
+
+def norm_params(m: ModelSpec) -> int:
+    """LayerNorm has weight and bias; RMSNorm only a weight."""
+    return 2 * m.d_model if m.norm is Norm.LAYERNORM else m.d_model
+
+
+def mlp_matrices(m: ModelSpec) -> int:
+    """GELU: up and down; SwiGLU: gate, up and down (Shazeer 2020)."""
+    return 3 if m.activation is Activation.SWIGLU else 2
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """One transformer block, split by how tensor parallelism treats each part (Megatron-LM)."""
+
+    sharded: int  #: column/row-parallel weights and column-parallel biases: divided by tp
+    replicated: int  #: norms and row-parallel output biases: every tp rank holds them
+
+    @property
+    def total(self) -> int:
+        return self.sharded + self.replicated
+
+    def per_rank(self, tp: int) -> int:
+        return self.sharded // tp + self.replicated
+
+
+def layer_params(m: ModelSpec) -> LayerParams:
+    d, ff = m.d_model, m.d_ff
+    qkv_out = d + 2 * m.kv_dim
+    weights = d * qkv_out + d * d + mlp_matrices(m) * d * ff
+    column_bias = (qkv_out + (mlp_matrices(m) - 1) * ff) if m.bias else 0
+    row_bias = 2 * d if m.bias else 0
+    return LayerParams(sharded=weights + column_bias, replicated=2 * norm_params(m) + row_bias)
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    embedding: int  #: vocab_size x d_model token table
+    positions: int  #: learned position table (0 for RoPE)
+    layer: LayerParams
+    n_layers: int
+    final_norm: int
+    head: int  #: untied LM head (0 when tied to the embedding)
+
+    @property
+    def layers(self) -> int:
+        return self.n_layers * self.layer.total
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.positions + self.layers + self.final_norm + self.head
+
+    @property
+    def non_embedding(self) -> int:
+        return self.layers + self.final_norm
+
+
+def param_counts(m: ModelSpec) -> ParamCounts:
+    return ParamCounts(
+        embedding=m.vocab_size * m.d_model,
+        positions=m.max_positions * m.d_model if m.position is Position.LEARNED else 0,
+        layer=layer_params(m),
+        n_layers=m.n_layers,
+        final_norm=norm_params(m),
+        head=0 if m.tied_embeddings else m.vocab_size * m.d_model,
+    )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage as the most-loaded rank of that stage sees it."""
+
+    index: int
+    n_layers: int  #: blocks on this stage
+    has_embedding: bool
+    has_head: bool  #: final norm, LM head and the loss run here
+    in_flight: int  #: micro-batches whose activations are alive at once under 1F1B
+
+
+def layers_per_stage(n_layers: int, pp: int) -> list[int]:
+    """Uniform split, the remainder going to the first stages (DeepSpeed partition_uniform)."""
+    base, extra = divmod(n_layers, pp)
+    return [base + (1 if i < extra else 0) for i in range(pp)]
+
+
+def stages_to_check(m: ModelSpec, pp: int, grad_accum: int) -> list[Stage]:
+    """The first stage (embedding, most micro-batches in flight) and the last (head and loss).
+
+    Under DeepSpeed's 1F1B schedule stage i keeps min(pp - i, micro-batches) forward passes
+    alive (Narayanan et al. 2021, section 2.2); middle stages are dominated by the first.
+    """
+    counts = layers_per_stage(m.n_layers, pp)
+    first = Stage(0, counts[0], True, pp == 1, min(pp, grad_accum))
+    if pp == 1:
+        return [first]
+    return [first, Stage(pp - 1, counts[-1], False, True, 1)]
+
+
+def stage_params(m: ModelSpec, stage: Stage, tp: int) -> int:
+    """Parameters one tp rank of this stage holds.
+
+    Embedding and head are vocab-parallel (split over tp, Megatron-LM); with tied embeddings a
+    pipeline keeps a copy of the table on the first and on the last stage (DeepSpeed TiedLayerSpec).
+    """
+    c = param_counts(m)
+    n = stage.n_layers * c.layer.per_rank(tp)
+    if stage.has_embedding:
+        n += c.embedding // tp + c.positions
+    if stage.has_head:
+        n += c.final_norm
+        if c.head:
+            n += c.head // tp
+        elif not stage.has_embedding:
+            n += c.embedding // tp
+    return n
+
+
+def layer_tensor_sizes(m: ModelSpec, tp: int) -> list[int]:
+    """Element counts of one block's parameter tensors on one tp rank (ZeRO-3 gathers and
+    persists per tensor)."""
+    d, ff, qkv = m.d_model, m.d_ff, m.d_model + 2 * m.kv_dim
+    n_mlp = mlp_matrices(m)
+    sizes = [norm_params(m) // (2 if m.norm is Norm.LAYERNORM else 1)] * (
+        4 if m.norm is Norm.LAYERNORM else 2)
+    sizes += [d * qkv // tp, d * d // tp] + [d * ff // tp] * n_mlp
+    if m.bias:
+        sizes += [qkv // tp, d] + [ff // tp] * (n_mlp - 1) + [d]
+    return sizes
+
+
+def stage_tensor_sizes(m: ModelSpec, stage: Stage, tp: int) -> list[int]:
+    c = param_counts(m)
+    sizes = layer_tensor_sizes(m, tp) * stage.n_layers
+    if stage.has_embedding:
+        sizes.append(c.embedding // tp)
+        if c.positions:
+            sizes.append(c.positions)
+    if stage.has_head:
+        sizes += [m.d_model] * (2 if m.norm is Norm.LAYERNORM else 1)
+        if c.head or not stage.has_embedding:
+            sizes.append(c.embedding // tp)
+    return sizes
