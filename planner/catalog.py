@@ -26,10 +26,16 @@ def model_presets() -> dict[str, dict[str, Any]]:
     return _load("models.yaml")
 
 
+#: catalog keys that name an entry rather than describe the hardware
+GPU_NAME_KEYS = ("aliases", "device_names")
+
+
 def _lookup(table: dict[str, dict[str, Any]], name: str) -> tuple[str, dict[str, Any]] | None:
+    """By canonical name, alias or (GPUs) the name torch.cuda.get_device_name() reports."""
     key = name.strip().lower()
     for canonical, entry in table.items():
-        if key == canonical.lower() or key in (a.lower() for a in entry.get("aliases", ())):
+        names = [canonical, *entry.get("aliases", ()), *entry.get("device_names", ())]
+        if key in (n.lower() for n in names):
             return canonical, entry
     return None
 

@@ -164,10 +164,13 @@ def ipg_bucket_bytes(plan: Plan, rt: RuntimeSpec) -> float:
     """The contiguous-gradient bucket: reduce_bucket_size elements in the gradient dtype, whatever
     the model size (stage_1_and_2.py:3256-3280, stage3.py:780-784).  ZeRO-3 keeps it from init;
     ZeRO-1/2 from the first gradient hook to the end of backward (and, for ZeRO-1 with gradient
-    accumulation, across micro-batches, since its epilogue only runs at the boundary)."""
-    if plan.zero == ZeroStage.NONE or wrapper(plan) is Wrapper.BF16_OPTIMIZER:
+    accumulation, across micro-batches, since its epilogue only runs at the boundary), twice over
+    with overlap_comm (buf_1, stage_1_and_2.py:3273-3278)."""
+    if (plan.zero == ZeroStage.NONE or wrapper(plan) is Wrapper.BF16_OPTIMIZER
+            or not rt.contiguous_gradients):
         return 0.0
-    return rt.reduce_bucket_size * RECIPES[plan.precision].grad_bytes
+    buffers = 2 if plan.zero < ZeroStage.PARAMETERS and rt.overlap_comm else 1
+    return buffers * rt.reduce_bucket_size * RECIPES[plan.precision].grad_bytes
 
 
 def flush_copy_bytes(plan: Plan, n: int, rt: RuntimeSpec) -> float:

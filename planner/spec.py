@@ -12,7 +12,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
                       ValidationError, field_validator, model_validator)
 
-from .catalog import PRESET_META_KEYS, find_gpu, find_preset, gpu_catalog, model_presets
+from .catalog import GPU_NAME_KEYS, PRESET_META_KEYS, find_gpu, find_preset, gpu_catalog, model_presets
 from .errors import SpecError
 from .units import (Activation, Arch, AttentionKernel, Norm, Offload, Optimizer, Position,
                     Precision, Recompute, ZeroStage)
@@ -134,7 +134,7 @@ class GpuSpec(_Frozen):
             found = find_gpu(str(data["name"]))
             if found is not None:
                 canonical, entry = found
-                base = {k: v for k, v in entry.items() if k != "aliases"}
+                base = {k: v for k, v in entry.items() if k not in GPU_NAME_KEYS}
                 data = {**base, **data, "name": canonical}
             elif set(data) == {"name"}:
                 known = ", ".join(gpu_catalog())
@@ -234,7 +234,8 @@ class RuntimeSpec(_Frozen):
     cuda_context_gib: NonNegativeFloat = Field(
         0.5, description="CUDA context + kernels, outside PyTorch's allocator")
     allocator_fragmentation: NonNegativeFloat = Field(
-        0.15, description="reserved/allocated - 1 of PyTorch's caching allocator")
+        0.175, description="reserved/allocated - 1 of the caching allocator "
+        "(median of the H200 calibration runs)")
     reduce_bucket_size: PositiveInt = Field(500_000_000, description="elements")
     allgather_bucket_size: PositiveInt = Field(500_000_000, description="elements")
     stage3_prefetch_bucket_size: PositiveInt = Field(50_000_000, description="elements")
@@ -242,6 +243,10 @@ class RuntimeSpec(_Frozen):
     stage3_param_persistence_threshold: PositiveInt = Field(100_000, description="elements")
     stage3_max_reuse_distance: PositiveInt = Field(1_000_000_000, description="elements")
     sub_group_size: PositiveInt = Field(1_000_000_000, description="elements")
+    contiguous_gradients: bool = Field(True, description="DeepSpeed's gradient bucket copies")
+    overlap_comm: Optional[bool] = Field(
+        None, description="None: DeepSpeed's default (on for ZeRO-3, off for 1/2); on doubles "
+                          "the ZeRO-1/2 bucket")
     torch_adam: bool = Field(False, description="PyTorch's foreach AdamW instead of DeepSpeed's "
                              "fused kernel (adds a 4-byte/param temporary in the step)")
 
