@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .plan import Plan
 from .spec import ModelSpec
 from .units import (FP32_BYTES, INDEX_BYTES, RECIPES, Activation, AttentionKernel, Norm,
-                    Position, Recompute)
+                    Position, Precision, Recompute)
 
 
 @dataclass(frozen=True)
@@ -57,26 +57,36 @@ def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
     return (kept + d.e * sbh) * d.r  # + the normalised output the following linear saves
 
 
-def attention_saved_bytes(m: ModelSpec, d: _Dims, recompute: Recompute) -> float:
+def math_fallback(m: ModelSpec, plan: Plan) -> bool:
+    """fp32 with GQA: FlashAttention has no fp32 kernel and PyTorch's memory-efficient kernel does
+    not take enable_gqa, so SDPA runs its math path (repeat k/v, materialise softmax)."""
+    return (m.attention is AttentionKernel.FLASH and plan.precision is Precision.FP32
+            and m.n_kv_heads != m.n_heads)
+
+
+def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
     """QKV projection output, rotary copies of q and k, the attention output, the kernel's stats.
 
     Flash / memory-efficient SDPA saves q, k, v, the output and the fp32 log-sum-exp per head and
     token (Dao et al. 2022, algorithm 2): no s² tensor.  Eager attention keeps the softmax
-    probabilities (a·s²·b elements) and, with GQA, k and v repeated to every query head.
-    Selective recompute drops the s² tensors (Korthikanti et al. 2022, section 4.2).
+    probabilities (a·s²·b elements) and, with GQA, k and v repeated to every query head; SDPA's
+    math path also keeps its scaled copy of q.  Selective recompute drops the s² tensors
+    (Korthikanti et al. 2022, section 4.2).
     """
     sb = d.s * d.b
     kept = d.e * sb * (d.q + 2 * d.k) / d.t  # fused QKV output; q, k, v are views of it
     if m.position is Position.ROPE:
         kept += d.e * sb * (d.q + d.k) / d.t  # rotated q and k are new tensors the kernel keeps
     kept += d.e * sb * d.q / d.t  # attention output, also the output projection's input
-    if m.attention is AttentionKernel.FLASH:
-        kept += FP32_BYTES * d.b * d.a * d.s / d.t
-    else:
-        if d.k != d.q:
-            kept += d.e * sb * 2 * d.q / d.t  # repeat_kv copies
-        if recompute is not Recompute.SELECTIVE:
-            kept += d.e * d.b * d.a * d.s * d.s / d.t
+    math = math_fallback(m, plan)
+    if m.attention is AttentionKernel.FLASH and not math:
+        return kept + FP32_BYTES * d.b * d.a * d.s / d.t
+    if d.k != d.q:
+        kept += d.e * sb * 2 * d.q / d.t  # repeat_kv copies
+    if math:
+        kept += d.e * sb * d.q / d.t
+    if plan.recompute is not Recompute.SELECTIVE:
+        kept += d.e * d.b * d.a * d.s * d.s / d.t
     return kept
 
 
@@ -89,7 +99,7 @@ def mlp_saved_bytes(m: ModelSpec, d: _Dims) -> float:
 def block_saved_bytes(m: ModelSpec, plan: Plan) -> float:
     """Everything one block keeps for backward when it is not recomputed."""
     d = _dims(m, plan)
-    return (2 * norm_saved_bytes(m, d) + attention_saved_bytes(m, d, plan.recompute)
+    return (2 * norm_saved_bytes(m, d) + attention_saved_bytes(m, d, plan)
             + mlp_saved_bytes(m, d))
 
 

@@ -22,7 +22,7 @@ def _describe(spec: Spec, result: SearchResult) -> str:
     for axis in RELAXABLE:
         fixed = getattr(spec.search, axis)
         value = getattr(p, axis)
-        if fixed == "auto" or value not in fixed:
+        if fixed != "auto" and value not in fixed:
             if axis == "zero":
                 parts.append(f"ZeRO-{int(value)}")
             elif axis == "recompute":

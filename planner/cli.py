@@ -30,7 +30,7 @@ def _infeasible_line(result, fixes: list[str]) -> str:
                 type=click.Path(dir_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (docs/json-report.md).")
 @click.option("--schema", is_flag=True, help="Print the spec's JSON schema and exit.")
-@click.option("--top", type=click.IntRange(min=0), default=None,
+@click.option("--top", type=click.IntRange(min=1), default=None,
               help="Alternatives to show (overrides search.top).")
 @click.option("--verbose", "-v", is_flag=True, help="Tracebacks and the full report on errors.")
 def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,

@@ -66,6 +66,8 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
         examples.setdefault(r.rule, f"{r.plan.label}: {r.reason}")
     return {
         "spec": source,
+        "name": spec.name,
+        "description": spec.description,
         "model": {"name": spec.model.name, "params": param_counts(spec.model).total},
         "cluster": {"gpu": spec.cluster.gpu.name, "gpus": spec.cluster.world_size,
                     "gpu_memory_gib": spec.cluster.gpu.memory_gib},
@@ -87,8 +89,11 @@ def _header(spec: Spec, source: str) -> list[str]:
     n = param_counts(m).total
     _, tokens_text = _tokens(spec)
     inter = c.inter_node
-    return [
-        f"pretrain-planner: {source}",
+    title = f" ({spec.name})" if spec.name else ""
+    lines = [f"pretrain-planner: {source}{title}"]
+    if spec.description:
+        lines.append(spec.description)
+    return lines + [
         f"model    {m.name}: {n / 1e9:.3f} B parameters ({m.n_layers} layers, d_model {m.d_model}, "
         f"{m.n_heads} heads / {m.n_kv_heads} kv, d_ff {m.d_ff} {m.activation.value}, vocab "
         f"{m.vocab_size}, seq {m.seq_len}, {m.attention.value} attention)",

@@ -48,10 +48,11 @@ def micro_batches(spec: Spec, dp: int) -> tuple[int, ...]:
 
 
 def precisions(spec: Spec) -> tuple[Precision, ...]:
-    """'auto': bf16 where the GPU has it, else fp16 (fp32 only when asked for)."""
+    """'auto': the first of bf16, fp16, fp32 the GPU supports (fp32 is never preferred)."""
     if spec.search.precision != "auto":
         return tuple(spec.search.precision)
-    return (Precision.BF16,) if spec.cluster.gpu.supports(Precision.BF16) else (Precision.FP16,)
+    order = (Precision.BF16, Precision.FP16, Precision.FP32)
+    return next(((p,) for p in order if spec.cluster.gpu.supports(p)), (Precision.BF16,))
 
 
 def recomputes(spec: Spec) -> tuple[Recompute, ...]:

@@ -5,6 +5,7 @@ resolved here, and derived values (``head_dim``, ``world_size``) are properties.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -69,33 +70,34 @@ class ModelSpec(_Frozen):
             found = find_preset(str(preset))
             if found is None:
                 known = ", ".join(model_presets())
-                raise ValueError(f"unknown preset {preset!r}; known presets: {known}")
+                raise ValueError(f"preset: unknown preset {preset!r}; known presets: {known}")
             canonical, entry = found
             base = {k: v for k, v in entry.items() if k not in PRESET_META_KEYS}
             data = {**base, "name": canonical, **data, "preset": canonical}
         try:
             arch = Arch(data.get("arch", Arch.GPT2))
         except ValueError:
-            return data  # pydantic reports the bad enum value with its path
+            arch = Arch.GPT2  # pydantic reports the bad value; defaults keep it the only error
         for key, value in ARCH_DEFAULTS[arch].items():
             data.setdefault(key, value)
         data.setdefault("n_kv_heads", data.get("n_heads"))
         data.setdefault("max_positions", data.get("seq_len"))
         if "d_ff" not in data and isinstance(data.get("d_model"), int):
             if Activation(data["activation"]) is Activation.SWIGLU:
-                raise ValueError("d_ff is required for a SwiGLU MLP (Llama uses ~8/3*d_model, "
-                                 "rounded to a multiple of 256)")
+                raise ValueError("d_ff: d_ff is required for a SwiGLU MLP (Llama uses "
+                                 "~8/3*d_model, rounded to a multiple of 256)")
             data["d_ff"] = 4 * data["d_model"]
         return data
 
     @model_validator(mode="after")
     def _check_shape(self) -> "ModelSpec":
         if self.d_model % self.n_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+            raise ValueError(f"n_heads: n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+            raise ValueError(f"n_kv_heads: n_kv_heads ({self.n_kv_heads}) must divide n_heads "
+                             f"({self.n_heads})")
         if self.position is Position.LEARNED and self.max_positions < self.seq_len:
-            raise ValueError(f"max_positions ({self.max_positions}) is smaller than seq_len "
+            raise ValueError(f"max_positions: max_positions ({self.max_positions}) is smaller than seq_len "
                              f"({self.seq_len})")
         return self
 
@@ -110,6 +112,10 @@ class ModelSpec(_Frozen):
 
 
 # ------------------------------------------------------------------------------------- cluster
+
+#: what a GPU that is not in the catalog must state
+CUSTOM_GPU_FIELDS = {"memory_gib", "peak_tflops", "hbm_gbps", "intra_node_gbps"}
+
 
 class GpuSpec(_Frozen):
     """One accelerator: memory, dense peak throughput per dtype, bandwidths (GB/s)."""
@@ -136,10 +142,10 @@ class GpuSpec(_Frozen):
                 canonical, entry = found
                 base = {k: v for k, v in entry.items() if k not in GPU_NAME_KEYS}
                 data = {**base, **data, "name": canonical}
-            elif set(data) == {"name"}:
+            elif not CUSTOM_GPU_FIELDS <= set(data):
                 known = ", ".join(gpu_catalog())
-                raise ValueError(f"unknown GPU {data['name']!r}; known GPUs: {known} "
-                                 "(or give memory_gib, peak_tflops, hbm_gbps, intra_node_gbps)")
+                raise ValueError(f"name: unknown GPU {data['name']!r}; known GPUs: {known} (a GPU "
+                                 f"outside the catalog needs {', '.join(sorted(CUSTOM_GPU_FIELDS))})")
         return data
 
     def supports(self, precision: Precision) -> bool:
@@ -189,7 +195,8 @@ class TrainingSpec(_Frozen):
     def _one_batch(self) -> "TrainingSpec":
         given = [self.global_batch_tokens is not None, self.global_batch_sequences is not None]
         if sum(given) != 1:
-            raise ValueError("give exactly one of global_batch_tokens or global_batch_sequences")
+            raise ValueError("global_batch_tokens: give exactly one of global_batch_tokens or "
+                             "global_batch_sequences")
         return self
 
 
@@ -266,7 +273,7 @@ class Spec(_Frozen):
     def _batch_fits_sequence(self) -> "Spec":
         tokens = self.training.global_batch_tokens
         if tokens is not None and tokens % self.model.seq_len:
-            raise ValueError(f"training.global_batch_tokens ({tokens}) is not a multiple of "
+            raise ValueError(f"training.global_batch_tokens: {tokens} is not a multiple of "
                              f"model.seq_len ({self.model.seq_len})")
         return self
 
@@ -280,21 +287,40 @@ class Spec(_Frozen):
 # --------------------------------------------------------------------------------- loading
 
 def _field_path(loc: tuple) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith(
-        "function-")))]
+    """Dotted path of a pydantic error location, without union-branch tags and list indices."""
+    parts = [str(p) for p in loc if not isinstance(p, int)
+             and not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
     return ".".join(parts)
 
 
-def _problem(err: dict) -> str:
+def _problem(err: dict) -> tuple[str, str]:
+    """(extra path, message): validators prefix their message with the field they blame."""
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    return msg
+        return "", "unknown key"
+    if err["type"] == "missing":
+        return "", "required field is missing"
+    field, sep, rest = msg.partition(": ")
+    if sep and field.replace(".", "").replace("_", "").isalnum() and " " not in field:
+        return field, rest
+    return "", msg
+
+
+def _best_errors(errors: list[dict]) -> list[tuple[str, str]]:
+    """One (path, problem) per field.  A union such as ``'auto' | list`` reports every branch;
+    the literal 'auto' branch is the least informative, so it only counts when alone."""
+    by_path: dict[str, list[dict]] = {}
+    for err in errors:
+        by_path.setdefault(_field_path(err["loc"]), []).append(err)
+    out = []
+    for path, errs in by_path.items():
+        informative = [e for e in errs if e["type"] != "literal_error"] or errs
+        extra, problem = _problem(informative[0])
+        out.append((".".join(p for p in (path, extra) if p), problem))
+    return out
 
 
 def spec_from_dict(data: Any, source: str = "spec") -> Spec:
@@ -304,10 +330,21 @@ def spec_from_dict(data: Any, source: str = "spec") -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise SpecError(_field_path(first["loc"]), _problem(first) + more) from None
+        problems = _best_errors(exc.errors())
+        path, problem = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SpecError(path, problem + more) from None
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where ``4e6`` is a string; specs are written with YAML 1.2
+    numbers in mind (``tokens: 2e12``, ``global_batch_tokens: 4.194304e6``)."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -315,7 +352,7 @@ def load_spec(path: str | Path) -> Spec:
     if not path.is_file():
         raise SpecError("", f"{path}: no such spec file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SpecLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -325,7 +362,26 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def json_schema() -> dict:
-    return Spec.model_json_schema()
+    """The validator's schema, widened to the short forms the validators accept: a preset name
+    for ``model``, a catalog name for ``cluster.gpu``, one value for a search axis, and fields
+    that presets and architecture defaults fill in."""
+    schema = Spec.model_json_schema()
+    defs, props = schema["$defs"], schema["properties"]
+    props["model"] = {"anyOf": [{"type": "string", "description": "a preset name"},
+                                props["model"]]}
+    defs["ModelSpec"].pop("required", None)
+    defs["ModelSpec"]["anyOf"] = [{"required": ["preset"]},
+                                  {"required": ["n_layers", "d_model", "n_heads", "vocab_size",
+                                                "seq_len"]}]
+    cluster = defs["ClusterSpec"]["properties"]
+    cluster["gpu"] = {"anyOf": [{"type": "string", "description": "a catalog name or alias"},
+                                cluster["gpu"]]}
+    defs["GpuSpec"]["required"] = ["name"]
+    for prop in defs["SearchSpec"]["properties"].values():
+        arrays = [b for b in prop.get("anyOf", []) if b.get("type") == "array"]
+        if arrays:
+            prop["anyOf"].append(arrays[0]["items"])
+    return schema
 
 
 __all__ = ["Spec", "ModelSpec", "ClusterSpec", "GpuSpec", "TrainingSpec", "SearchSpec",
