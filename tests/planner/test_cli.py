@@ -117,13 +117,13 @@ BAD = [
     ("unknown-key", VALID.replace("preset:", "n_layer: 3, preset:"),
      ["error: model.n_layer: unknown key"]),
     ("unknown-preset", VALID.replace("gpt2-124m", "gpt5-1t"),
-     ["error: model: unknown preset 'gpt5-1t'", "gpt2-124m"]),
+     ["error: model.preset: unknown preset 'gpt5-1t'", "gpt2-124m"]),
     ("unknown-gpu", VALID.replace("gpu: a100", "gpu: B300"),
-     ["error: cluster.gpu: unknown GPU 'B300'"]),
+     ["error: cluster.gpu.name: unknown GPU 'B300'"]),
     ("zero-size", VALID.replace("{preset: gpt2-124m}", "{preset: gpt2-124m, n_layers: 0}"),
      ["error: model.n_layers:"]),
     ("heads-not-divisible", VALID.replace("{preset: gpt2-124m}", "{preset: gpt2-124m, n_heads: 7}"),
-     ["error: model: n_heads (7) must divide d_model (768)"]),
+     ["error: model.n_heads: n_heads (7) must divide d_model (768)"]),
 ]
 
 
