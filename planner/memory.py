@@ -21,7 +21,7 @@ from enum import Enum
 
 from . import activations as act
 from .plan import Plan
-from .shape import Stage, stage_params, stage_tensor_sizes, stages_to_check
+from .shape import Stage, layer_params, stage_params, stage_tensor_sizes, stages_to_check
 from .spec import RuntimeSpec, Spec
 from .units import FP32_BYTES, GiB, MiB, OPTIMIZER_STATE_BYTES, RECIPES, Offload, Precision, \
     ZeroStage
@@ -278,13 +278,14 @@ def stage_moments(spec: Spec, plan: Plan, stage: Stage) -> list[MemoryBreakdown]
     if stage.has_head and w in (Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER) and not m.tied_embeddings:
         head_grads = RECIPES[plan.precision].grad_bytes * m.vocab_size * m.d_model / plan.tp
     bucket = ipg_bucket_bytes(plan, rt) if w is not Wrapper.BF16_OPTIMIZER else 0.0
-    flush = flush_copy_bytes(plan, n, rt) if (plan.zero >= ZeroStage.GRADIENTS
-                                              and n > rt.reduce_bucket_size) else 0.0
+    hook_buffers = resident_buffers if w is Wrapper.ZERO3 else resident_buffers + bucket
+    transient = act.block_backward_transient_bytes(m, plan)
     moments.append(MemoryBreakdown(
-        **base, gradients=resident_grads + carried + head_grads,
-        activations=stored + act.block_backward_transient_bytes(m, plan),
-        deepspeed_buffers=(resident_buffers if w is Wrapper.ZERO3 else resident_buffers + bucket)
-        + flush, moment="backward through the last block"))
+        **base, gradients=resident_grads + carried + head_grads, activations=stored + transient,
+        deepspeed_buffers=hook_buffers, moment="backward through the last block"))
+    flush = first_flush_moment(spec, plan, stage, n, base, hook_buffers, resident_grads + carried)
+    if flush is not None:
+        moments.append(flush)
 
     # end of backward: every gradient exists, activations are gone, buckets are reduced
     g = RECIPES[plan.precision].grad_bytes
@@ -307,6 +308,28 @@ def stage_moments(spec: Spec, plan: Plan, stage: Stage) -> list[MemoryBreakdown]
         **base, gradients=resident_grads, deepspeed_buffers=state_buffers,
         optimizer_step=optimizer_step_bytes(spec, plan, n, largest), moment="optimizer step"))
     return moments
+
+
+def first_flush_moment(spec: Spec, plan: Plan, stage: Stage, n: int, base: dict,
+                       buffers: float, grads: float) -> MemoryBreakdown | None:
+    """ZeRO-2/3 reduce a full bucket during backward, through a flat copy of it.  When the stage
+    has more parameters than one bucket, the first flush happens after about
+    (reduce_bucket_size - head) / (block parameters) blocks have finished backward, so the
+    activations of the remaining blocks are still alive."""
+    rt, m = spec.runtime, spec.model
+    if plan.zero < ZeroStage.GRADIENTS or not rt.contiguous_gradients or n <= rt.reduce_bucket_size:
+        return None
+    per_block = layer_params(m).per_rank(plan.tp)
+    head = n - stage.n_layers * per_block
+    done = min(stage.n_layers, -(-max(0, rt.reduce_bucket_size - head) // per_block))
+    alive = (stage.n_layers - done) * act.stored_per_block_bytes(m, plan) * stage.in_flight
+    g = RECIPES[plan.precision].grad_bytes
+    partition = g * rt.reduce_bucket_size / plan.dp if plan.zero == ZeroStage.GRADIENTS else 0.0
+    return MemoryBreakdown(
+        **base, gradients=grads + partition,
+        activations=alive + act.block_backward_transient_bytes(m, plan),
+        deepspeed_buffers=buffers + flush_copy_bytes(plan, n, rt),
+        moment="first gradient-bucket reduction in backward")
 
 
 def peak_memory(spec: Spec, plan: Plan) -> MemoryBreakdown:

@@ -35,6 +35,8 @@ def test_runs_that_ran_are_predicted_to_fit(m):
     assert estimate(m.spec, m.plan).fits
 
 
-@pytest.mark.parametrize("m", FAILED_OOM, ids=[m.name for m in FAILED_OOM])
+@pytest.mark.parametrize("m", FAILED_OOM or [pytest.param(
+    None, marks=pytest.mark.skip(reason="this calibration file has no run that ran out of memory"))],
+    ids=[m.name for m in FAILED_OOM] or ["none"])
 def test_runs_that_ran_out_of_memory_are_predicted_not_to_fit(m):
     assert not estimate(m.spec, m.plan).fits

@@ -289,3 +289,29 @@ def test_peak_is_the_largest_moment_over_stages():
     assert peak.total == max(everything)
     assert peak.total == pytest.approx(sum(v for k, v in peak.as_gib().items() if k != "total")
                                        * 2**30)
+
+
+def test_first_bucket_flush_with_most_activations_alive():
+    """Llama-2-7B, ZeRO-2, dp 64: 6,738,415,616 params, 262,148,096 of them outside the blocks
+    (embedding, head, final norm), 202,383,360 per block.  The 5e8-element bucket fills after
+    ceil((5e8 - 262,148,096) / 202,383,360) = 2 blocks: 30 blocks' activations are still alive
+    while the bucket (1e9 B) and its flat copy (1e9 B) exist."""
+    spec = spec_from_dict({"model": "llama2-7b", "cluster": {"gpu": "A100", "nodes": 8},
+                           "training": {"tokens": 1e9, "global_batch_sequences": 1024}})
+    plan = make_plan(dp=64, tp=1, pp=1, zero=2, mb=1, ga=16)
+    stage = stages_to_check(spec.model, 1, 16)[0]
+    n = 6_738_415_616
+    flush = next(m for m in stage_moments(spec, plan, stage)
+                 if m.moment == "first gradient-bucket reduction in backward")
+    per_block = act.block_saved_bytes(spec.model, plan)
+    assert flush.activations == pytest.approx(
+        30 * per_block + act.block_backward_transient_bytes(spec.model, plan))
+    assert flush.deepspeed_buffers == 2 * 500_000_000 + 2 * 500_000_000
+    assert flush.gradients == pytest.approx(2 * n / 64 + 2 * 500_000_000 / 64)
+
+
+def test_no_flush_moment_when_the_model_fits_one_bucket():
+    spec = make_spec()
+    plan = make_plan(zero=2, pp=1)
+    stage = stages_to_check(spec.model, 1, 16)[0]
+    assert all("bucket" not in m.moment for m in stage_moments(spec, plan, stage))
