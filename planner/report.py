@@ -98,7 +98,7 @@ def _header(spec: Spec, source: str) -> list[str]:
         f"{m.n_heads} heads / {m.n_kv_heads} kv, d_ff {m.d_ff} {m.activation.value}, vocab "
         f"{m.vocab_size}, seq {m.seq_len}, {m.attention.value} attention)",
         f"cluster  {c.nodes} node(s) x {c.gpus_per_node} {c.gpu.name} ({c.gpu.memory_gib} GiB), "
-        f"{c.gpu.intra_node_link} {c.gpu.intra_node_gbps:g} GB/s, {inter.nics_per_node} x "
+        f"{c.intra_node.link} {c.intra_node.gbps:g} GB/s, {inter.nics_per_node} x "
         f"{inter.nic_gbit:g} Gb/s {inter.network}",
         f"training {tokens_text} tokens, global batch {spec.global_batch_sequences} sequences "
         f"({spec.global_batch_sequences * m.seq_len:,} tokens), {spec.training.optimizer.value}",

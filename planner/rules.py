@@ -7,7 +7,9 @@ from typing import Callable, Optional
 
 from .plan import Plan
 from .spec import Spec
-from .units import Offload, ZeroStage
+from .units import Offload, Optimizer, ZeroStage
+
+CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,15 @@ def offload_stage(spec: Spec, p: Plan) -> Optional[str]:
     return None
 
 
+def offload_optimizer_kind(spec: Spec, p: Plan) -> Optional[str]:
+    """engine.py:2384-2399: offload swaps in DeepSpeed's CPU optimizers, which exist for Adam,
+    AdamW, Adagrad and Lion; another optimizer with offload raises ZeRORuntimeException."""
+    if p.offload is not Offload.NONE and spec.training.optimizer not in CPU_OPTIMIZERS:
+        return (f"offload ({p.offload.value}) needs a DeepSpeed CPU optimizer (adam, adamw), "
+                f"not {spec.training.optimizer.value}")
+    return None
+
+
 def precision_supported(spec: Spec, p: Plan) -> Optional[str]:
     gpu = spec.cluster.gpu
     if not gpu.supports(p.precision):
@@ -110,6 +121,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("pipeline needs ZeRO 0/1", pipeline_zero),
     ("pipeline with offload", pipeline_offload),
     ("offload vs ZeRO stage", offload_stage),
+    ("offload vs optimizer", offload_optimizer_kind),
     ("precision unsupported", precision_supported),
     ("batch not divisible", batch_divisible),
     ("sequence parallel without tp", sequence_parallel_needs_tp),

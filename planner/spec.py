@@ -113,6 +113,8 @@ class ModelSpec(_Frozen):
 
 # ------------------------------------------------------------------------------------- cluster
 
+LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
+
 #: what a GPU that is not in the catalog must state
 CUSTOM_GPU_FIELDS = {"memory_gib", "peak_tflops", "hbm_gbps", "intra_node_gbps"}
 
@@ -124,7 +126,7 @@ class GpuSpec(_Frozen):
     memory_gib: PositiveFloat = Field(description="capacity visible to the framework, GiB")
     peak_tflops: dict[str, PositiveFloat] = Field(description="dense peak TFLOP/s per dtype")
     hbm_gbps: PositiveFloat = Field(description="HBM bandwidth, GB/s")
-    intra_node_link: Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"] = "nvswitch"
+    intra_node_link: LinkKind = "nvswitch"
     intra_node_gbps: PositiveFloat = Field(description="per-GPU bidirectional link bandwidth, GB/s")
     pcie_gbps: PositiveFloat = Field(32, description="host<->GPU bandwidth per direction, GB/s")
     cublas_workspace_mib: NonNegativeFloat = Field(
@@ -156,6 +158,13 @@ class GpuSpec(_Frozen):
         return self.memory_gib * 2**30
 
 
+class IntraNodeSpec(_Frozen):
+    """The link between GPUs of one node; defaults to the GPU catalog's usual server."""
+
+    link: LinkKind
+    gbps: PositiveFloat = Field(description="per-GPU bidirectional bandwidth, GB/s")
+
+
 class InterNodeSpec(_Frozen):
     """The network between nodes."""
 
@@ -173,8 +182,21 @@ class ClusterSpec(_Frozen):
     gpu: GpuSpec
     nodes: PositiveInt = 1
     gpus_per_node: PositiveInt = 8
+    intra_node: IntraNodeSpec = Field(description="defaults to the GPU's usual server link")
     inter_node: InterNodeSpec = InterNodeSpec()
     host_memory_gib: PositiveFloat = Field(1024, description="host RAM per node (offload)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_link(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "intra_node" not in data and "gpu" in data:
+            try:
+                gpu = GpuSpec.model_validate(data["gpu"])
+            except ValidationError:
+                return data  # reported with its path when the field itself is validated
+            data = {**data, "intra_node": {"link": gpu.intra_node_link,
+                                           "gbps": gpu.intra_node_gbps}}
+        return data
 
     @property
     def world_size(self) -> int:
@@ -377,6 +399,7 @@ def json_schema() -> dict:
     cluster["gpu"] = {"anyOf": [{"type": "string", "description": "a catalog name or alias"},
                                 cluster["gpu"]]}
     defs["GpuSpec"]["required"] = ["name"]
+    defs["ClusterSpec"]["required"] = ["gpu"]
     for prop in defs["SearchSpec"]["properties"].values():
         arrays = [b for b in prop.get("anyOf", []) if b.get("type") == "array"]
         if arrays:

@@ -60,3 +60,12 @@ def test_bf16_needs_hardware_support():
     rejected = check(spec(gpu="V100"), plan(dp=16, tp=1, zero=2))
     assert rejected.rule == "precision unsupported" and "bf16" in rejected.reason
     assert check(spec(gpu="V100"), plan(dp=16, tp=1, zero=2, precision="fp16")) is None
+
+
+def test_offload_needs_a_cpu_optimizer():
+    sgd = spec_from_dict({"model": "llama2-70b", "cluster": {"gpu": "A100", "nodes": 2},
+                          "training": {"tokens": 1e9, "global_batch_sequences": 64,
+                                       "optimizer": "sgd"}})
+    rejected = check(sgd, plan(dp=16, tp=1, zero=2, offload="optimizer_cpu"))
+    assert rejected.rule == "offload vs optimizer" and "not sgd" in rejected.reason
+    assert check(sgd, plan(dp=16, tp=1, zero=2)) is None
