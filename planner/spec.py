@@ -119,6 +119,23 @@ LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
 CUSTOM_GPU_FIELDS = {"memory_gib", "peak_tflops", "hbm_gbps", "intra_node_gbps"}
 
 
+class EfficiencySpec(_Frozen):
+    """Achieved fractions of peak the step-time model uses (docs/time-model.md)."""
+
+    gemm_max: float = Field(0.8, gt=0, le=1, description="large-GEMM fraction of dense peak")
+    gemm_half_dim: PositiveFloat = Field(256, description="GEMM dimension at half efficiency")
+    attention_fwd: float = Field(0.5, gt=0, le=1, description="fused attention forward")
+    attention_bwd: float = Field(0.4, gt=0, le=1, description="fused attention backward")
+    gemm_fp32_max: float = Field(0.9, gt=0, le=1, description="fp32 (SIMT) GEMM fraction of "
+                                 "the fp32 peak")
+    gemm_fp32_half_dim: PositiveFloat = Field(64, description="fp32 GEMM dimension at half "
+                                              "efficiency")
+    attention_fp32: float = Field(0.5, gt=0, le=1, description="memory-efficient attention in "
+                                  "fp32, of the fp32 peak")
+    hbm: float = Field(0.85, gt=0, le=1, description="memory-bound kernels, of hbm_gbps")
+    network: float = Field(0.85, gt=0, le=1, description="NCCL bus bandwidth, of link speed")
+
+
 class GpuSpec(_Frozen):
     """One accelerator: memory, dense peak throughput per dtype, bandwidths (GB/s)."""
 
@@ -129,6 +146,7 @@ class GpuSpec(_Frozen):
     intra_node_link: LinkKind = "nvswitch"
     intra_node_gbps: PositiveFloat = Field(description="per-GPU bidirectional link bandwidth, GB/s")
     pcie_gbps: PositiveFloat = Field(32, description="host<->GPU bandwidth per direction, GB/s")
+    efficiency: EfficiencySpec = EfficiencySpec()
     cublas_workspace_mib: NonNegativeFloat = Field(
         8.125, description="PyTorch's cuBLAS workspace per (handle, stream), MiB")
     source: str = "user supplied"
@@ -163,6 +181,7 @@ class IntraNodeSpec(_Frozen):
 
     link: LinkKind
     gbps: PositiveFloat = Field(description="per-GPU bidirectional bandwidth, GB/s")
+    latency_us: PositiveFloat = Field(3.0, description="per hop, microseconds")
 
 
 class InterNodeSpec(_Frozen):
@@ -171,6 +190,11 @@ class InterNodeSpec(_Frozen):
     network: Literal["infiniband", "ethernet", "roce"] = "infiniband"
     nics_per_node: PositiveInt = 8
     nic_gbit: PositiveFloat = Field(200, description="per NIC, Gbit/s")
+    latency_us: PositiveFloat = Field(15.0, description="per ring hop through the network "
+                                      "(NCCL), microseconds")
+    nodes_per_leaf: PositiveInt = Field(32, description="nodes under one leaf switch")
+    oversubscription: float = Field(1.0, ge=1.0, description="leaf uplink oversubscription "
+                                    "(1 = non-blocking fat tree)")
 
     @property
     def node_gbps(self) -> float:
@@ -276,6 +300,30 @@ class RuntimeSpec(_Frozen):
     overlap_comm: Optional[bool] = Field(
         None, description="None: DeepSpeed's default (on for ZeRO-3, off for 1/2); on doubles "
                           "the ZeRO-1/2 bucket")
+    kernel_fusion: bool = Field(False, description="fused norm/activation/RoPE/loss kernels "
+                                "(fewer memory passes); the executor's model is unfused")
+    virtual_stages: PositiveInt = Field(1, description="interleaved pipeline chunks per stage "
+                                        "(1 = DeepSpeed's 1F1B)")
+    cpu_op_us: NonNegativeFloat = Field(
+        75.0, description="host time per kernel of eager PyTorch under the DeepSpeed engine "
+                          "(module and dispatch overhead), microseconds")
+    zero_hook_us: NonNegativeFloat = Field(
+        30.0, description="DeepSpeed ZeRO-1/2 gradient-hook work per parameter tensor and "
+                          "micro-batch, microseconds")
+    zero3_module_us: NonNegativeFloat = Field(
+        700.0, description="DeepSpeed ZeRO-3 fetch/release bookkeeping per module and pass, "
+                           "microseconds")
+    optimizer_tensor_us: NonNegativeFloat = Field(
+        100.0, description="per-parameter-tensor host work of an unfused optimizer step, "
+                          "microseconds")
+    zero3_gather_granularity: Literal["tensor", "module", "block"] = Field(
+        "module", description="ZeRO-3 gathers per parameter tensor (DeepSpeed < 0.7), per "
+                              "module (DeepSpeed now) or per block (FSDP units)")
+    host_sync_fraction: float = Field(
+        0.8, ge=0, le=1, description="share of the host's per-micro-batch work that waits on "
+                                     "the GPU (synchronising calls) instead of running ahead")
+    host_adam_params_per_s: PositiveFloat = Field(
+        1.0e9, description="DeepSpeedCPUAdam throughput per GPU's share of the host")
     torch_adam: bool = Field(False, description="PyTorch's foreach AdamW instead of DeepSpeed's "
                              "fused kernel (adds a 4-byte/param temporary in the step)")
 

@@ -1,0 +1,132 @@
+"""Published multi-GPU training runs (shared/calibration/published_runs_sample.yaml) as Spec +
+Plan, so the step-time model can be checked against them.
+
+Each run is described by what its source states: shape, hardware, parallel layout, precision,
+recompute, and the framework's known behaviour (whether data-parallel traffic overlaps backward,
+fused kernels, FlashAttention, interleaved pipeline).  Nothing is tuned per run.  The measured
+quantity compared is tokens per second per GPU, which is free of FLOP-counting conventions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .plan import Plan
+from .spec import Spec, spec_from_dict
+from .units import Offload, Precision, Recompute, ZeroStage
+
+#: the sources' GPU names and the catalog entry each means
+GPU_NAMES = {"A100-SXM4-80GB": "A100-80GB-SXM", "A100-80GB": "A100-80GB-SXM",
+             "A100-40GB": "A100-40GB-SXM", "A100-SXM4-40GB": "A100-40GB-SXM",
+             "H100-80GB": "H100-SXM", "H100-SXM": "H100-SXM"}
+#: DGX-class scale-out when a source does not say: 8 x HDR (A100) or 8 x NDR (H100) per node
+DEFAULT_NIC_GBIT = {"A100-80GB-SXM": 200, "A100-40GB-SXM": 200, "H100-SXM": 400}
+FLASH_FRAMEWORKS = ("FSDP", "torchtitan", "Composer", "lit-gpt", "FlashAttention")
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    id: str
+    spec: Spec
+    plan: Plan
+    tokens_per_s_per_gpu: float
+    notes: str
+
+
+def _gpu(hw: dict[str, Any]) -> str:
+    name = hw["gpu_type"].split(" (")[0]
+    return GPU_NAMES.get(name, name)
+
+
+def _framework(par: dict[str, Any], model: dict[str, Any]) -> str:
+    return " ".join(str(x) for x in (par.get("framework"), par.get("fsdp"), model.get("notes"),
+                                     par.get("notes")) if x)
+
+
+def _old_deepspeed(entry: dict[str, Any], framework: str) -> bool:
+    """DeepSpeed before 0.7 (2022-08): overlap_comm defaulted to off for every stage and
+    ZeRO-3 gathered parameter by parameter."""
+    return "DeepSpeed" in framework and str(entry["source"].get("date", "")) < "2022-08"
+
+
+def _overlap(entry: dict[str, Any], framework: str) -> bool:
+    """FSDP prefetches and reduce-scatters during backward; Megatron's 'local' DDP and the runs
+    that say so all-reduce after backward; DeepSpeed ZeRO-3 overlaps by default since 0.7."""
+    par = entry["parallel"]
+    if par.get("fsdp"):
+        return True
+    if "No overlap" in framework or "DDP impl = local" in framework:
+        return False
+    return (par.get("zero_stage") or 0) == 3 and not _old_deepspeed(entry, framework)
+
+
+def _granularity(entry: dict[str, Any], framework: str) -> str:
+    if entry["parallel"].get("fsdp"):
+        return "block"
+    return "tensor" if _old_deepspeed(entry, framework) else "module"
+
+
+def _zero(par: dict[str, Any]) -> int:
+    stage = par.get("zero_stage")
+    if stage is None:  # Megatron without the distributed optimizer
+        stage = 0
+    if par["pipeline_parallel"] > 1:
+        stage = min(stage, 1)
+    return stage
+
+
+def _recompute(text: str) -> Recompute:
+    for r in (Recompute.SELECTIVE, Recompute.FULL, Recompute.NONE):
+        if text.startswith(r.value):
+            return r
+    return Recompute.NONE
+
+
+def published_run(entry: dict[str, Any]) -> PublishedRun:
+    model, hw, par = entry["model"], entry["hardware"], entry["parallel"]
+    framework = _framework(par, model)
+    gpu = _gpu(hw)
+    nodes = hw["total_gpus"] // hw["gpus_per_node"]
+    node_gbit = hw.get("network_gbps_per_node") or 8 * DEFAULT_NIC_GBIT.get(gpu, 200)
+    swiglu = model["ffn_activation"] == "swiglu"
+    flash = any(k in framework for k in FLASH_FRAMEWORKS)
+    gbs, dp, mb = par["global_batch_size_seqs"], par["data_parallel"], par["micro_batch_size"]
+    spec = spec_from_dict({
+        "name": entry["id"],
+        "model": {"arch": "llama" if swiglu else "gpt2", "name": model["name"],
+                  "n_layers": model["num_layers"], "d_model": model["hidden_size"],
+                  "n_heads": model["num_attention_heads"],
+                  "n_kv_heads": model.get("num_kv_heads") or model["num_attention_heads"],
+                  "d_ff": model["ffn_hidden_size"], "vocab_size": model["vocab_size"],
+                  "seq_len": model["seq_length"], "attention": "flash" if flash else "eager"},
+        "cluster": {"gpu": gpu, "nodes": nodes, "gpus_per_node": hw["gpus_per_node"],
+                    "inter_node": {"nics_per_node": 8, "nic_gbit": node_gbit / 8}},
+        "training": {"tokens": 1e12, "global_batch_sequences": gbs},
+        "runtime": {"kernel_fusion": True, "overlap_comm": _overlap(entry, framework),
+                    "zero3_gather_granularity": _granularity(entry, framework),
+                    "virtual_stages": par.get("interleaved_virtual_stages") or 1},
+    })
+    precision = Precision.BF16 if "bf16" in par["precision"] else Precision.FP16
+    plan = Plan(dp=dp, tp=par["tensor_parallel"], pp=par["pipeline_parallel"],
+                zero=ZeroStage(_zero(par)), precision=precision, micro_batch=mb,
+                grad_accum=max(1, gbs // (dp * mb)),
+                recompute=_recompute(par.get("activation_recompute") or "none"),
+                offload=Offload.NONE, sequence_parallel=bool(par.get("sequence_parallel")))
+    measured = entry["measured"].get("tokens_per_sec_per_gpu") \
+        or entry.get("derived", {}).get("tokens_per_sec_per_gpu")
+    return PublishedRun(entry["id"], spec, plan, float(measured), framework)
+
+
+def load_published(path: str | Path) -> list[PublishedRun]:
+    data = yaml.safe_load(Path(path).read_text())
+    return [published_run(e) for e in data["runs"]]
+
+
+def error(run: PublishedRun, predicted_tokens_per_s: float) -> float:
+    return predicted_tokens_per_s / run.tokens_per_s_per_gpu - 1
+
+
+__all__ = ["PublishedRun", "load_published", "published_run", "error"]

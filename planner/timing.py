@@ -1,0 +1,363 @@
+"""Step time of one strategy: compute (GEMMs at a shape-dependent efficiency, fused attention,
+memory-bound element-wise work), tensor/pipeline/data-parallel communication over the cluster
+topology (alpha-beta), the 1F1B pipeline bubble, the optimizer step, offload, and the host's
+kernel-dispatch time.  Every term is a pure function; docs/time-model.md gives the formulas."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from . import collectives as coll
+from .flops import step_flops
+from .memory import Wrapper, wrapper
+from .plan import Plan
+from .shape import Stage, mlp_matrices, stage_params, stage_tensor_sizes, \
+    stages_to_check
+from .spec import Spec
+from .topology import ORDERS, group_link, strides
+from .units import FP32_BYTES, RECIPES, Activation, AttentionKernel, Norm, Offload, Position, \
+    Precision, Recompute, ZeroStage
+
+TERA = 1e12
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds per optimizer step on the slowest pipeline stage, by where the time goes."""
+
+    compute: float = 0.0  #: GEMMs, attention, element-wise work, host dispatch when it dominates
+    tp_comm: float = 0.0  #: tensor-parallel all-reduces (never overlapped)
+    pp_comm: float = 0.0  #: pipeline activation/gradient transfers
+    bubble: float = 0.0  #: 1F1B fill and drain: (p - 1) / v micro-batch slots
+    dp_comm: float = 0.0  #: exposed data-parallel gradient / ZeRO parameter traffic
+    optimizer: float = 0.0  #: the optimizer step (memory-bound) and its host work
+    offload: float = 0.0  #: PCIe transfers and host-side Adam when the optimizer is offloaded
+    placement: str = "tp,dp,pp"
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self) if f.name != "placement")
+
+    def as_dict(self) -> dict[str, float]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "placement"}
+        d["total"] = self.total
+        return d
+
+
+# ------------------------------------------------------------------------------- compute
+
+def gemm_efficiency(spec: Spec, plan: Plan, m: float, n: float, k: float) -> float:
+    """Fraction of dense peak a GEMM of this shape reaches: small dimensions leave tensor cores
+    idle (tile quantisation, too few waves); saturates at gemm_max for large shapes.  fp32 runs
+    on the SIMT units, which saturate at much smaller shapes."""
+    eff = spec.cluster.gpu.efficiency
+    if plan.precision is Precision.FP32:
+        top, half = eff.gemm_fp32_max, eff.gemm_fp32_half_dim
+    else:
+        top, half = eff.gemm_max, eff.gemm_half_dim
+    return top * (m / (m + half)) * (n / (n + half)) * (k / (k + half))
+
+
+def peak_flops(spec: Spec, plan: Plan) -> float:
+    """Dense peak for the precision; fp32 matmuls run on TF32 tensor cores where the GPU has
+    them (PyTorch's allow_tf32 / DeepSpeed default for fp32 training is not assumed: fp32 peak)."""
+    return spec.cluster.gpu.peak_tflops[plan.precision.value] * TERA
+
+
+def block_gemms(spec: Spec, plan: Plan) -> list[tuple[int, int, int]]:
+    """(M, N, K) of one block's forward GEMMs on one tp rank: fused QKV, output projection,
+    MLP up (gate and up fused for SwiGLU) and down; M = tokens of a micro-batch."""
+    mdl, t = spec.model, plan.tp
+    tokens = plan.micro_batch * mdl.seq_len
+    d, f = mdl.d_model, mdl.d_ff
+    up = (mlp_matrices(mdl) - 1) * f
+    return [(tokens, (d + 2 * mdl.kv_dim) // t, d), (tokens, d, d // t),
+            (tokens, up // t, d), (tokens, d, f // t)]
+
+
+def gemm_seconds(spec: Spec, plan: Plan, shapes: list[tuple[int, int, int]]) -> float:
+    """Forward + backward (data and weight gradients: 3x the forward's FLOPs) of these GEMMs."""
+    peak = peak_flops(spec, plan)
+    return sum(3 * 2 * m * n * k / (peak * gemm_efficiency(spec, plan, m, n, k)) for m, n, k in shapes)
+
+
+def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
+    """(forward, backward) of one block's attention core.  Fused kernels skip the masked half of
+    a causal s x s product (Dao 2023); FlashAttention's backward does 2.5x the forward's matmuls.
+    Eager attention runs QK^T and PV as batched GEMMs over the full square plus a memory-bound
+    softmax over a·s² elements per sequence."""
+    mdl, peak = spec.model, peak_flops(spec, plan)
+    b, s, h, t = plan.micro_batch, mdl.seq_len, mdl.d_model, plan.tp
+    eff = spec.cluster.gpu.efficiency
+    if mdl.attention is AttentionKernel.FLASH:
+        fwd_flops = 2 * b * s * s * h / t  # 4·b·s²·h halved by causality
+        if plan.precision is Precision.FP32:
+            return fwd_flops / (peak * eff.attention_fp32), 2.5 * fwd_flops / (
+                peak * eff.attention_fp32)
+        return fwd_flops / (peak * eff.attention_fwd), 2.5 * fwd_flops / (peak * eff.attention_bwd)
+    fwd_flops = 4 * b * s * s * h / t
+    gemm = fwd_flops / (peak * gemm_efficiency(spec, plan, s, s, mdl.head_dim))
+    e = RECIPES[plan.precision].activation_bytes
+    softmax_bytes = 4 * e * b * mdl.n_heads * s * s / t  # scale+mask+softmax read/write
+    mem = softmax_bytes / hbm_bytes_per_s(spec)
+    return gemm + mem, 2 * gemm + 2 * mem
+
+
+def hbm_bytes_per_s(spec: Spec) -> float:
+    gpu = spec.cluster.gpu
+    return gpu.hbm_gbps * 1e9 * gpu.efficiency.hbm
+
+
+def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
+    """HBM traffic of one block's memory-bound kernels in forward, per token on one tp rank.
+
+    Fused kernels (one read and one write per norm, activation, residual add and rotary
+    embedding) or PyTorch's eager ops as the executor's model runs them: RMSNorm's upcast, square,
+    mean, rsqrt-multiply, downcast and weight multiply; RoPE's four multiplies, add, stack; SwiGLU's
+    silu and product; the residual adds."""
+    mdl, e, t = spec.model, RECIPES[plan.precision].activation_bytes, plan.tp
+    h, f, qk = mdl.d_model, mdl.d_ff, (mdl.d_model + mdl.kv_dim) / plan.tp
+    fused = spec.runtime.kernel_fusion
+    if mdl.norm is Norm.LAYERNORM or fused:
+        norms = 2 * 2 * e * h
+    else:
+        norms = 2 * ((e + 4) + 4 + 4 + (4 + 4) + (4 + e) + 2 * e + e) * h
+    rope = (2 * e * qk if fused else 10 * e * qk) if mdl.position is Position.ROPE else 0
+    if mdl.activation is Activation.SWIGLU:
+        act = (3 * e * f if fused else 5 * e * f) / t
+    else:
+        act = 2 * e * f / t
+    adds = 2 * 3 * e * h
+    return norms + rope + act + adds
+
+
+def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
+    """Logits traffic on the last stage: the fp32 upcast, log-softmax, nll and their backward
+    (about eight logits-sized passes); a fused cross-entropy reads the logits once each way."""
+    mdl, e = spec.model, RECIPES[plan.precision].activation_bytes
+    v = mdl.vocab_size / plan.tp
+    if spec.runtime.kernel_fusion:
+        return 2 * (e + e) * v
+    return (e + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + e) * v
+
+
+def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
+    """One block, one micro-batch: forward + backward, plus the recomputed forward."""
+    shapes = block_gemms(spec, plan)
+    attn_f, attn_b = attention_seconds(spec, plan)
+    tokens = plan.micro_batch * spec.model.seq_len
+    elem = 3 * elementwise_bytes_per_token(spec, plan) * tokens / hbm_bytes_per_s(spec)
+    gemm = gemm_seconds(spec, plan, shapes)
+    base = gemm + attn_f + attn_b + elem
+    if plan.recompute is Recompute.FULL:
+        base += gemm / 3 + attn_f + elem / 3
+    elif plan.recompute is Recompute.SELECTIVE:
+        base += attn_f
+    return base
+
+
+def head_seconds(spec: Spec, plan: Plan) -> float:
+    """LM head GEMM (vocab-parallel) and the loss's memory traffic for one micro-batch."""
+    mdl = spec.model
+    tokens = plan.micro_batch * mdl.seq_len
+    gemm = gemm_seconds(spec, plan, [(tokens, mdl.vocab_size // plan.tp, mdl.d_model)])
+    return gemm + loss_bytes_per_token(spec, plan) * tokens / hbm_bytes_per_s(spec)
+
+
+# ------------------------------------------------------------------------------ host work
+
+def kernels_per_block(spec: Spec) -> int:
+    """Kernels one block launches in forward (eager PyTorch): norms, GEMMs, attention, rotary,
+    activation, adds; backward launches about twice as many."""
+    mdl = spec.model
+    fused = spec.runtime.kernel_fusion
+    norms = 2 * (1 if mdl.norm is Norm.LAYERNORM or fused else 7)
+    rope = (2 if fused else 12) if mdl.position is Position.ROPE else 0
+    act = 1 if fused or mdl.activation is Activation.GELU else 3
+    return norms + rope + act + 4 + 3 + 2
+
+
+def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage) -> float:
+    """Host time to issue one micro-batch: 3x the forward's kernels per block (forward, backward,
+    recompute counted once more), DeepSpeed's per-tensor gradient hooks (ZeRO-1/2) or per-module
+    fetch/release (ZeRO-3)."""
+    rt = spec.runtime
+    passes = 3 + (1 if plan.recompute is Recompute.FULL else 0)
+    kernels = stage.n_layers * kernels_per_block(spec) * passes + 20
+    t = kernels * rt.cpu_op_us
+    n_tensors = len(stage_tensor_sizes(spec.model, stage, plan.tp))
+    if plan.zero in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS):
+        t += n_tensors * rt.zero_hook_us
+    elif plan.zero == ZeroStage.PARAMETERS:
+        modules = stage.n_layers * 6 + 3
+        t += modules * 2 * rt.zero3_module_us
+    return t * 1e-6
+
+
+# --------------------------------------------------------------------------- communication
+
+def tp_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> float:
+    """Megatron tensor parallelism: two all-reduces of s·b·h per block in forward, two in backward
+    and two more in a recomputed forward (with sequence parallelism the same volume as
+    reduce-scatter + all-gather); one for the vocab-parallel embedding/loss."""
+    if plan.tp == 1:
+        return 0.0
+    mdl = spec.model
+    e = RECIPES[plan.precision].activation_bytes
+    size = e * plan.micro_batch * mdl.seq_len * mdl.d_model
+    link = group_link(spec.cluster, plan.tp, strides(order, plan.dp, plan.tp, plan.pp)["tp"])
+    per = coll.all_reduce(size, link, spec.cluster.gpu.efficiency.network)
+    count = 4 + (2 if plan.recompute is Recompute.FULL else 0)
+    return (stage.n_layers * count + 2) * per
+
+
+def pp_seconds_per_micro_batch(spec: Spec, plan: Plan, order) -> float:
+    """Send the activation forward and its gradient back across a stage boundary."""
+    if plan.pp == 1:
+        return 0.0
+    mdl = spec.model
+    e = RECIPES[plan.precision].activation_bytes
+    size = e * plan.micro_batch * mdl.seq_len * mdl.d_model / plan.tp
+    link = group_link(spec.cluster, plan.pp, strides(order, plan.dp, plan.tp, plan.pp)["pp"])
+    return 2 * coll.p2p(size, link, spec.cluster.gpu.efficiency.network)
+
+
+def zero3_fetch_units(spec: Spec, stage: Stage, tensors: int) -> int:
+    """Collectives per pass of ZeRO-3's parameter gathers: one per parameter tensor (DeepSpeed
+    before coalescing), per module (DeepSpeed's fetch_sub_module), or per block (FSDP units)."""
+    granularity = spec.runtime.zero3_gather_granularity
+    if granularity == "tensor":
+        return tensors
+    if granularity == "block":
+        return stage.n_layers + 2
+    return stage.n_layers * 6 + 3
+
+
+def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order) -> tuple[float, float]:
+    """(per step, per micro-batch) data-parallel communication of one rank.
+
+    ZeRO-0 (and BF16_Optimizer) all-reduce the gradients once per step; ZeRO-1 reduce-scatters
+    them once and all-gathers the updated parameters; ZeRO-2 reduce-scatters every micro-batch's
+    gradients into its partition (stage_1_and_2.py reduce_ipg_grads); ZeRO-3 all-gathers the
+    parameters in forward and again in backward and reduce-scatters the gradients, every
+    micro-batch (ZeRO paper, section 7: 1.5x the data-parallel volume).  Gradient traffic goes
+    in reduce_bucket_size buckets, each a collective paying the ring latency."""
+    if plan.dp == 1:
+        return 0.0, 0.0
+    rt = spec.runtime
+    n = stage_params(spec.model, stage, plan.tp)
+    g = RECIPES[plan.precision].grad_bytes
+    p = RECIPES[plan.precision].param_bytes
+    if wrapper(plan) is Wrapper.BF16_OPTIMIZER:
+        g = FP32_BYTES  # its gradient buffer is fp32 and reduced as such
+    link = group_link(spec.cluster, plan.dp, strides(order, plan.dp, plan.tp, plan.pp)["dp"])
+    net = spec.cluster.gpu.efficiency.network
+    buckets = -(-n // rt.reduce_bucket_size)
+    if plan.zero == ZeroStage.NONE or wrapper(plan) is Wrapper.BF16_OPTIMIZER:
+        return coll.all_reduce(g * n, link, net, -(-n // 500_000_000)), 0.0
+    gather = coll.all_gather(p * n, link, net, -(-n // rt.allgather_bucket_size))
+    scatter = coll.reduce_scatter(g * n, link, net, buckets)
+    if plan.zero == ZeroStage.OPTIMIZER:
+        return scatter + gather, 0.0
+    if plan.zero == ZeroStage.GRADIENTS:
+        return gather, scatter
+    units = zero3_fetch_units(spec, stage, len(stage_tensor_sizes(spec.model, stage, plan.tp)))
+    return 0.0, 2 * coll.all_gather(p * n, link, net, units) + scatter
+
+
+def overlap_on(spec: Spec, plan: Plan) -> bool:
+    """DeepSpeed's default: overlap_comm on for ZeRO-3 (prefetch), off for ZeRO-1/2; ZeRO-0's
+    engine all-reduces after backward."""
+    if spec.runtime.overlap_comm is not None:
+        return spec.runtime.overlap_comm and plan.zero >= ZeroStage.OPTIMIZER
+    return plan.zero == ZeroStage.PARAMETERS
+
+
+# ------------------------------------------------------------------------- optimizer step
+
+def optimizer_seconds(spec: Spec, plan: Plan, n: int, n_tensors: int) -> float:
+    """Memory-bound Adam over this rank's share: read fp32 master, grad, two moments, write them
+    back and the low-precision copy (~32 bytes/param; +16 for PyTorch's foreach temporaries and
+    the fp32 gradient cast), plus host work per tensor for unfused optimizers."""
+    if plan.offload is not Offload.NONE:
+        return 0.0
+    local = n if wrapper(plan) in (Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER) else n / plan.dp
+    per_param = 32 + (16 if spec.runtime.torch_adam else 0)
+    t = local * per_param / hbm_bytes_per_s(spec)
+    # ZeRO flattens each rank's share into one fp32 tensor; without ZeRO, PyTorch's AdamW and
+    # FP16_UnfusedOptimizer walk the parameter tensors one by one on the host
+    if spec.runtime.torch_adam and wrapper(plan) in (Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER):
+        t += n_tensors * spec.runtime.optimizer_tensor_us * 1e-6
+    return t
+
+
+def offload_seconds(spec: Spec, plan: Plan, n: int) -> float:
+    """Optimizer offload: fp32 gradients down and b16 parameters up over PCIe, and
+    DeepSpeedCPUAdam on the host (ZeRO-Offload, Ren et al. 2021)."""
+    if plan.offload is Offload.NONE:
+        return 0.0
+    local = n / plan.dp
+    pcie = spec.cluster.gpu.pcie_gbps * 1e9
+    transfer = local * (FP32_BYTES + RECIPES[plan.precision].param_bytes) / pcie
+    return transfer + local / spec.runtime.host_adam_params_per_s
+
+
+# ------------------------------------------------------------------------------ step time
+
+def stage_micro_batch_seconds(spec: Spec, plan: Plan, stage: Stage) -> tuple[float, float]:
+    """(GPU compute, host dispatch) of one micro-batch on one stage."""
+    gpu = stage.n_layers * block_forward_backward_seconds(spec, plan)
+    if stage.has_head:
+        gpu += head_seconds(spec, plan)
+    return gpu, host_seconds_per_micro_batch(spec, plan, stage)
+
+
+def step_time_for_order(spec: Spec, plan: Plan, order) -> StepTime:
+    stages = stages_to_check(spec.model, plan.pp, plan.grad_accum)
+    slot, comp, tp_c, pp_c, worst = 0.0, 0.0, 0.0, 0.0, stages[0]
+    for stage in stages:
+        gpu, host = stage_micro_batch_seconds(spec, plan, stage)
+        tp_t = tp_seconds_per_micro_batch(spec, plan, stage, order)
+        pp_t = pp_seconds_per_micro_batch(spec, plan, order)
+        c = max(host, gpu + spec.runtime.host_sync_fraction * host)
+        if c + tp_t + pp_t > slot:
+            slot, comp, tp_c, pp_c, worst = c + tp_t + pp_t, c, tp_t, pp_t, stage
+    m = plan.grad_accum
+    n = stage_params(spec.model, worst, plan.tp)
+    per_step, per_micro = dp_traffic_seconds(spec, plan, worst, order)
+    if overlap_on(spec, plan):
+        # prefetch/bucketing hides traffic under the same micro-batch's compute; the first
+        # gather and the last reduction (one block's share) stay exposed
+        window = comp
+        exposed_micro = max(0.0, per_micro - window) + per_micro / max(1, worst.n_layers)
+        exposed = m * exposed_micro + per_step
+    else:
+        exposed = m * per_micro + per_step
+    bubble = (plan.pp - 1) / spec.runtime.virtual_stages * slot
+    tensors = len(stage_tensor_sizes(spec.model, worst, plan.tp))
+    return StepTime(compute=m * comp, tp_comm=m * tp_c, pp_comm=m * pp_c, bubble=bubble,
+                    dp_comm=exposed, optimizer=optimizer_seconds(spec, plan, n, tensors),
+                    offload=offload_seconds(spec, plan, n), placement=",".join(order))
+
+
+def step_time(spec: Spec, plan: Plan) -> StepTime:
+    """The faster of the rank placements worth trying."""
+    return min((step_time_for_order(spec, plan, order) for order in ORDERS),
+               key=lambda st: st.total)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    step: StepTime
+    tokens_per_s: float
+    mfu: float  #: model FLOPs (no recompute) / (step time x GPUs x dense peak)
+    hfu: float  #: the same with recompute's extra forward counted
+
+
+def throughput(spec: Spec, plan: Plan) -> Throughput:
+    st = step_time(spec, plan)
+    flops = step_flops(spec.model, plan, spec.global_batch_sequences)
+    denom = st.total * plan.world_size * peak_flops(spec, plan)
+    return Throughput(st, flops.tokens / st.total, flops.model / denom, flops.hardware / denom)
+
+
+__all__ = ["StepTime", "Throughput", "step_time", "throughput"]

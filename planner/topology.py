@@ -1,0 +1,117 @@
+"""The cluster as a networkx graph (GPUs, the node's NVSwitch/NVLink/PCIe fabric, NICs, leaf and
+spine switches) and the bandwidth a communication group gets from where its ranks sit.
+
+Ranks are placed tp innermost, then dp, then pp (DeepSpeed's PipeModelDataParallelTopology and
+Megatron-LM's default order); ``ORDERS`` lists the alternatives worth trying.  A group is the set
+of ranks {start + i·stride}; its ring (or the per-channel rings NCCL builds, one per NIC it can
+use) is limited by the slowest of: the intra-node link, and the node's network injection shared
+by the group's members on that node, divided by the spine's oversubscription when the group
+spans leaves.  Rail-optimised nodes give every GPU its own NIC.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import networkx as nx
+
+from .spec import ClusterSpec
+
+GB = 1e9
+
+#: rank orders, innermost first: tensor parallel always innermost (it all-reduces every layer)
+ORDERS = (("tp", "dp", "pp"), ("tp", "pp", "dp"))
+
+
+@dataclass(frozen=True)
+class Link:
+    """One group's effective per-rank bandwidth (bytes/s, one direction) and hop latency (s)."""
+
+    bandwidth: float
+    latency: float
+    ranks: int
+    nodes: int
+
+
+def build_graph(cluster: ClusterSpec) -> nx.Graph:
+    """GPUs hang off their node's switch (NVSwitch, or a PCIe root) at the per-direction link
+    speed and off their NIC (GPU i uses NIC i mod nics); NICs connect to leaf switches, leaves to a
+    spine with the configured oversubscription.  Capacities are bytes/s per direction."""
+    g = nx.Graph()
+    net, intra = cluster.inter_node, cluster.intra_node
+    nic_bytes = net.nic_gbit / 8 * GB
+    for node in range(cluster.nodes):
+        leaf = ("leaf", node // net.nodes_per_leaf)
+        g.add_edge(leaf, ("spine",), capacity=net.nodes_per_leaf * net.node_gbps * GB
+                   / net.oversubscription)
+        for nic in range(net.nics_per_node):
+            g.add_edge(("nic", node, nic), leaf, capacity=nic_bytes)
+        for gpu in range(cluster.gpus_per_node):
+            g.add_edge(("gpu", node, gpu), ("switch", node), capacity=intra.gbps / 2 * GB)
+            g.add_edge(("gpu", node, gpu), ("nic", node, gpu % net.nics_per_node),
+                       capacity=cluster.gpu.pcie_gbps * GB)
+    return g
+
+
+def _path_capacity(g: nx.Graph, a, b) -> float:
+    path = nx.shortest_path(g, a, b)
+    return min(g.edges[u, v]["capacity"] for u, v in zip(path, path[1:]))
+
+
+def group_link(cluster: ClusterSpec, size: int, stride: int) -> Link:
+    """Bandwidth of a group of ``size`` ranks ``stride`` apart (one of many such groups that run
+    at once, e.g. every dp group of a plan)."""
+    return _group_link(_Fabric.of(cluster), size, stride)
+
+
+@dataclass(frozen=True)
+class _Fabric:
+    """The hashable part of a cluster that communication depends on (a cache key)."""
+
+    cluster: ClusterSpec
+
+    @classmethod
+    def of(cls, cluster: ClusterSpec) -> "_Fabric":
+        return cls(cluster)
+
+    def __hash__(self) -> int:
+        c = self.cluster
+        return hash((c.nodes, c.gpus_per_node, c.intra_node, c.inter_node, c.gpu.pcie_gbps))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Fabric) and hash(self) == hash(other)
+
+
+@lru_cache(maxsize=4096)
+def _group_link(fabric: _Fabric, size: int, stride: int) -> Link:
+    cluster = fabric.cluster
+    gpn = cluster.gpus_per_node
+    nodes = len({(i * stride) // gpn for i in range(size)})
+    per_node = size // nodes
+    g = _graph(cluster)
+    intra = g.edges[("gpu", 0, 0), ("switch", 0)]["capacity"]
+    if nodes == 1:
+        return Link(intra, cluster.intra_node.latency_us * 1e-6, size, 1)
+    net = cluster.inter_node
+    # every GPU of a node talks at once (its own groups), so each gets 1/gpn of the node's
+    # injection bandwidth, or less if its path to the leaf (PCIe, NIC) is slower
+    per_gpu = min(_path_capacity(g, ("gpu", 0, 0), ("leaf", 0)), net.node_gbps * GB / gpn)
+    node_out = per_node * per_gpu
+    if nodes > net.nodes_per_leaf:
+        node_out /= net.oversubscription
+    return Link(min(intra, node_out), net.latency_us * 1e-6, size, nodes)
+
+
+def _graph(cluster: ClusterSpec) -> nx.Graph:
+    """Two nodes are enough: a group's bandwidth only needs one node's links and its uplink."""
+    return build_graph(cluster.model_copy(update={"nodes": min(cluster.nodes, 2)}))
+
+
+def strides(order: tuple[str, ...], dp: int, tp: int, pp: int) -> dict[str, int]:
+    """Rank distance between consecutive members of each group for a placement order."""
+    sizes = {"tp": tp, "dp": dp, "pp": pp}
+    out, stride = {}, 1
+    for axis in order:
+        out[axis] = stride
+        stride *= sizes[axis]
+    return out
