@@ -32,13 +32,14 @@ class _Dims:
     t: int
     e: int
     r: float  #: share of norm-region tensors this rank keeps: 1/t with sequence parallel, else 1
+    fused: bool  #: fused norm / rotary / SwiGLU / cross-entropy kernels (model.fused_kernels)
 
 
 def _dims(m: ModelSpec, plan: Plan) -> _Dims:
     return _Dims(s=m.seq_len, b=plan.micro_batch, h=m.d_model, q=m.d_model, k=m.kv_dim,
                  f=m.d_ff, a=m.n_heads, V=m.vocab_size, t=plan.tp,
                  e=RECIPES[plan.precision].activation_bytes,
-                 r=1 / plan.tp if plan.sequence_parallel else 1.0)
+                 r=1 / plan.tp if plan.sequence_parallel else 1.0, fused=m.fused_kernels)
 
 
 def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
@@ -52,6 +53,8 @@ def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
     sbh = d.s * d.b * d.h
     if m.norm is Norm.LAYERNORM:
         kept = d.e * sbh + 2 * FP32_BYTES * d.s * d.b
+    elif d.fused:
+        kept = d.e * sbh + FP32_BYTES * d.s * d.b  # fused kernel: input and rstd
     else:
         kept = (FP32_BYTES + d.e) * sbh + FP32_BYTES * d.s * d.b
     return (kept + d.e * sbh) * d.r  # + the normalised output the following linear saves
@@ -75,7 +78,7 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
     """
     sb = d.s * d.b
     kept = d.e * sb * (d.q + 2 * d.k) / d.t  # fused QKV output; q, k, v are views of it
-    if m.position is Position.ROPE:
+    if m.position is Position.ROPE and not d.fused:
         kept += d.e * sb * (d.q + d.k) / d.t  # rotated q and k are new tensors the kernel keeps
     kept += d.e * sb * d.q / d.t  # attention output, also the output projection's input
     math = math_fallback(m, plan)
@@ -92,7 +95,10 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
 
 def mlp_saved_bytes(m: ModelSpec, d: _Dims) -> float:
     """GELU: fc output and GELU output (2·s·b·f); SwiGLU: gate+up output, silu(gate), product (4)."""
-    per_f = 4 if m.activation is Activation.SWIGLU else 2
+    if m.activation is Activation.SWIGLU:
+        per_f = 3 if d.fused else 4  # fused: gate+up and the product; silu recomputed
+    else:
+        per_f = 2
     return d.e * d.s * d.b * d.f * per_f / d.t
 
 
@@ -140,6 +146,8 @@ def logits_forward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     """At the loss in forward: the logits, their fp32 copy and log_softmax's output coexist."""
     d = _dims(m, plan)
     n = d.s * d.b * d.V / d.t
+    if d.fused:  # chunked cross-entropy: no full-size fp32 copies
+        return n * d.e
     upcast = loss_dtype_bytes(m, plan) if loss_dtype_bytes(m, plan) != d.e else 0
     return n * (d.e + upcast + loss_dtype_bytes(m, plan))
 
@@ -149,4 +157,6 @@ def logits_backward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     and the gradient it returns are three logits-sized tensors in the loss dtype at once
     (aten _log_softmax_backward_data).  Vocab-parallel: V/t per rank."""
     d = _dims(m, plan)
+    if d.fused:  # the logits and their gradient, computed chunk by chunk in the forward
+        return 2 * d.e * d.s * d.b * d.V / d.t
     return 3 * loss_dtype_bytes(m, plan) * d.s * d.b * d.V / d.t

@@ -2,13 +2,17 @@
 the caching allocator reserves, capacity, host RAM for offload, FLOPs per step."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 from .flops import StepFlops, step_flops
 from .memory import MemoryBreakdown, host_offload_bytes, peak_memory
 from .plan import Plan
 from .spec import Spec
+from .timing import Throughput, throughput
 from .units import GiB
+
+SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,25 @@ class Estimate:
     host_bytes_per_node: float  #: pinned + pageable host RAM offload needs on one node
     host_capacity_bytes: float
     flops: StepFlops
+    time: Optional[Throughput]  #: None until timed (the search times only plans that fit)
+
+    def timed(self, spec: Spec) -> "Estimate":
+        return self if self.time is not None else replace(self, time=throughput(spec, self.plan))
+
+    @property
+    def step_time_s(self) -> float:
+        return self.time.step.total
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.time.tokens_per_s
+
+    @property
+    def mfu(self) -> float:
+        return self.time.mfu
+
+    def days_to_train(self, tokens: float) -> float:
+        return tokens / self.tokens_per_s / SECONDS_PER_DAY
 
     @property
     def peak_bytes(self) -> float:
@@ -55,7 +78,8 @@ class Estimate:
                 f"the node has {self.host_capacity_bytes / GiB:.0f} GiB")
 
 
-def estimate(spec: Spec, plan: Plan) -> Estimate:
+def estimate(spec: Spec, plan: Plan, *, with_time: bool = True) -> Estimate:
+    """Memory, FLOPs and (unless with_time is False) step time of one plan."""
     mem = peak_memory(spec, plan)
     rt, cluster = spec.runtime, spec.cluster
     return Estimate(
@@ -67,4 +91,5 @@ def estimate(spec: Spec, plan: Plan) -> Estimate:
         host_bytes_per_node=host_offload_bytes(spec, plan) * cluster.gpus_per_node,
         host_capacity_bytes=cluster.host_memory_gib * GiB,
         flops=step_flops(spec.model, plan, spec.global_batch_sequences),
+        time=throughput(spec, plan) if with_time else None,
     )

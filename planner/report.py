@@ -37,8 +37,18 @@ def _tokens(spec: Spec) -> tuple[Optional[float], str]:
     return float(spec.training.tokens), f"{spec.training.tokens:.3g}"
 
 
-def estimate_json(e: Estimate) -> dict[str, Any]:
-    return {
+def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]:
+    t = e.time
+    timing = {} if t is None else {
+        "step_time_s": t.step.total,
+        "tokens_per_s": t.tokens_per_s,
+        "mfu": t.mfu,
+        "hfu": t.hfu,
+        "days_to_train": e.days_to_train(tokens) if tokens else None,
+        "step_time_breakdown_s": t.step.as_dict(),
+        "placement": t.step.placement,
+    }
+    return {**timing, 
         "strategy": e.plan.as_dict(),
         "label": e.plan.label,
         "memory_gib": {k: round(v, 4) for k, v in e.memory.as_gib().items()},
@@ -76,8 +86,9 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
         "runtime": spec.runtime.model_dump(),
         "evaluated": result.evaluated,
         "feasible": len(result.feasible),
-        "best": estimate_json(best) if best else None,
-        "alternatives": [estimate_json(e) for e in result.feasible[1:spec.search.top + 1]],
+        "best": estimate_json(best, tokens) if best else None,
+        "alternatives": [estimate_json(e, tokens) for e in
+                         result.feasible[1:spec.search.top + 1]],
         "rejected": {"total": len(result.rejected), "by_reason": dict(result.by_reason.most_common()),
                      "examples": examples},
         "nearest_fix": fixes,
@@ -117,15 +128,30 @@ def _memory_table(e: Estimate, spec: Spec) -> str:
     return tabulate(rows, headers=["per-GPU memory", "GiB"], colalign=("left", "right"))
 
 
-def _alternatives_table(result: SearchResult) -> str:
+def _alternatives_table(result: SearchResult, tokens: float) -> str:
     rows = []
     for i, e in enumerate(result.feasible[:result.spec.search.top + 1]):
-        rows.append([i + 1, e.plan.label, f"{e.memory.total / GiB:.1f}",
-                     f"{e.required_bytes / GiB:.1f}", f"{e.free_bytes / GiB:.1f}",
-                     f"{e.flops.per_gpu(e.plan.world_size):.3g}"])
-    return tabulate(rows, headers=["#", "plan", "peak GiB", "required GiB", "free GiB",
-                                   "FLOPs/GPU/step"],
-                    colalign=("right", "left", "right", "right", "right", "right"))
+        st = e.time.step
+        comm = st.tp_comm + st.pp_comm + st.dp_comm
+        rows.append([i + 1, e.plan.label, f"{st.total:.3g}", f"{st.compute:.3g}", f"{comm:.3g}",
+                     f"{st.bubble:.3g}", f"{st.optimizer + st.offload:.3g}",
+                     f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}", f"{e.days_to_train(tokens):,.1f}",
+                     f"{e.memory.total / GiB:.1f}", f"{e.free_bytes / GiB:.1f}"])
+    return tabulate(rows, headers=["#", "plan", "step s", "compute", "comm", "bubble", "optim",
+                                   "tokens/s", "MFU", "days", "peak GiB", "free GiB"],
+                    colalign=("right", "left") + ("right",) * 10)
+
+
+def _time_table(e: Estimate) -> str:
+    st = e.time.step
+    labels = {"compute": "compute (GEMMs, attention, element-wise, host)",
+              "tp_comm": "tensor-parallel all-reduces", "pp_comm": "pipeline transfers",
+              "bubble": "pipeline bubble", "dp_comm": "data-parallel traffic (exposed)",
+              "optimizer": "optimizer step", "offload": "offload (PCIe + host Adam)"}
+    rows = [[label, f"{getattr(st, k):.4g}", f"{getattr(st, k) / st.total:.1%}"]
+            for k, label in labels.items()]
+    rows.append(["step", f"{st.total:.4g}", "100%"])
+    return tabulate(rows, headers=["step time", "s", "share"], colalign=("left", "right", "right"))
 
 
 def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
@@ -141,10 +167,14 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
         lines += [
             f"best plan  {best.plan.label}",
             f"           {len(result.feasible)} of {result.evaluated} candidates are feasible; "
-            f"ranked by work per GPU, pipeline bubble, offload, ZeRO stage, tp, micro-batch",
+            f"ranked by predicted time to train",
+            f"speed      {best.step_time_s:.3g} s/step, {best.tokens_per_s:,.0f} tokens/s, "
+            f"MFU {best.mfu:.1%}; {best.days_to_train(tokens):,.1f} days for {steps:,.0f} steps "
+            f"on {best.plan.world_size} GPUs (ranks placed {best.time.step.placement})",
             f"FLOPs      {best.flops.hardware:.3e} per step (model {best.flops.model:.3e}, "
-            f"6ND {best.flops.six_nd:.3e}); {steps:,.0f} steps; "
-            f"{best.flops.hardware * steps:.3e} in total",
+            f"6ND {best.flops.six_nd:.3e}); {best.flops.hardware * steps:.3e} in total",
+            "",
+            _time_table(best),
             "",
             f"memory on the most-loaded GPU (pipeline stage {best.memory.stage}), peak during "
             f"{best.memory.moment}:",
@@ -153,7 +183,7 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
         if best.host_bytes_per_node:
             lines.append(f"host RAM for offload: {best.host_bytes_per_node / GiB:.1f} GiB per node "
                          f"of {best.host_capacity_bytes / GiB:.0f}")
-        lines += ["", "top plans:", _alternatives_table(result)]
+        lines += ["", "top plans (seconds per step):", _alternatives_table(result, tokens)]
     if result.rejected:
         lines += ["", f"rejected {len(result.rejected)} of {result.evaluated} candidates:"]
         examples: dict[str, str] = {}

@@ -84,14 +84,9 @@ def candidates(spec: Spec) -> Iterator[Plan]:
 
 
 def rank_key(e: Estimate) -> tuple:
-    """Simple order until the step-time model lands: least work per GPU (recompute adds work),
-    smallest pipeline bubble, no offload, least communication (ZeRO 0-2 move the same gradient
-    volume as plain data parallelism, ZeRO-3 1.5x; tensor parallelism all-reduces every layer),
-    larger micro-batches (more efficient GEMMs), then most free memory."""
-    p = e.plan
-    bubble = (p.pp - 1) / (p.grad_accum + p.pp - 1)
-    return (e.flops.hardware, round(bubble, 6), p.offload is not Offload.NONE,
-            p.zero == ZeroStage.PARAMETERS, p.tp, p.pp, -p.micro_batch, -e.free_bytes)
+    """Fastest to train first (every plan runs the same global batch, so step time decides);
+    ties go to the plan with more free memory."""
+    return (round(e.step_time_s, 9), -e.free_bytes)
 
 
 @dataclass
@@ -115,9 +110,9 @@ def search(spec: Spec) -> SearchResult:
         n += 1
         why = check(spec, plan)
         if why is None:
-            est = estimate(spec, plan)
+            est = estimate(spec, plan, with_time=False)
             if est.fits:
-                feasible.append(est)
+                feasible.append(est.timed(spec))
                 continue
             why = Rejected(plan, "out of memory", est.oom_reason())
         rejected.append(why)

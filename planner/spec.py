@@ -56,6 +56,10 @@ class ModelSpec(_Frozen):
     attention: AttentionKernel = AttentionKernel.FLASH
     loss_dtype: Literal["fp32", "param"] = Field(
         "fp32", description="fp32: logits are upcast before cross-entropy (the usual recipe)")
+    fused_kernels: bool = Field(
+        False, description="fused norm, rotary, SwiGLU and chunked cross-entropy kernels (Megatron,"
+                           " Liger, lit-gpt): fewer memory passes and saved tensors; the "
+                           "executor's model runs PyTorch's unfused ops")
 
     @model_validator(mode="before")
     @classmethod
@@ -300,8 +304,6 @@ class RuntimeSpec(_Frozen):
     overlap_comm: Optional[bool] = Field(
         None, description="None: DeepSpeed's default (on for ZeRO-3, off for 1/2); on doubles "
                           "the ZeRO-1/2 bucket")
-    kernel_fusion: bool = Field(False, description="fused norm/activation/RoPE/loss kernels "
-                                "(fewer memory passes); the executor's model is unfused")
     virtual_stages: PositiveInt = Field(1, description="interleaved pipeline chunks per stage "
                                         "(1 = DeepSpeed's 1F1B)")
     cpu_op_us: NonNegativeFloat = Field(

@@ -116,7 +116,7 @@ def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
     silu and product; the residual adds."""
     mdl, e, t = spec.model, RECIPES[plan.precision].activation_bytes, plan.tp
     h, f, qk = mdl.d_model, mdl.d_ff, (mdl.d_model + mdl.kv_dim) / plan.tp
-    fused = spec.runtime.kernel_fusion
+    fused = spec.model.fused_kernels
     if mdl.norm is Norm.LAYERNORM or fused:
         norms = 2 * 2 * e * h
     else:
@@ -135,7 +135,7 @@ def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
     (about eight logits-sized passes); a fused cross-entropy reads the logits once each way."""
     mdl, e = spec.model, RECIPES[plan.precision].activation_bytes
     v = mdl.vocab_size / plan.tp
-    if spec.runtime.kernel_fusion:
+    if spec.model.fused_kernels:
         return 2 * (e + e) * v
     return (e + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + e) * v
 
@@ -169,7 +169,7 @@ def kernels_per_block(spec: Spec) -> int:
     """Kernels one block launches in forward (eager PyTorch): norms, GEMMs, attention, rotary,
     activation, adds; backward launches about twice as many."""
     mdl = spec.model
-    fused = spec.runtime.kernel_fusion
+    fused = spec.model.fused_kernels
     norms = 2 * (1 if mdl.norm is Norm.LAYERNORM or fused else 7)
     rope = (2 if fused else 12) if mdl.position is Position.ROPE else 0
     act = 1 if fused or mdl.activation is Activation.GELU else 3

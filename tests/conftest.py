@@ -15,3 +15,10 @@ def calibration_path() -> Path:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+SHARED_PUBLISHED = ROOT.parent / "shared" / "calibration" / "published_runs_sample.yaml"
+VENDORED_PUBLISHED = ROOT / "tests" / "data" / "published_runs_sample.yaml"
+
+
+def published_path() -> Path:
+    return SHARED_PUBLISHED if SHARED_PUBLISHED.exists() else VENDORED_PUBLISHED
