@@ -135,9 +135,10 @@ def layer_tensor_sizes(m: ModelSpec, tp: int) -> list[int]:
     n_mlp = mlp_matrices(m)
     sizes = [norm_params(m) // (2 if m.norm is Norm.LAYERNORM else 1)] * (
         4 if m.norm is Norm.LAYERNORM else 2)
-    sizes += [d * qkv // tp, d * d // tp] + [d * ff // tp] * n_mlp
+    # the MLP's up projection is one fused tensor (gate and up together for SwiGLU)
+    sizes += [d * qkv // tp, d * d // tp, (n_mlp - 1) * d * ff // tp, d * ff // tp]
     if m.bias:
-        sizes += [qkv // tp, d] + [ff // tp] * (n_mlp - 1) + [d]
+        sizes += [qkv // tp, d, (n_mlp - 1) * ff // tp, d]
     return sizes
 
 

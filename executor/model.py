@@ -1,0 +1,263 @@
+"""The GPT the executor trains, built from a ``ModelSpec`` alone.
+
+It mirrors the calibration harness (``shared/calibration/reference_harness.py``) tensor for
+tensor, because the planner's memory model (``planner/activations.py``) and parameter count
+(``planner/shape.py``) describe exactly these tensors: a fused QKV projection whose q, k, v are
+views, RoPE as new q/k tensors, ``scaled_dot_product_attention`` (or the eager softmax path), a
+GELU MLP or a fused gate/up SwiGLU, LayerNorm or Llama's RMSNorm, logits upcast before the loss.
+
+It knows nothing of DeepSpeed.  Parallelism is applied to it from outside: ``pipeline_layers()``
+hands the layers to a ``PipelineModule``; AutoTP may column-shard ``qkv``/``fc``/``w13`` and
+row-shard ``proj``/``fc2``/``w2`` (the attention follows the local width of ``qkv``);
+activation checkpointing wraps the entries of ``blocks``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from planner.spec import ModelSpec
+from planner.units import Activation, AttentionKernel, Norm, Position
+
+#: GPT-2's initializer range (Radford et al. 2019; HF GPT2Config.initializer_range)
+INIT_STD = 0.02
+ROPE_THETA = 10000.0
+
+
+class RMSNorm(nn.Module):
+    """Llama's RMSNorm as HF transformers writes it (Zhang & Sennrich 2019): normalise in fp32,
+    cast back, then scale; the memory model counts the fp32 copy it keeps."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def make_norm(m: ModelSpec) -> nn.Module:
+    return nn.LayerNorm(m.d_model) if m.norm is Norm.LAYERNORM else RMSNorm(m.d_model)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding (Su et al. 2021) on (B, heads, T, hd), rotating (even, odd) pairs as the
+    harness does; returns new tensors (the memory model counts them)."""
+    T, hd = q.shape[-2], q.shape[-1]
+    inv = 1.0 / (ROPE_THETA ** (torch.arange(0, hd, 2, device=q.device).float() / hd))
+    freqs = torch.outer(torch.arange(T, device=q.device).float(), inv)
+    cos, sin = freqs.cos().to(q.dtype), freqs.sin().to(q.dtype)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[..., ::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+
+    return rotate(q), rotate(k)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v with a causal mask, the s x s probabilities materialised;
+    GQA repeats k and v to every query head (HF ``repeat_kv``)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    probs = F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    return probs @ v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        # not named n_heads/num_heads: AutoTP rewrites attributes of those names
+        self.h, self.kv, self.hd = m.n_heads, m.n_kv_heads, m.head_dim
+        self.rope = m.position is Position.ROPE
+        self.flash = m.attention is AttentionKernel.FLASH
+        self.qkv = nn.Linear(m.d_model, (self.h + 2 * self.kv) * self.hd, bias=m.bias)
+        self.proj = nn.Linear(m.d_model, m.d_model, bias=m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv = self.qkv(x)
+        # a column-sharded qkv (tensor parallel) holds h/tp query and kv/tp key/value heads
+        tp = (self.h + 2 * self.kv) * self.hd // qkv.shape[-1]
+        h, kv = self.h // tp, self.kv // tp
+        q, k, v = qkv.split([h * self.hd, kv * self.hd, kv * self.hd], dim=-1)
+        q = q.view(B, T, h, self.hd).transpose(1, 2)
+        k = k.view(B, T, kv, self.hd).transpose(1, 2)
+        v = v.view(B, T, kv, self.hd).transpose(1, 2)
+        if self.rope:
+            q, k = rope(q, k)
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
+        else:
+            y = eager_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, T, h * self.hd))
+
+
+class MLP(nn.Module):
+    """GPT-2's MLP: d -> d_ff -> d with tanh-approximated GELU."""
+
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        self.fc = nn.Linear(m.d_model, m.d_ff, bias=m.bias)
+        self.fc2 = nn.Linear(m.d_ff, m.d_model, bias=m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """Shazeer 2020's SwiGLU with gate and up fused in one matrix ([gate | up] along the output)."""
+
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        self.w13 = nn.Linear(m.d_model, 2 * m.d_ff, bias=m.bias)
+        self.w2 = nn.Linear(m.d_ff, m.d_model, bias=m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        self.ln1, self.ln2 = make_norm(m), make_norm(m)
+        self.attn = CausalSelfAttention(m)
+        self.mlp = SwiGLU(m) if m.activation is Activation.SWIGLU else MLP(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class EmbeddingLayer(nn.Module):
+    """Token ids (B, T) -> hidden states (B, T, d): token table plus learned positions, if any."""
+
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        self.wte = nn.Embedding(m.vocab_size, m.d_model)
+        learned = m.position is Position.LEARNED
+        self.wpe = nn.Embedding(m.max_positions, m.d_model) if learned else None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        return x
+
+
+class HeadLayer(nn.Module):
+    """Hidden states -> logits: the final norm and the LM head.  ``lm_head=False`` keeps only the
+    norm, for a pipeline whose logits come from the tied token table (see ``tied_logits``)."""
+
+    def __init__(self, m: ModelSpec, lm_head: bool = True):
+        super().__init__()
+        self.norm = make_norm(m)
+        self.head = nn.Linear(m.d_model, m.vocab_size, bias=False) if lm_head else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return self.head(x) if self.head is not None else x
+
+
+def tied_logits(embedding: EmbeddingLayer, x: torch.Tensor) -> torch.Tensor:
+    """Logits from the token table: the ``forward_fn`` of a pipeline's second TiedLayerSpec of
+    ``EmbeddingLayer`` (Megatron-DeepSpeed's ``_logits_helper`` pattern)."""
+    return F.linear(x, embedding.wte.weight)
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor,
+                   loss_dtype: str = "fp32") -> torch.Tensor:
+    """Mean next-token cross-entropy; ``fp32`` upcasts the logits first (ModelSpec.loss_dtype)."""
+    if loss_dtype == "fp32":
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2 initialisation (Radford et al. 2019; nanoGPT ``_init_weights``): N(0, 0.02) for
+    linear and embedding weights, zero biases; norms keep their ones/zeros."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+
+class GPT(nn.Module):
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        self.spec = m
+        self.embed = EmbeddingLayer(m)
+        self.blocks = nn.ModuleList(Block(m) for _ in range(m.n_layers))
+        self.final = HeadLayer(m)
+        if m.tied_embeddings:
+            self.final.head.weight = self.embed.wte.weight
+        self.apply(init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers) so the residual stream's
+        # variance does not grow with depth (Radford et al. 2019, section 2.3; nanoGPT c_proj)
+        residual_std = INIT_STD / math.sqrt(2 * m.n_layers)
+        for block in self.blocks:
+            out = block.mlp.w2 if isinstance(block.mlp, SwiGLU) else block.mlp.fc2
+            for linear in (block.attn.proj, out):
+                nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Loss when ``targets`` are given, else logits (B, T, V)."""
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.final(x)
+        if targets is None:
+            return logits
+        return causal_lm_loss(logits, targets, self.spec.loss_dtype)
+
+    def pipeline_layers(self) -> list[nn.Module]:
+        """[EmbeddingLayer, *blocks, HeadLayer]: each forward maps one tensor to the next, the last
+        to logits; ``causal_lm_loss`` is the pipeline's loss_fn."""
+        return [self.embed, *self.blocks, self.final]
+
+    def num_params(self) -> int:
+        """Distinct parameters (a tied table counted once), as planner.shape.param_counts."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T) (nanoGPT's sampler, no KV
+        cache); temperature 0 is greedy.  The context is cropped to the model's seq_len."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.spec.seq_len:]
+            logits = self(context)[:, -1, :].float()
+            idx = torch.cat((idx, self._sample(logits, temperature, top_k, generator)), dim=1)
+        return idx
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_k: Optional[int],
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+        if temperature <= 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+
+
+__all__ = ["GPT", "Block", "EmbeddingLayer", "HeadLayer", "RMSNorm", "causal_lm_loss",
+           "tied_logits", "init_weights"]
