@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import Plan
+from .plan import Plan, where
 from .spec import ModelSpec
-from .units import (FP32_BYTES, INDEX_BYTES, RECIPES, Activation, AttentionKernel, Norm,
+from .units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel, Norm,
                     Position, Precision, Recompute)
 
 
@@ -37,9 +37,8 @@ class _Dims:
 
 def _dims(m: ModelSpec, plan: Plan) -> _Dims:
     return _Dims(s=m.seq_len, b=plan.micro_batch, h=m.d_model, q=m.d_model, k=m.kv_dim,
-                 f=m.d_ff, a=m.n_heads, V=m.vocab_size, t=plan.tp,
-                 e=RECIPES[plan.precision].activation_bytes,
-                 r=1 / plan.tp if plan.sequence_parallel else 1.0, fused=m.fused_kernels)
+                 f=m.d_ff, a=m.n_heads, V=m.vocab_size, t=plan.tp, e=plan.activation_bytes,
+                 r=where(plan.sequence_parallel, 1 / plan.tp, 1.0), fused=m.fused_kernels)
 
 
 def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
@@ -63,8 +62,8 @@ def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
 def math_fallback(m: ModelSpec, plan: Plan) -> bool:
     """fp32 with GQA: FlashAttention has no fp32 kernel and PyTorch's memory-efficient kernel does
     not take enable_gqa, so SDPA runs its math path (repeat k/v, materialise softmax)."""
-    return (m.attention is AttentionKernel.FLASH and plan.precision is Precision.FP32
-            and m.n_kv_heads != m.n_heads)
+    gqa = m.attention is AttentionKernel.FLASH and m.n_kv_heads != m.n_heads
+    return plan.is_precision(Precision.FP32) & gqa
 
 
 def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
@@ -82,14 +81,13 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
         kept += d.e * sb * (d.q + d.k) / d.t  # rotated q and k are new tensors the kernel keeps
     kept += d.e * sb * d.q / d.t  # attention output, also the output projection's input
     math = math_fallback(m, plan)
-    if m.attention is AttentionKernel.FLASH and not math:
-        return kept + FP32_BYTES * d.b * d.a * d.s / d.t
+    fused = kept + FP32_BYTES * d.b * d.a * d.s / d.t
     if d.k != d.q:
         kept += d.e * sb * 2 * d.q / d.t  # repeat_kv copies
-    if math:
-        kept += d.e * sb * d.q / d.t
-    if plan.recompute is not Recompute.SELECTIVE:
-        kept += d.e * d.b * d.a * d.s * d.s / d.t
+    kept += where(math, d.e * sb * d.q / d.t, 0.0)
+    kept += where(plan.is_recompute(Recompute.SELECTIVE), 0.0, d.e * d.b * d.a * d.s * d.s / d.t)
+    if m.attention is AttentionKernel.FLASH:
+        return where(math, kept, fused)
     return kept
 
 
@@ -116,9 +114,8 @@ def block_input_bytes(m: ModelSpec, plan: Plan) -> float:
 
 
 def stored_per_block_bytes(m: ModelSpec, plan: Plan) -> float:
-    if plan.recompute is Recompute.FULL:
-        return block_input_bytes(m, plan)
-    return block_saved_bytes(m, plan)
+    return where(plan.is_recompute(Recompute.FULL), block_input_bytes(m, plan),
+                 block_saved_bytes(m, plan))
 
 
 def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
@@ -127,9 +124,7 @@ def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
     rematerialised activations (Chen et al. 2016, "Training Deep Nets with Sublinear Memory")."""
     d = _dims(m, plan)
     grads = d.e * d.s * d.b * (d.h + (4 if m.activation is Activation.SWIGLU else 2) * d.f / d.t)
-    if plan.recompute is Recompute.FULL:
-        grads += block_saved_bytes(m, plan)
-    return grads
+    return grads + where(plan.is_recompute(Recompute.FULL), block_saved_bytes(m, plan), 0.0)
 
 
 def head_saved_bytes(m: ModelSpec, plan: Plan) -> float:
@@ -138,8 +133,8 @@ def head_saved_bytes(m: ModelSpec, plan: Plan) -> float:
     return norm_saved_bytes(m, d) + 2 * INDEX_BYTES * d.s * d.b
 
 
-def loss_dtype_bytes(m: ModelSpec, plan: Plan) -> int:
-    return FP32_BYTES if m.loss_dtype == "fp32" else RECIPES[plan.precision].activation_bytes
+def loss_dtype_bytes(m: ModelSpec, plan: Plan):
+    return FP32_BYTES if m.loss_dtype == "fp32" else plan.activation_bytes
 
 
 def logits_forward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
@@ -148,8 +143,9 @@ def logits_forward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     n = d.s * d.b * d.V / d.t
     if d.fused:  # chunked cross-entropy: no full-size fp32 copies
         return n * d.e
-    upcast = loss_dtype_bytes(m, plan) if loss_dtype_bytes(m, plan) != d.e else 0
-    return n * (d.e + upcast + loss_dtype_bytes(m, plan))
+    loss = loss_dtype_bytes(m, plan)
+    upcast = where(loss != d.e, loss, 0)
+    return n * (d.e + upcast + loss)
 
 
 def logits_backward_peak_bytes(m: ModelSpec, plan: Plan) -> float:

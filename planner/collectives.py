@@ -6,31 +6,28 @@ latency grows with log2(n); the cheaper of the two is taken.  ``size`` is the bu
 split into, each paying the latency once (buckets, or one per module for ZeRO-3's gathers)."""
 from __future__ import annotations
 
-import math
+import numpy as np
 
+from .plan import where
 from .topology import Link
 
 
-def all_reduce(size: float, link: Link, efficiency: float, count: int = 1) -> float:
+def all_reduce(size, link: Link, efficiency: float, count=1):
     n = link.ranks
-    if n == 1:
-        return 0.0
     bw = link.bandwidth * efficiency
     ring = 2 * (n - 1) / n * size / bw + count * 2 * (n - 1) * link.latency
-    tree = 2 * size / bw + count * 2 * math.ceil(math.log2(n)) * link.latency
-    return min(ring, tree)
+    tree = 2 * size / bw + count * 2 * np.ceil(np.log2(n)) * link.latency
+    return where(n == 1, 0.0, np.minimum(ring, tree))
 
 
-def reduce_scatter(size: float, link: Link, efficiency: float, count: int = 1) -> float:
+def reduce_scatter(size, link: Link, efficiency: float, count=1):
     n = link.ranks
-    if n == 1:
-        return 0.0
     return (n - 1) / n * size / (link.bandwidth * efficiency) + count * (n - 1) * link.latency
 
 
-def all_gather(size: float, link: Link, efficiency: float, count: int = 1) -> float:
+def all_gather(size, link: Link, efficiency: float, count=1):
     return reduce_scatter(size, link, efficiency, count)
 
 
-def p2p(size: float, link: Link, efficiency: float) -> float:
-    return size / (link.bandwidth * efficiency) + link.latency
+def p2p(size, link: Link, efficiency: float):
+    return where(link.ranks == 1, 0.0, size / (link.bandwidth * efficiency) + link.latency)

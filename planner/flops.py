@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import Plan
+from .plan import Plan, where
 from .shape import mlp_matrices, param_counts
 from .spec import ModelSpec
 from .units import Recompute
@@ -56,8 +56,15 @@ class StepFlops:
 
 
 def step_flops(m: ModelSpec, plan: Plan, global_batch_sequences: int) -> StepFlops:
+    """For a PlanBatch, ``hardware`` is an array."""
     tokens = global_batch_sequences * m.seq_len
-    model = 3 * forward_flops_per_token(m) * tokens
-    extra = recompute_flops_per_token(m, plan.recompute) * tokens
-    return StepFlops(tokens=tokens, model=float(model), hardware=float(model + extra),
+    model = 3.0 * forward_flops_per_token(m) * tokens  # floats: a 1T model overflows int64
+    extra = float(tokens) * where(plan.is_recompute(Recompute.FULL),
+                           float(recompute_flops_per_token(m, Recompute.FULL)),
+                           where(plan.is_recompute(Recompute.SELECTIVE),
+                                 float(recompute_flops_per_token(m, Recompute.SELECTIVE)), 0.0))
+    hardware = model + extra
+    return StepFlops(tokens=tokens, model=float(model),
+                     hardware=hardware if hasattr(hardware, "shape") and hardware.shape
+                     else float(hardware),
                      six_nd=6.0 * param_counts(m).total * tokens)

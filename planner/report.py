@@ -71,9 +71,6 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
     spec = result.spec
     tokens, _ = _tokens(spec)
     best = result.best
-    examples: dict[str, str] = {}
-    for r in result.rejected:
-        examples.setdefault(r.rule, f"{r.plan.label}: {r.reason}")
     return {
         "spec": source,
         "name": spec.name,
@@ -90,7 +87,7 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
         "alternatives": [estimate_json(e, tokens) for e in
                          result.feasible[1:spec.search.top + 1]],
         "rejected": {"total": len(result.rejected), "by_reason": dict(result.by_reason.most_common()),
-                     "examples": examples},
+                     "examples": result.examples},
         "nearest_fix": fixes,
     }
 
@@ -186,10 +183,7 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
         lines += ["", "top plans (seconds per step):", _alternatives_table(result, tokens)]
     if result.rejected:
         lines += ["", f"rejected {len(result.rejected)} of {result.evaluated} candidates:"]
-        examples: dict[str, str] = {}
-        for r in result.rejected:
-            examples.setdefault(r.rule, f"{r.plan.label}: {r.reason}")
-        rows = [[n, key, examples[key]] for key, n in result.by_reason.most_common()]
+        rows = [[n, key, result.examples[key]] for key, n in result.by_reason.most_common()]
         lines.append(tabulate(rows, headers=["count", "reason", "example"],
                               colalign=("right", "left", "left"), maxcolwidths=[None, None, 90]))
     if fixes:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
+
+import numpy as np
 
 from .estimate import Estimate, estimate
-from .plan import Plan
-from .rules import Rejected, check
+from .memory import host_offload_bytes, peak_bytes
+from .plan import OFFLOADS, PRECISIONS, RECOMPUTES, Plan, PlanBatch
+from .rules import RULES, Rejected, check, first_failure
 from .spec import SearchSpec, Spec
-from .units import AttentionKernel, Offload, Precision, Recompute, ZeroStage
+from .timing import throughput
+from .units import GiB, AttentionKernel, Offload, Precision, Recompute, ZeroStage
 
 MAX_AUTO_MICRO_BATCH = 256
 
@@ -73,51 +77,104 @@ AXES = {
 
 
 def candidates(spec: Spec) -> Iterator[Plan]:
-    others = [AXES[name](spec) for name in AXES]
+    """Every candidate, one by one (the batch below holds the same, in the same order)."""
+    batch = candidate_batch(spec)
+    return (batch.plan(i) for i in range(len(batch)))
+
+
+def candidate_batch(spec: Spec) -> PlanBatch:
+    """The product of the axes as columns: (dp, tp, pp) x micro-batch x the other axes."""
+    others = list(itertools.product(*[AXES[name](spec) for name in AXES]))
+    codes = {name: np.array([_code(name, v[i]) for v in others])
+             for i, name in enumerate(AXES)}
     gb = spec.global_batch_sequences
-    for dp, tp, pp in parallel_degrees(spec):
-        for mb in micro_batches(spec, dp):
-            grad_accum = max(1, gb // (dp * mb))
-            for values in itertools.product(*others):
-                yield Plan(dp, tp, pp, micro_batch=mb, grad_accum=grad_accum,
-                           **dict(zip(AXES, values)))
+    rows = [(dp, tp, pp, mb, max(1, gb // (dp * mb)))
+            for dp, tp, pp in parallel_degrees(spec) for mb in micro_batches(spec, dp)]
+    outer = np.array(rows, dtype=np.int64).reshape(-1, 5)
+    k = len(others)
+    cols = {name: np.repeat(outer[:, i], k) for i, name in
+            enumerate(("dp", "tp", "pp", "micro_batch", "grad_accum"))}
+    for name, values in codes.items():
+        cols[name] = np.tile(values, len(outer))
+    cols["sequence_parallel"] = cols["sequence_parallel"].astype(bool)
+    return PlanBatch(**cols)
 
 
-def rank_key(e: Estimate) -> tuple:
-    """Fastest to train first (every plan runs the same global batch, so step time decides);
-    ties go to the plan with more free memory."""
-    return (round(e.step_time_s, 9), -e.free_bytes)
+def _code(axis: str, value) -> int:
+    """Column value for a PlanBatch: enum members by their index, the rest as ints."""
+    members = {"precision": PRECISIONS, "recompute": RECOMPUTES, "offload": OFFLOADS}
+    return members[axis].index(value) if axis in members else int(value)
+
+
+class _Lazy(Sequence):
+    """A sequence whose items are built on first access (the search ranks thousands of plans
+    as arrays; only the few a report shows become Estimate objects)."""
+
+    def __init__(self, n: int, build: Callable[[int], object]):
+        self._n, self._build, self._cache = n, build, {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        if i not in self._cache:
+            self._cache[i] = self._build(i)
+        return self._cache[i]
 
 
 @dataclass
 class SearchResult:
     spec: Spec
-    feasible: list[Estimate]  #: ranked, best first
-    rejected: list[Rejected]
+    feasible: Sequence[Estimate]  #: ranked, best first (built on access)
+    rejected: Sequence[Rejected]  #: built on access
     evaluated: int = 0
     by_reason: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)  #: reason -> first rejected plan's line
 
     @property
     def best(self) -> Union[Estimate, None]:
-        return self.feasible[0] if self.feasible else None
+        return self.feasible[0] if len(self.feasible) else None
 
 
 def search(spec: Spec) -> SearchResult:
-    feasible: list[Estimate] = []
-    rejected: list[Rejected] = []
-    n = 0
-    for plan in candidates(spec):
-        n += 1
+    """All candidates as one batch: rules, then peak memory, then step time for what fits,
+    ranked fastest first (ties: more free memory)."""
+    batch = candidate_batch(spec)
+    failed = first_failure(spec, batch)
+    passed = np.flatnonzero(failed < 0)
+    ok = batch.take(passed)
+    rt, cluster = spec.runtime, spec.cluster
+    required = peak_bytes(spec, ok) * (1 + rt.allocator_fragmentation) + rt.cuda_context_gib * GiB
+    usable = cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
+    host = host_offload_bytes(spec, ok) * cluster.gpus_per_node
+    fits = (required <= usable) & (host <= cluster.host_memory_gib * GiB)
+    fit_index = passed[fits]
+    step = throughput(spec, ok.take(fits)).step.total if len(fit_index) else np.zeros(0)
+    ranked = fit_index[np.lexsort((required[fits], np.round(step, 9)))]
+    rejected_index = np.flatnonzero(~np.isin(np.arange(len(batch)), fit_index))
+
+    def rejection(i: int) -> Rejected:
+        plan = batch.plan(int(rejected_index[i]))
         why = check(spec, plan)
-        if why is None:
-            est = estimate(spec, plan, with_time=False)
-            if est.fits:
-                feasible.append(est.timed(spec))
-                continue
-            why = Rejected(plan, "out of memory", est.oom_reason())
-        rejected.append(why)
-    feasible.sort(key=rank_key)
-    return SearchResult(spec, feasible, rejected, n, Counter(r.rule for r in rejected))
+        return why or Rejected(plan, OOM, estimate(spec, plan, with_time=False).oom_reason())
+
+    reasons = np.array([RULES[f].key if f >= 0 else OOM for f in failed[rejected_index]])
+    by_reason = Counter(reasons.tolist())
+    examples = {}
+    for key in by_reason:
+        r = rejection(int(np.flatnonzero(reasons == key)[0]))
+        examples[key] = f"{r.plan.label}: {r.reason}"
+    return SearchResult(
+        spec, _Lazy(len(ranked), lambda i: estimate(spec, batch.plan(int(ranked[i])))),
+        _Lazy(len(rejected_index), rejection), len(batch), by_reason, examples)
 
 
-__all__ = ["search", "candidates", "SearchResult", "SearchSpec", "rank_key"]
+OOM = "out of memory"
+
+__all__ = ["search", "candidates", "candidate_batch", "SearchResult", "SearchSpec", "OOM"]

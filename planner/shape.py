@@ -7,6 +7,9 @@ a final norm and the LM head (shared with the embedding when tied).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from .spec import ModelSpec
 from .units import Activation, Norm, Position
@@ -81,13 +84,14 @@ def param_counts(m: ModelSpec) -> ParamCounts:
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage as the most-loaded rank of that stage sees it."""
+    """One pipeline stage as the most-loaded rank of that stage sees it.  Fields are numbers for a
+    Plan and arrays (one entry per candidate) for a PlanBatch."""
 
-    index: int
-    n_layers: int  #: blocks on this stage
-    has_embedding: bool
-    has_head: bool  #: final norm, LM head and the loss run here
-    in_flight: int  #: micro-batches whose activations are alive at once under 1F1B
+    index: Any
+    n_layers: Any  #: blocks on this stage
+    has_embedding: Any
+    has_head: Any  #: final norm, LM head and the loss run here
+    in_flight: Any  #: micro-batches whose activations are alive at once under 1F1B
 
 
 def layers_per_stage(n_layers: int, pp: int) -> list[int]:
@@ -96,12 +100,17 @@ def layers_per_stage(n_layers: int, pp: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(pp)]
 
 
-def stages_to_check(m: ModelSpec, pp: int, grad_accum: int) -> list[Stage]:
+def stages_to_check(m: ModelSpec, pp, grad_accum) -> list[Stage]:
     """The first stage (embedding, most micro-batches in flight) and the last (head and loss).
 
     Under DeepSpeed's 1F1B schedule stage i keeps min(pp - i, micro-batches) forward passes
-    alive (Narayanan et al. 2021, section 2.2); middle stages are dominated by the first.
+    alive (Narayanan et al. 2021, section 2.2); middle stages are dominated by the first.  For a
+    batch both are returned for every candidate (identical when pp = 1).
     """
+    if isinstance(pp, np.ndarray):
+        first = Stage(0, -(-m.n_layers // pp), True, pp == 1, np.minimum(pp, grad_accum))
+        last = Stage(pp - 1, m.n_layers // pp, pp == 1, True, np.ones_like(pp))
+        return [first, last]
     counts = layers_per_stage(m.n_layers, pp)
     first = Stage(0, counts[0], True, pp == 1, min(pp, grad_accum))
     if pp == 1:
@@ -109,7 +118,7 @@ def stages_to_check(m: ModelSpec, pp: int, grad_accum: int) -> list[Stage]:
     return [first, Stage(pp - 1, counts[-1], False, True, 1)]
 
 
-def stage_params(m: ModelSpec, stage: Stage, tp: int) -> int:
+def stage_params(m: ModelSpec, stage: Stage, tp):
     """Parameters one tp rank of this stage holds.
 
     Embedding and head are vocab-parallel (split over tp, Megatron-LM); with tied embeddings a
@@ -117,40 +126,56 @@ def stage_params(m: ModelSpec, stage: Stage, tp: int) -> int:
     """
     c = param_counts(m)
     n = stage.n_layers * c.layer.per_rank(tp)
-    if stage.has_embedding:
-        n += c.embedding // tp + c.positions
-    if stage.has_head:
-        n += c.final_norm
-        if c.head:
-            n += c.head // tp
-        elif not stage.has_embedding:
-            n += c.embedding // tp
-    return n
+    n = n + stage.has_embedding * (c.embedding // tp + c.positions)
+    head = c.head // tp if c.head else (1 - stage.has_embedding) * (c.embedding // tp)
+    return n + stage.has_head * (c.final_norm + head)
 
 
-def layer_tensor_sizes(m: ModelSpec, tp: int) -> list[int]:
+def layer_tensor_sizes(m: ModelSpec, tp) -> list:
     """Element counts of one block's parameter tensors on one tp rank (ZeRO-3 gathers and
     persists per tensor)."""
     d, ff, qkv = m.d_model, m.d_ff, m.d_model + 2 * m.kv_dim
     n_mlp = mlp_matrices(m)
-    sizes = [norm_params(m) // (2 if m.norm is Norm.LAYERNORM else 1)] * (
-        4 if m.norm is Norm.LAYERNORM else 2)
+    norms = [d] * (4 if m.norm is Norm.LAYERNORM else 2)  # weight (and bias) of two norms
     # the MLP's up projection is one fused tensor (gate and up together for SwiGLU)
-    sizes += [d * qkv // tp, d * d // tp, (n_mlp - 1) * d * ff // tp, d * ff // tp]
+    sizes = norms + [d * qkv // tp, d * d // tp, (n_mlp - 1) * d * ff // tp, d * ff // tp]
     if m.bias:
         sizes += [qkv // tp, d, (n_mlp - 1) * ff // tp, d]
     return sizes
 
 
-def stage_tensor_sizes(m: ModelSpec, stage: Stage, tp: int) -> list[int]:
+def stage_tensors(m: ModelSpec, stage: Stage, tp) -> list[tuple[Any, Any]]:
+    """(elements, how many) for every parameter tensor of the stage on one tp rank."""
     c = param_counts(m)
-    sizes = layer_tensor_sizes(m, tp) * stage.n_layers
-    if stage.has_embedding:
-        sizes.append(c.embedding // tp)
-        if c.positions:
-            sizes.append(c.positions)
-    if stage.has_head:
-        sizes += [m.d_model] * (2 if m.norm is Norm.LAYERNORM else 1)
-        if c.head or not stage.has_embedding:
-            sizes.append(c.embedding // tp)
-    return sizes
+    out = [(size, stage.n_layers) for size in layer_tensor_sizes(m, tp)]
+    out.append((c.embedding // tp, 1 * stage.has_embedding))
+    if c.positions:
+        out.append((c.positions, 1 * stage.has_embedding))
+    out.append((m.d_model, (2 if m.norm is Norm.LAYERNORM else 1) * stage.has_head))
+    if c.head:
+        out.append((c.head // tp, 1 * stage.has_head))
+    else:
+        out.append((c.embedding // tp, stage.has_head * (1 - stage.has_embedding)))
+    return out
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    count: Any  #: parameter tensors
+    largest: Any  #: elements of the largest
+    small: Any  #: elements in tensors at or under the ZeRO-3 persistence threshold
+
+
+def tensor_stats(m: ModelSpec, stage: Stage, tp, persistence_threshold: int) -> TensorStats:
+    tensors = stage_tensors(m, stage, tp)
+    count = sum(k for _, k in tensors)
+    largest = 0
+    for size, k in tensors:
+        largest = np.maximum(largest, size * (k > 0))
+    small = sum(size * k * (size <= persistence_threshold) for size, k in tensors)
+    return TensorStats(count, largest, small)
+
+
+def stage_tensor_sizes(m: ModelSpec, stage: Stage, tp: int) -> list[int]:
+    """The stage's tensor sizes one by one (a Plan's stage; tests and the executor compare)."""
+    return [int(size) for size, k in stage_tensors(m, stage, tp) for _ in range(int(k))]

@@ -5,17 +5,19 @@ kernel-dispatch time.  Every term is a pure function; docs/time-model.md gives t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
 
 from . import collectives as coll
 from .flops import step_flops
 from .memory import Wrapper, wrapper
-from .plan import Plan
-from .shape import Stage, mlp_matrices, stage_params, stage_tensor_sizes, \
-    stages_to_check
+from .plan import PRECISIONS, Plan, where
+from .shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
 from .spec import Spec
 from .topology import ORDERS, group_link, strides
-from .units import FP32_BYTES, RECIPES, Activation, AttentionKernel, Norm, Offload, Position, \
-    Precision, Recompute, ZeroStage
+from .units import FP32_BYTES, Activation, AttentionKernel, Norm, Position, Precision, \
+    Recompute, ZeroStage
 
 TERA = 1e12
 
@@ -24,22 +26,22 @@ TERA = 1e12
 class StepTime:
     """Seconds per optimizer step on the slowest pipeline stage, by where the time goes."""
 
-    compute: float = 0.0  #: GEMMs, attention, element-wise work, host dispatch when it dominates
-    tp_comm: float = 0.0  #: tensor-parallel all-reduces (never overlapped)
-    pp_comm: float = 0.0  #: pipeline activation/gradient transfers
-    bubble: float = 0.0  #: 1F1B fill and drain: (p - 1) / v micro-batch slots
-    dp_comm: float = 0.0  #: exposed data-parallel gradient / ZeRO parameter traffic
-    optimizer: float = 0.0  #: the optimizer step (memory-bound) and its host work
-    offload: float = 0.0  #: PCIe transfers and host-side Adam when the optimizer is offloaded
-    placement: str = "tp,dp,pp"
+    compute: Any = 0.0  #: GEMMs, attention, element-wise work, host dispatch when it dominates
+    tp_comm: Any = 0.0  #: tensor-parallel all-reduces (never overlapped)
+    pp_comm: Any = 0.0  #: pipeline activation/gradient transfers
+    bubble: Any = 0.0  #: 1F1B fill and drain: (p - 1) / v micro-batch slots
+    dp_comm: Any = 0.0  #: exposed data-parallel gradient / ZeRO parameter traffic
+    optimizer: Any = 0.0  #: the optimizer step (memory-bound) and its host work
+    offload: Any = 0.0  #: PCIe transfers and host-side Adam when the optimizer is offloaded
+    placement: Any = "tp,dp,pp"
 
     @property
     def total(self) -> float:
         return sum(getattr(self, f.name) for f in fields(self) if f.name != "placement")
 
     def as_dict(self) -> dict[str, float]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "placement"}
-        d["total"] = self.total
+        d = {f.name: float(getattr(self, f.name)) for f in fields(self) if f.name != "placement"}
+        d["total"] = float(self.total)
         return d
 
 
@@ -50,17 +52,20 @@ def gemm_efficiency(spec: Spec, plan: Plan, m: float, n: float, k: float) -> flo
     idle (tile quantisation, too few waves); saturates at gemm_max for large shapes.  fp32 runs
     on the SIMT units, which saturate at much smaller shapes."""
     eff = spec.cluster.gpu.efficiency
-    if plan.precision is Precision.FP32:
-        top, half = eff.gemm_fp32_max, eff.gemm_fp32_half_dim
-    else:
-        top, half = eff.gemm_max, eff.gemm_half_dim
+    fp32 = plan.is_precision(Precision.FP32)
+    top = where(fp32, eff.gemm_fp32_max, eff.gemm_max)
+    half = where(fp32, eff.gemm_fp32_half_dim, eff.gemm_half_dim)
     return top * (m / (m + half)) * (n / (n + half)) * (k / (k + half))
 
 
 def peak_flops(spec: Spec, plan: Plan) -> float:
     """Dense peak for the precision; fp32 matmuls run on TF32 tensor cores where the GPU has
     them (PyTorch's allow_tf32 / DeepSpeed default for fp32 training is not assumed: fp32 peak)."""
-    return spec.cluster.gpu.peak_tflops[plan.precision.value] * TERA
+    peaks = spec.cluster.gpu.peak_tflops
+    if isinstance(plan.precision, Precision):
+        return peaks[plan.precision.value] * TERA
+    table = np.array([peaks.get(p.value, np.nan) for p in PRECISIONS]) * TERA
+    return table[plan.precision]
 
 
 def block_gemms(spec: Spec, plan: Plan) -> list[tuple[int, int, int]]:
@@ -90,13 +95,13 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     eff = spec.cluster.gpu.efficiency
     if mdl.attention is AttentionKernel.FLASH:
         fwd_flops = 2 * b * s * s * h / t  # 4·b·s²·h halved by causality
-        if plan.precision is Precision.FP32:
-            return fwd_flops / (peak * eff.attention_fp32), 2.5 * fwd_flops / (
-                peak * eff.attention_fp32)
-        return fwd_flops / (peak * eff.attention_fwd), 2.5 * fwd_flops / (peak * eff.attention_bwd)
+        fp32 = plan.is_precision(Precision.FP32)
+        fwd = where(fp32, eff.attention_fp32, eff.attention_fwd)
+        bwd = where(fp32, eff.attention_fp32, eff.attention_bwd)
+        return fwd_flops / (peak * fwd), 2.5 * fwd_flops / (peak * bwd)
     fwd_flops = 4 * b * s * s * h / t
     gemm = fwd_flops / (peak * gemm_efficiency(spec, plan, s, s, mdl.head_dim))
-    e = RECIPES[plan.precision].activation_bytes
+    e = plan.activation_bytes
     softmax_bytes = 4 * e * b * mdl.n_heads * s * s / t  # scale+mask+softmax read/write
     mem = softmax_bytes / hbm_bytes_per_s(spec)
     return gemm + mem, 2 * gemm + 2 * mem
@@ -114,7 +119,7 @@ def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
     embedding) or PyTorch's eager ops as the executor's model runs them: RMSNorm's upcast, square,
     mean, rsqrt-multiply, downcast and weight multiply; RoPE's four multiplies, add, stack; SwiGLU's
     silu and product; the residual adds."""
-    mdl, e, t = spec.model, RECIPES[plan.precision].activation_bytes, plan.tp
+    mdl, e, t = spec.model, plan.activation_bytes, plan.tp
     h, f, qk = mdl.d_model, mdl.d_ff, (mdl.d_model + mdl.kv_dim) / plan.tp
     fused = spec.model.fused_kernels
     if mdl.norm is Norm.LAYERNORM or fused:
@@ -133,7 +138,7 @@ def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
 def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
     """Logits traffic on the last stage: the fp32 upcast, log-softmax, nll and their backward
     (about eight logits-sized passes); a fused cross-entropy reads the logits once each way."""
-    mdl, e = spec.model, RECIPES[plan.precision].activation_bytes
+    mdl, e = spec.model, plan.activation_bytes
     v = mdl.vocab_size / plan.tp
     if spec.model.fused_kernels:
         return 2 * (e + e) * v
@@ -147,12 +152,9 @@ def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
     tokens = plan.micro_batch * spec.model.seq_len
     elem = 3 * elementwise_bytes_per_token(spec, plan) * tokens / hbm_bytes_per_s(spec)
     gemm = gemm_seconds(spec, plan, shapes)
-    base = gemm + attn_f + attn_b + elem
-    if plan.recompute is Recompute.FULL:
-        base += gemm / 3 + attn_f + elem / 3
-    elif plan.recompute is Recompute.SELECTIVE:
-        base += attn_f
-    return base
+    extra = where(plan.is_recompute(Recompute.FULL), gemm / 3 + attn_f + elem / 3,
+                  where(plan.is_recompute(Recompute.SELECTIVE), attn_f, 0.0))
+    return gemm + attn_f + attn_b + elem + extra
 
 
 def head_seconds(spec: Spec, plan: Plan) -> float:
@@ -181,16 +183,14 @@ def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage) -> float:
     recompute counted once more), DeepSpeed's per-tensor gradient hooks (ZeRO-1/2) or per-module
     fetch/release (ZeRO-3)."""
     rt = spec.runtime
-    passes = 3 + (1 if plan.recompute is Recompute.FULL else 0)
+    passes = 3 + where(plan.is_recompute(Recompute.FULL), 1, 0)
     kernels = stage.n_layers * kernels_per_block(spec) * passes + 20
-    t = kernels * rt.cpu_op_us
-    n_tensors = len(stage_tensor_sizes(spec.model, stage, plan.tp))
-    if plan.zero in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS):
-        t += n_tensors * rt.zero_hook_us
-    elif plan.zero == ZeroStage.PARAMETERS:
-        modules = stage.n_layers * 6 + 3
-        t += modules * 2 * rt.zero3_module_us
-    return t * 1e-6
+    n_tensors = tensor_stats(spec.model, stage, plan.tp, 0).count
+    modules = stage.n_layers * 6 + 3
+    zero = where((plan.zero == ZeroStage.OPTIMIZER) | (plan.zero == ZeroStage.GRADIENTS),
+                 n_tensors * rt.zero_hook_us,
+                 where(plan.zero == ZeroStage.PARAMETERS, modules * 2 * rt.zero3_module_us, 0.0))
+    return (kernels * rt.cpu_op_us + zero) * 1e-6
 
 
 # --------------------------------------------------------------------------- communication
@@ -199,29 +199,23 @@ def tp_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> f
     """Megatron tensor parallelism: two all-reduces of s·b·h per block in forward, two in backward
     and two more in a recomputed forward (with sequence parallelism the same volume as
     reduce-scatter + all-gather); one for the vocab-parallel embedding/loss."""
-    if plan.tp == 1:
-        return 0.0
     mdl = spec.model
-    e = RECIPES[plan.precision].activation_bytes
-    size = e * plan.micro_batch * mdl.seq_len * mdl.d_model
+    size = plan.activation_bytes * plan.micro_batch * mdl.seq_len * mdl.d_model
     link = group_link(spec.cluster, plan.tp, strides(order, plan.dp, plan.tp, plan.pp)["tp"])
     per = coll.all_reduce(size, link, spec.cluster.gpu.efficiency.network)
-    count = 4 + (2 if plan.recompute is Recompute.FULL else 0)
+    count = 4 + where(plan.is_recompute(Recompute.FULL), 2, 0)
     return (stage.n_layers * count + 2) * per
 
 
 def pp_seconds_per_micro_batch(spec: Spec, plan: Plan, order) -> float:
     """Send the activation forward and its gradient back across a stage boundary."""
-    if plan.pp == 1:
-        return 0.0
     mdl = spec.model
-    e = RECIPES[plan.precision].activation_bytes
-    size = e * plan.micro_batch * mdl.seq_len * mdl.d_model / plan.tp
+    size = plan.activation_bytes * plan.micro_batch * mdl.seq_len * mdl.d_model / plan.tp
     link = group_link(spec.cluster, plan.pp, strides(order, plan.dp, plan.tp, plan.pp)["pp"])
     return 2 * coll.p2p(size, link, spec.cluster.gpu.efficiency.network)
 
 
-def zero3_fetch_units(spec: Spec, stage: Stage, tensors: int) -> int:
+def zero3_fetch_units(spec: Spec, stage: Stage, tensors):
     """Collectives per pass of ZeRO-3's parameter gathers: one per parameter tensor (DeepSpeed
     before coalescing), per module (DeepSpeed's fetch_sub_module), or per block (FSDP units)."""
     granularity = spec.runtime.zero3_gather_granularity
@@ -232,7 +226,7 @@ def zero3_fetch_units(spec: Spec, stage: Stage, tensors: int) -> int:
     return stage.n_layers * 6 + 3
 
 
-def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order) -> tuple[float, float]:
+def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order):
     """(per step, per micro-batch) data-parallel communication of one rank.
 
     ZeRO-0 (and BF16_Optimizer) all-reduce the gradients once per step; ZeRO-1 reduce-scatters
@@ -241,108 +235,114 @@ def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order) -> tuple[flo
     parameters in forward and again in backward and reduce-scatters the gradients, every
     micro-batch (ZeRO paper, section 7: 1.5x the data-parallel volume).  Gradient traffic goes
     in reduce_bucket_size buckets, each a collective paying the ring latency."""
-    if plan.dp == 1:
-        return 0.0, 0.0
     rt = spec.runtime
     n = stage_params(spec.model, stage, plan.tp)
-    g = RECIPES[plan.precision].grad_bytes
-    p = RECIPES[plan.precision].param_bytes
-    if wrapper(plan) is Wrapper.BF16_OPTIMIZER:
-        g = FP32_BYTES  # its gradient buffer is fp32 and reduced as such
+    bf16_opt = wrapper(plan) == Wrapper.BF16_OPTIMIZER
+    g = where(bf16_opt, FP32_BYTES, plan.grad_bytes)  # BF16_Optimizer reduces its fp32 buffer
     link = group_link(spec.cluster, plan.dp, strides(order, plan.dp, plan.tp, plan.pp)["dp"])
     net = spec.cluster.gpu.efficiency.network
-    buckets = -(-n // rt.reduce_bucket_size)
-    if plan.zero == ZeroStage.NONE or wrapper(plan) is Wrapper.BF16_OPTIMIZER:
-        return coll.all_reduce(g * n, link, net, -(-n // 500_000_000)), 0.0
-    gather = coll.all_gather(p * n, link, net, -(-n // rt.allgather_bucket_size))
-    scatter = coll.reduce_scatter(g * n, link, net, buckets)
-    if plan.zero == ZeroStage.OPTIMIZER:
-        return scatter + gather, 0.0
-    if plan.zero == ZeroStage.GRADIENTS:
-        return gather, scatter
-    units = zero3_fetch_units(spec, stage, len(stage_tensor_sizes(spec.model, stage, plan.tp)))
-    return 0.0, 2 * coll.all_gather(p * n, link, net, units) + scatter
+    all_reduce = coll.all_reduce(g * n, link, net, -(-n // 500_000_000))
+    gather = coll.all_gather(plan.param_bytes * n, link, net, -(-n // rt.allgather_bucket_size))
+    scatter = coll.reduce_scatter(g * n, link, net, -(-n // rt.reduce_bucket_size))
+    units = zero3_fetch_units(spec, stage, tensor_stats(spec.model, stage, plan.tp, 0).count)
+    zero3 = 2 * coll.all_gather(plan.param_bytes * n, link, net, units) + scatter
+    z, single = plan.zero, plan.dp == 1
+    per_step = where(single, 0.0,
+                     where((z == ZeroStage.NONE) | bf16_opt, all_reduce,
+                           where(z == ZeroStage.OPTIMIZER, scatter + gather,
+                                 where(z == ZeroStage.GRADIENTS, gather, 0.0))))
+    per_micro = where(single | (z < ZeroStage.GRADIENTS) | bf16_opt, 0.0,
+                      where(z == ZeroStage.GRADIENTS, scatter, zero3))
+    return per_step, per_micro
 
 
-def overlap_on(spec: Spec, plan: Plan) -> bool:
+def overlap_on(spec: Spec, plan: Plan):
     """DeepSpeed's default: overlap_comm on for ZeRO-3 (prefetch), off for ZeRO-1/2; ZeRO-0's
     engine all-reduces after backward."""
     if spec.runtime.overlap_comm is not None:
-        return spec.runtime.overlap_comm and plan.zero >= ZeroStage.OPTIMIZER
+        return bool(spec.runtime.overlap_comm) & (plan.zero >= ZeroStage.OPTIMIZER)
     return plan.zero == ZeroStage.PARAMETERS
 
 
 # ------------------------------------------------------------------------- optimizer step
 
-def optimizer_seconds(spec: Spec, plan: Plan, n: int, n_tensors: int) -> float:
+def optimizer_seconds(spec: Spec, plan: Plan, n, n_tensors):
     """Memory-bound Adam over this rank's share: read fp32 master, grad, two moments, write them
     back and the low-precision copy (~32 bytes/param; +16 for PyTorch's foreach temporaries and
     the fp32 gradient cast), plus host work per tensor for unfused optimizers."""
-    if plan.offload is not Offload.NONE:
-        return 0.0
-    local = n if wrapper(plan) in (Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER) else n / plan.dp
+    whole = np.isin(wrapper(plan), [Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER])
+    local = where(whole, n, n / plan.dp)
     per_param = 32 + (16 if spec.runtime.torch_adam else 0)
     t = local * per_param / hbm_bytes_per_s(spec)
     # ZeRO flattens each rank's share into one fp32 tensor; without ZeRO, PyTorch's AdamW and
     # FP16_UnfusedOptimizer walk the parameter tensors one by one on the host
-    if spec.runtime.torch_adam and wrapper(plan) in (Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER):
-        t += n_tensors * spec.runtime.optimizer_tensor_us * 1e-6
-    return t
+    if spec.runtime.torch_adam:
+        t = t + where(whole, n_tensors * spec.runtime.optimizer_tensor_us * 1e-6, 0.0)
+    return where(plan.optimizer_off_gpu, 0.0, t)
 
 
-def offload_seconds(spec: Spec, plan: Plan, n: int) -> float:
+def offload_seconds(spec: Spec, plan: Plan, n):
     """Optimizer offload: fp32 gradients down and b16 parameters up over PCIe, and
     DeepSpeedCPUAdam on the host (ZeRO-Offload, Ren et al. 2021)."""
-    if plan.offload is Offload.NONE:
-        return 0.0
     local = n / plan.dp
     pcie = spec.cluster.gpu.pcie_gbps * 1e9
-    transfer = local * (FP32_BYTES + RECIPES[plan.precision].param_bytes) / pcie
-    return transfer + local / spec.runtime.host_adam_params_per_s
+    transfer = local * (FP32_BYTES + plan.param_bytes) / pcie
+    return where(plan.optimizer_off_gpu, transfer + local / spec.runtime.host_adam_params_per_s,
+                 0.0)
 
 
 # ------------------------------------------------------------------------------ step time
 
-def stage_micro_batch_seconds(spec: Spec, plan: Plan, stage: Stage) -> tuple[float, float]:
+def stage_micro_batch_seconds(spec: Spec, plan: Plan, stage: Stage):
     """(GPU compute, host dispatch) of one micro-batch on one stage."""
-    gpu = stage.n_layers * block_forward_backward_seconds(spec, plan)
-    if stage.has_head:
-        gpu += head_seconds(spec, plan)
+    gpu = stage.n_layers * block_forward_backward_seconds(spec, plan) \
+        + stage.has_head * head_seconds(spec, plan)
     return gpu, host_seconds_per_micro_batch(spec, plan, stage)
 
 
 def step_time_for_order(spec: Spec, plan: Plan, order) -> StepTime:
-    stages = stages_to_check(spec.model, plan.pp, plan.grad_accum)
-    slot, comp, tp_c, pp_c, worst = 0.0, 0.0, 0.0, 0.0, stages[0]
-    for stage in stages:
+    """The step on the slowest stage: m micro-batch slots, the bubble, the exposed
+    data-parallel traffic, the optimizer and offload."""
+    worst = None
+    for stage in stages_to_check(spec.model, plan.pp, plan.grad_accum):
         gpu, host = stage_micro_batch_seconds(spec, plan, stage)
+        comp = np.maximum(host, gpu + spec.runtime.host_sync_fraction * host)
         tp_t = tp_seconds_per_micro_batch(spec, plan, stage, order)
         pp_t = pp_seconds_per_micro_batch(spec, plan, order)
-        c = max(host, gpu + spec.runtime.host_sync_fraction * host)
-        if c + tp_t + pp_t > slot:
-            slot, comp, tp_c, pp_c, worst = c + tp_t + pp_t, c, tp_t, pp_t, stage
+        per_step, per_micro = dp_traffic_seconds(spec, plan, stage, order)
+        n = stage_params(spec.model, stage, plan.tp)
+        here = dict(slot=comp + tp_t + pp_t, comp=comp, tp=tp_t, pp=pp_t, per_step=per_step,
+                    per_micro=per_micro, n=n, layers=stage.n_layers,
+                    tensors=tensor_stats(spec.model, stage, plan.tp, 0).count)
+        if worst is None:
+            worst = here
+        else:
+            slower = here["slot"] > worst["slot"]
+            worst = {k: where(slower, here[k], worst[k]) for k in worst}
     m = plan.grad_accum
-    n = stage_params(spec.model, worst, plan.tp)
-    per_step, per_micro = dp_traffic_seconds(spec, plan, worst, order)
-    if overlap_on(spec, plan):
-        # prefetch/bucketing hides traffic under the same micro-batch's compute; the first
-        # gather and the last reduction (one block's share) stay exposed
-        window = comp
-        exposed_micro = max(0.0, per_micro - window) + per_micro / max(1, worst.n_layers)
-        exposed = m * exposed_micro + per_step
-    else:
-        exposed = m * per_micro + per_step
-    bubble = (plan.pp - 1) / spec.runtime.virtual_stages * slot
-    tensors = len(stage_tensor_sizes(spec.model, worst, plan.tp))
-    return StepTime(compute=m * comp, tp_comm=m * tp_c, pp_comm=m * pp_c, bubble=bubble,
-                    dp_comm=exposed, optimizer=optimizer_seconds(spec, plan, n, tensors),
-                    offload=offload_seconds(spec, plan, n), placement=",".join(order))
+    # prefetch/bucketing hides traffic under the same micro-batch's compute; the first gather
+    # and the last reduction (one block's share) stay exposed
+    hidden = np.maximum(0.0, worst["per_micro"] - worst["comp"]) \
+        + worst["per_micro"] / np.maximum(1, worst["layers"])
+    exposed_micro = where(overlap_on(spec, plan), hidden, worst["per_micro"])
+    bubble = (plan.pp - 1) / spec.runtime.virtual_stages * worst["slot"]
+    return StepTime(compute=m * worst["comp"], tp_comm=m * worst["tp"], pp_comm=m * worst["pp"],
+                    bubble=bubble, dp_comm=m * exposed_micro + worst["per_step"],
+                    optimizer=optimizer_seconds(spec, plan, worst["n"], worst["tensors"]),
+                    offload=offload_seconds(spec, plan, worst["n"]), placement=",".join(order))
 
 
 def step_time(spec: Spec, plan: Plan) -> StepTime:
-    """The faster of the rank placements worth trying."""
-    return min((step_time_for_order(spec, plan, order) for order in ORDERS),
-               key=lambda st: st.total)
+    """The faster of the rank placements worth trying (elementwise for a batch)."""
+    times = [step_time_for_order(spec, plan, order) for order in ORDERS]
+    if not isinstance(plan.dp, np.ndarray):
+        return min(times, key=lambda st: st.total)
+    best = times[0]
+    for other in times[1:]:
+        faster = other.total < best.total
+        best = StepTime(**{f.name: np.where(faster, getattr(other, f.name), getattr(best, f.name))
+                           for f in fields(StepTime)})
+    return best
 
 
 @dataclass(frozen=True)
@@ -354,6 +354,7 @@ class Throughput:
 
 
 def throughput(spec: Spec, plan: Plan) -> Throughput:
+    """Step time, tokens/s and utilisation; arrays for a PlanBatch."""
     st = step_time(spec, plan)
     flops = step_flops(spec.model, plan, spec.global_batch_sequences)
     denom = st.total * plan.world_size * peak_flops(spec, plan)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from .spec import ClusterSpec
 
@@ -25,12 +27,13 @@ ORDERS = (("tp", "dp", "pp"), ("tp", "pp", "dp"))
 
 @dataclass(frozen=True)
 class Link:
-    """One group's effective per-rank bandwidth (bytes/s, one direction) and hop latency (s)."""
+    """One group's effective per-rank bandwidth (bytes/s, one direction) and hop latency (s);
+    arrays when describing one group per candidate plan."""
 
-    bandwidth: float
-    latency: float
-    ranks: int
-    nodes: int
+    bandwidth: Any
+    latency: Any
+    ranks: Any
+    nodes: Any
 
 
 def build_graph(cluster: ClusterSpec) -> nx.Graph:
@@ -58,10 +61,18 @@ def _path_capacity(g: nx.Graph, a, b) -> float:
     return min(g.edges[u, v]["capacity"] for u, v in zip(path, path[1:]))
 
 
-def group_link(cluster: ClusterSpec, size: int, stride: int) -> Link:
+def group_link(cluster: ClusterSpec, size, stride) -> Link:
     """Bandwidth of a group of ``size`` ranks ``stride`` apart (one of many such groups that run
-    at once, e.g. every dp group of a plan)."""
-    return _group_link(_Fabric.of(cluster), size, stride)
+    at once, e.g. every dp group of a plan).  Arrays of sizes and strides give a Link of arrays,
+    each distinct group shape worked out once."""
+    fabric = _Fabric.of(cluster)
+    if not isinstance(size, np.ndarray) and not isinstance(stride, np.ndarray):
+        return _group_link(fabric, int(size), int(stride))
+    size, stride = np.broadcast_arrays(size, stride)
+    pairs, inverse = np.unique(np.stack([size, stride]), axis=1, return_inverse=True)
+    links = [_group_link(fabric, int(a), int(b)) for a, b in pairs.T]
+    column = lambda attr: np.array([getattr(k, attr) for k in links])[inverse.ravel()]  # noqa
+    return Link(column("bandwidth"), column("latency"), column("ranks"), column("nodes"))
 
 
 @dataclass(frozen=True)
@@ -113,5 +124,5 @@ def strides(order: tuple[str, ...], dp: int, tp: int, pp: int) -> dict[str, int]
     out, stride = {}, 1
     for axis in order:
         out[axis] = stride
-        stride *= sizes[axis]
+        stride = stride * sizes[axis]  # not *=: an array would be shared with out
     return out

@@ -10,7 +10,7 @@ from planner.memory import (MemoryBreakdown, Wrapper, accumulated_gradient_bytes
                             peak_memory, resident_gradient_bytes, stage_moments, wrapper,
                             zero3_gathered_bytes)
 from planner.plan import Plan
-from planner.shape import stage_params, stage_tensor_sizes, stages_to_check
+from planner.shape import stage_params, stage_tensor_sizes, stages_to_check, tensor_stats
 from planner.spec import spec_from_dict
 from planner.units import MiB, Offload, Precision, Recompute, ZeroStage
 
@@ -141,9 +141,10 @@ def test_zero3_gathers_nothing_at_dp1_and_everything_small_at_dp2():
     first = stages_to_check(spec.model, 1, 1)[0]
     tensors = stage_tensor_sizes(spec.model, first, 1)
     n = sum(tensors)
-    assert zero3_gathered_bytes(make_plan(dp=1, tp=1, pp=1, zero=3), n, tensors, spec.runtime) == 0
+    stats = tensor_stats(spec.model, first, 1, spec.runtime.stage3_param_persistence_threshold)
+    assert zero3_gathered_bytes(make_plan(dp=1, tp=1, pp=1, zero=3), n, stats, spec.runtime) == 0
     # every tensor is re-used within stage3_max_reuse_distance (1e9 elements): all stay gathered
-    assert zero3_gathered_bytes(make_plan(dp=8, tp=1, pp=1, zero=3), n, tensors,
+    assert zero3_gathered_bytes(make_plan(dp=8, tp=1, pp=1, zero=3), n, stats,
                                 spec.runtime) == 2 * n
 
 
@@ -156,7 +157,9 @@ def test_zero3_gathered_window_for_a_large_model():
     tensors = stage_tensor_sizes(spec.model, first, 1)
     persistent = (2 * 32 + 1) * 4096
     live = 1e9 / 2 + 5e7 + 32000 * 4096
-    got = zero3_gathered_bytes(make_plan(dp=64, tp=1, pp=1, zero=3), sum(tensors), tensors,
+    stats = tensor_stats(spec.model, first, 1, spec.runtime.stage3_param_persistence_threshold)
+    assert (stats.small, stats.largest) == (persistent, 32000 * 4096)
+    got = zero3_gathered_bytes(make_plan(dp=64, tp=1, pp=1, zero=3), sum(tensors), stats,
                                spec.runtime)
     assert got == pytest.approx(2 * (live + persistent))
 
@@ -259,7 +262,7 @@ def test_backward_through_the_loss_on_the_last_stage_by_hand():
         activations=2 * block + head, logits_loss=3 * 4 * sb * 1000 / 2,
         deepspeed_buffers=2 * 500_000_000,  # ZeRO-1 keeps its bucket across micro-batches
         cublas_workspace=2 * 32 * MiB)
-    got = next(m for m in stage_moments(spec, plan, last)
+    got = next(m for m, _ in stage_moments(spec, plan, last)
                if m.moment == "backward through the loss")
     for term in ("parameters", "gradients", "master_weights", "optimizer_states", "activations",
                  "logits_loss", "deepspeed_buffers", "cublas_workspace"):
@@ -274,7 +277,7 @@ def test_first_stage_keeps_pp_micro_batches_in_flight():
     first, last = stages_to_check(spec.model, 2, 16)
     assert (first.in_flight, last.in_flight) == (2, 1)
     per_block = act.block_saved_bytes(spec.model, plan)
-    block_moment = next(m for m in stage_moments(spec, plan, first)
+    block_moment = next(m for m, _ in stage_moments(spec, plan, first)
                         if m.moment == "backward through the last block")
     transient = act.block_backward_transient_bytes(spec.model, plan)
     assert block_moment.activations == pytest.approx(2 * 2 * per_block + transient)
@@ -285,7 +288,7 @@ def test_peak_is_the_largest_moment_over_stages():
     plan = make_plan()
     peak = peak_memory(spec, plan)
     everything = [m.total for s in stages_to_check(spec.model, 2, 16)
-                  for m in stage_moments(spec, plan, s)]
+                  for m, happens in stage_moments(spec, plan, s) if happens]
     assert peak.total == max(everything)
     assert peak.total == pytest.approx(sum(v for k, v in peak.as_gib().items() if k != "total")
                                        * 2**30)
@@ -301,8 +304,9 @@ def test_first_bucket_flush_with_most_activations_alive():
     plan = make_plan(dp=64, tp=1, pp=1, zero=2, mb=1, ga=16)
     stage = stages_to_check(spec.model, 1, 16)[0]
     n = 6_738_415_616
-    flush = next(m for m in stage_moments(spec, plan, stage)
-                 if m.moment == "first gradient-bucket reduction in backward")
+    flush, happens = next((m, h) for m, h in stage_moments(spec, plan, stage)
+                          if m.moment == "first gradient-bucket reduction in backward")
+    assert happens
     per_block = act.block_saved_bytes(spec.model, plan)
     assert flush.activations == pytest.approx(
         30 * per_block + act.block_backward_transient_bytes(spec.model, plan))
@@ -314,4 +318,4 @@ def test_no_flush_moment_when_the_model_fits_one_bucket():
     spec = make_spec()
     plan = make_plan(zero=2, pp=1)
     stage = stages_to_check(spec.model, 1, 16)[0]
-    assert all("bucket" not in m.moment for m in stage_moments(spec, plan, stage))
+    assert not any(h for m, h in stage_moments(spec, plan, stage) if "bucket" in m.moment)
