@@ -36,6 +36,12 @@ def _describe(spec: Spec, result: SearchResult) -> str:
     return "fits with " + " and ".join(parts) + f" ({p.label})"
 
 
+def why_infeasible(result: SearchResult) -> str:
+    """One line: how many candidates each rule (or memory) rejected, most common first."""
+    reasons = ", ".join(f"{key}: {n}" for key, n in result.by_reason.most_common(3))
+    return f"no feasible plan among {result.evaluated} candidates ({reasons})"
+
+
 def nearest_fix(spec: Spec) -> list[str]:
     fixes: list[str] = []
     for axis in RELAXABLE:

@@ -1,4 +1,5 @@
-"""Shipped data: the GPU catalog and the model presets (planner/data/*.yaml)."""
+"""Shipped data: the GPU catalog, the model presets and the scaling-law presets
+(planner/data/*.yaml)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -26,6 +27,11 @@ def model_presets() -> dict[str, dict[str, Any]]:
     return _load("models.yaml")
 
 
+@lru_cache(maxsize=None)
+def scaling_laws() -> dict[str, dict[str, Any]]:
+    return _load("scaling_laws.yaml")
+
+
 #: catalog keys that name an entry rather than describe the hardware
 GPU_NAME_KEYS = ("aliases", "device_names")
 
@@ -47,3 +53,7 @@ def find_gpu(name: str) -> tuple[str, dict[str, Any]] | None:
 
 def find_preset(name: str) -> tuple[str, dict[str, Any]] | None:
     return _lookup(model_presets(), name)
+
+
+def find_scaling_law(name: str) -> tuple[str, dict[str, Any]] | None:
+    return _lookup(scaling_laws(), name)

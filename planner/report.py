@@ -6,12 +6,15 @@ from typing import Any, Optional
 
 from tabulate import tabulate
 
-from .estimate import Estimate
+from .budget import BudgetResult, Candidate, budget_seconds
+from .estimate import SECONDS_PER_DAY, Estimate
 from .memory import TERMS
+from .scaling import chinchilla_summary, training_tokens
 from .search import SearchResult
 from .shape import param_counts
 from .spec import Spec
 from .units import GiB
+from .whatif import SweepRow
 
 TERM_LABELS = {
     "parameters": "parameters",
@@ -31,10 +34,20 @@ def _gib(x: float) -> float:
 
 
 def _tokens(spec: Spec) -> tuple[Optional[float], str]:
-    n = param_counts(spec.model).total
+    tokens = training_tokens(spec)
     if spec.training.tokens == "chinchilla":
-        return 20.0 * n, "chinchilla (20 tokens/param, Hoffmann et al. 2022)"
-    return float(spec.training.tokens), f"{spec.training.tokens:.3g}"
+        n = param_counts(spec.model).total
+        return tokens, (f"{tokens:.3g} tokens (chinchilla: compute-optimal for this model under "
+                        f"{spec.training.scaling_law.name}, {tokens / n:.1f} tokens/param)")
+    return tokens, f"{tokens:.3g} tokens"
+
+
+def _scaling_line(spec: Spec, tokens: float) -> str:
+    s = chinchilla_summary(spec, tokens)
+    return (f"loss     {s['predicted_loss']:.4f} nats/token predicted by {s['law']} at "
+            f"{s['tokens_per_param']:.1f} tokens/param (compute-optimal for this model: "
+            f"{s['compute_optimal_tokens']:.3g} tokens, {s['compute_optimal_tokens_per_param']:.1f}"
+            f"/param)")
 
 
 def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]:
@@ -80,6 +93,7 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
                     "gpu_memory_gib": spec.cluster.gpu.memory_gib},
         "training": {"tokens": tokens, "global_batch_sequences": spec.global_batch_sequences,
                      "steps": tokens / best.flops.tokens if best else None},
+        "scaling": chinchilla_summary(spec, tokens),
         "runtime": spec.runtime.model_dump(),
         "evaluated": result.evaluated,
         "feasible": len(result.feasible),
@@ -95,7 +109,7 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
 def _header(spec: Spec, source: str) -> list[str]:
     m, c = spec.model, spec.cluster
     n = param_counts(m).total
-    _, tokens_text = _tokens(spec)
+    tokens, tokens_text = _tokens(spec)
     inter = c.inter_node
     title = f" ({spec.name})" if spec.name else ""
     lines = [f"pretrain-planner: {source}{title}"]
@@ -108,8 +122,9 @@ def _header(spec: Spec, source: str) -> list[str]:
         f"cluster  {c.nodes} node(s) x {c.gpus_per_node} {c.gpu.name} ({c.gpu.memory_gib} GiB), "
         f"{c.intra_node.link} {c.intra_node.gbps:g} GB/s, {inter.nics_per_node} x "
         f"{inter.nic_gbit:g} Gb/s {inter.network}",
-        f"training {tokens_text} tokens, global batch {spec.global_batch_sequences} sequences "
+        f"training {tokens_text}, global batch {spec.global_batch_sequences} sequences "
         f"({spec.global_batch_sequences * m.seq_len:,} tokens), {spec.training.optimizer.value}",
+        _scaling_line(spec, tokens),
     ]
 
 
@@ -189,3 +204,126 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
     if fixes:
         lines += ["", "nearest fix:"] + [f"  - {f}" for f in fixes]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- budget mode
+
+def _budget_words(spec: Spec) -> str:
+    b, c = spec.training.budget, spec.cluster
+    where = f"{c.world_size} x {c.gpu.name}"
+    seconds = budget_seconds(b, c.world_size)
+    if seconds is None:
+        return f"{b.flops:.3g} model FLOPs on {where}"
+    if b.kind == "days":
+        stated = f"{b.days:g} days"
+    elif b.kind == "gpu_hours":
+        stated = f"{b.gpu_hours:,.0f} GPU-hours"
+    else:
+        stated = f"${b.dollars:,.0f} at ${b.price_per_gpu_hour:g}/GPU-hour"
+    return (f"{stated} on {where}: {seconds / SECONDS_PER_DAY:,.1f} days wall-clock, "
+            f"{seconds * c.world_size / 3600:,.0f} GPU-hours")
+
+
+def _candidate_row(c: Candidate, is_pick: bool) -> list:
+    m, b = c.model, c.best
+    shape = f"{m.n_layers} x {m.d_model}"
+    if not c.feasible:
+        return ["", m.name, shape, f"{c.params / 1e9:.3g}", "", "", "", "", "", c.reason]
+    return ["<- pick" if is_pick else "", m.name, shape, f"{c.params / 1e9:.3g}",
+            f"{c.tokens:.3g}", f"{c.tokens_per_param:.1f}", f"{c.days:,.1f}", f"{b.mfu:.1%}",
+            f"{c.loss:.4f}", b.plan.label]
+
+
+def budget_text(result: BudgetResult, source: str = "") -> str:
+    """The trade-off table of budget mode (docs/capacity-planning.md), the pick marked."""
+    spec, law, pick = result.spec, result.law, result.pick
+    m = spec.model
+    title = f" ({spec.name})" if spec.name else ""
+    lines = [f"pretrain-planner: {source}{title}, budget mode"]
+    if spec.description:
+        lines.append(spec.description)
+    lines += [
+        f"budget   {_budget_words(spec)}",
+        f"law      {law.describe()} (nats/token)",
+        f"family   {m.arch.value}-style shapes from {m.name}: heads of 128, d_model/n_layers 64 "
+        f"to 128, d_ff {'8/3 d (multiple of 256)' if m.activation.value == 'swiglu' else '4 d'}, "
+        f"vocab {m.vocab_size}, seq {m.seq_len}, global batch {spec.global_batch_sequences} "
+        f"sequences",
+        "",
+    ]
+    rows = [_candidate_row(c, c is pick) for c in result.candidates]
+    lines.append(tabulate(rows, headers=["", "model", "layers x d", "N (B)", "D tokens", "D/N",
+                                         "days", "MFU", "loss", "best plan / why not"],
+                          colalign=("left", "left", "right", "right", "right", "right", "right",
+                                    "right", "right", "left"), maxcolwidths=[None] * 9 + [70],
+                          disable_numparse=True))
+    lines.append("")
+    if pick is None:
+        lines.append("NO CANDIDATE can train within the budget on this cluster.")
+        return "\n".join(lines)
+    opt = law.compute_optimal(6.0 * pick.params * pick.tokens)
+    lines += [
+        f"pick     {pick.model.name}: {pick.params / 1e9:.3g}B parameters, "
+        f"{pick.tokens:.3g} tokens ({pick.tokens_per_param:.1f}/param), predicted loss "
+        f"{pick.loss:.4f}; "
+        f"{pick.days:,.1f} days at MFU {pick.best.mfu:.1%} with {pick.best.plan.label}",
+        f"         the law's compute-optimal split of the pick's 6ND = {opt.flops:.3g} FLOPs: "
+        f"{opt.params / 1e9:.3g}B parameters x {opt.tokens:.3g} tokens "
+        f"({opt.tokens_per_param:.1f}/param); the family's sizes are discrete",
+    ]
+    return "\n".join(lines)
+
+
+def _candidate_json(c: Candidate) -> dict[str, Any]:
+    m, b = c.model, c.best
+    return {"model": m.name, "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads,
+            "n_kv_heads": m.n_kv_heads, "d_ff": m.d_ff, "params": c.params,
+            "tokens": c.tokens if c.feasible else None,
+            "tokens_per_param": c.tokens_per_param if c.feasible else None,
+            "days": c.days, "mfu": b.mfu if c.feasible else None,
+            "predicted_loss": c.loss, "searched": c.result is not None,
+            "plan": b.plan.label if c.feasible else None, "reason": c.reason or None}
+
+
+def budget_json(result: BudgetResult, source: str = "") -> dict[str, Any]:
+    spec, law, pick = result.spec, result.law, result.pick
+    b = spec.training.budget
+    seconds = budget_seconds(b, spec.cluster.world_size)
+    gpu_hours = None if seconds is None else seconds * spec.cluster.world_size / 3600
+    return {
+        "mode": "budget", "spec": source, "name": spec.name,
+        "budget": {**b.model_dump(), "kind": b.kind, "seconds": seconds, "gpu_hours": gpu_hours},
+        "law": {"name": law.name, "E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha,
+                "beta": law.beta, "source": law.source},
+        "candidates": [_candidate_json(c) for c in result.candidates],
+        "pick": None if pick is None else result.candidates.index(pick),
+        "plan": None if pick is None else to_json(pick.result, [], source),
+    }
+
+
+# --------------------------------------------------------------------------------------- sweep
+
+def sweep_text(rows: list[SweepRow], path: str) -> str:
+    """One row per value; in budget mode each row is the pick for that value."""
+    picked = any(r.picked for r in rows)
+    table = []
+    for r in rows:
+        b = r.best
+        name = f"{r.spec.model.name} ({r.params / 1e9:.3g}B)" if r.best else ""
+        model = [name] if picked else []
+        if b is None:
+            table.append([r.value, *model, "", "", "", "", "", "", r.reason])
+            continue
+        table.append([r.value, *model, f"{b.step_time_s:.3g}", f"{b.tokens_per_s:,.0f}",
+                      f"{b.mfu:.1%}", "" if r.days is None else f"{r.days:,.1f}",
+                      f"{r.peak_gib:.1f}", "" if r.loss is None else f"{r.loss:.4f}",
+                      b.plan.label])
+    headers = [path, *(["pick"] if picked else []), "step s", "tokens/s", "MFU", "days",
+               "peak GiB", "loss", "best plan / why not"]
+    return tabulate(table, headers=headers, maxcolwidths=[None] * (len(headers) - 1) + [80],
+                    disable_numparse=True, colalign=("right",) + ("left",) * picked + ("right",) * 6
+                    + ("left",))
+
+
+def sweep_json(rows: list[SweepRow], path: str) -> dict[str, Any]:
+    return {"mode": "sweep", "path": path, "rows": [r.as_dict() for r in rows]}

@@ -5,22 +5,22 @@ resolved here, and derived values (``head_dim``, ``world_size``) are properties.
 """
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt,
+                      PrivateAttr, ValidationError, field_validator, model_validator)
 
-from .catalog import GPU_NAME_KEYS, PRESET_META_KEYS, find_gpu, find_preset, gpu_catalog, model_presets
+from .catalog import PRESET_META_KEYS, find_preset, find_scaling_law, model_presets, scaling_laws
+from .cluster import (ClusterSpec, EfficiencySpec, GpuSpec, InterNodeSpec,  # noqa: F401 (API)
+                      IntraNodeSpec)
 from .errors import SpecError
+from .specbase import Frozen as _Frozen
 from .units import (Activation, Arch, AttentionKernel, Norm, Offload, Optimizer, Position,
                     Precision, Recompute, ZeroStage)
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
 
 # --------------------------------------------------------------------------------------- model
@@ -115,127 +115,82 @@ class ModelSpec(_Frozen):
         return self.n_kv_heads * self.head_dim
 
 
-# ------------------------------------------------------------------------------------- cluster
+# ------------------------------------------------------------------------------------ training
 
-LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
+class ScalingLawSpec(_Frozen):
+    """L(N, D) = E + A/N^alpha + B/D^beta in nats per token (planner/scaling.py): a preset name
+    (planner/data/scaling_laws.yaml) or the five constants, e.g. from planner.lawfit.fit_law."""
 
-#: what a GPU that is not in the catalog must state
-CUSTOM_GPU_FIELDS = {"memory_gib", "peak_tflops", "hbm_gbps", "intra_node_gbps"}
-
-
-class EfficiencySpec(_Frozen):
-    """Achieved fractions of peak the step-time model uses (docs/time-model.md)."""
-
-    gemm_max: float = Field(0.8, gt=0, le=1, description="large-GEMM fraction of dense peak")
-    gemm_half_dim: PositiveFloat = Field(256, description="GEMM dimension at half efficiency")
-    attention_fwd: float = Field(0.5, gt=0, le=1, description="fused attention forward")
-    attention_bwd: float = Field(0.4, gt=0, le=1, description="fused attention backward")
-    gemm_fp32_max: float = Field(0.9, gt=0, le=1, description="fp32 (SIMT) GEMM fraction of "
-                                 "the fp32 peak")
-    gemm_fp32_half_dim: PositiveFloat = Field(64, description="fp32 GEMM dimension at half "
-                                              "efficiency")
-    attention_fp32: float = Field(0.5, gt=0, le=1, description="memory-efficient attention in "
-                                  "fp32, of the fp32 peak")
-    hbm: float = Field(0.85, gt=0, le=1, description="memory-bound kernels, of hbm_gbps")
-    network: float = Field(0.85, gt=0, le=1, description="NCCL bus bandwidth, of link speed")
-
-
-class GpuSpec(_Frozen):
-    """One accelerator: memory, dense peak throughput per dtype, bandwidths (GB/s)."""
-
-    name: str
-    memory_gib: PositiveFloat = Field(description="capacity visible to the framework, GiB")
-    peak_tflops: dict[str, PositiveFloat] = Field(description="dense peak TFLOP/s per dtype")
-    hbm_gbps: PositiveFloat = Field(description="HBM bandwidth, GB/s")
-    intra_node_link: LinkKind = "nvswitch"
-    intra_node_gbps: PositiveFloat = Field(description="per-GPU bidirectional link bandwidth, GB/s")
-    pcie_gbps: PositiveFloat = Field(32, description="host<->GPU bandwidth per direction, GB/s")
-    efficiency: EfficiencySpec = EfficiencySpec()
-    cublas_workspace_mib: NonNegativeFloat = Field(
-        8.125, description="PyTorch's cuBLAS workspace per (handle, stream), MiB")
+    preset: Optional[str] = Field(None, description="name of a shipped scaling law")
+    name: str = Field("custom", description="label used in reports")
+    E: PositiveFloat = Field(description="irreducible loss, nats/token")
+    A: PositiveFloat = Field(description="parameter term coefficient")
+    B: PositiveFloat = Field(description="data term coefficient")
+    alpha: PositiveFloat = Field(description="parameter exponent")
+    beta: PositiveFloat = Field(description="data exponent")
     source: str = "user supplied"
 
     @model_validator(mode="before")
     @classmethod
-    def _from_catalog(cls, data: Any) -> Any:
+    def _resolve(cls, data: Any) -> Any:
         if isinstance(data, str):
-            data = {"name": data}
-        if isinstance(data, dict) and "name" in data:
-            found = find_gpu(str(data["name"]))
-            if found is not None:
-                canonical, entry = found
-                base = {k: v for k, v in entry.items() if k not in GPU_NAME_KEYS}
-                data = {**base, **data, "name": canonical}
-            elif not CUSTOM_GPU_FIELDS <= set(data):
-                known = ", ".join(gpu_catalog())
-                raise ValueError(f"name: unknown GPU {data['name']!r}; known GPUs: {known} (a GPU "
-                                 f"outside the catalog needs {', '.join(sorted(CUSTOM_GPU_FIELDS))})")
+            data = {"preset": data}
+        if isinstance(data, dict) and data.get("preset") is not None:
+            found = find_scaling_law(str(data["preset"]))
+            if found is None:
+                known = ", ".join(scaling_laws())
+                raise ValueError(f"preset: unknown scaling law {data['preset']!r}; known: {known}")
+            canonical, entry = found
+            base = {k: v for k, v in entry.items() if k != "aliases"}
+            data = {**base, "name": canonical, **data, "preset": canonical}
         return data
 
-    def supports(self, precision: Precision) -> bool:
-        return precision.value in self.peak_tflops
+
+DEFAULT_SCALING_LAW = "epoch2024"
+
+#: the ways to state a budget; exactly one is given (dollars with its price)
+BUDGET_KINDS = ("gpu_hours", "days", "flops", "dollars")
+
+
+class BudgetSpec(_Frozen):
+    """What the run may spend; the planner picks the model size (budget mode,
+    docs/capacity-planning.md)."""
+
+    gpu_hours: Optional[PositiveFloat] = Field(None, description="GPU-hours on this cluster")
+    days: Optional[PositiveFloat] = Field(None, description="wall-clock days on this cluster")
+    flops: Optional[PositiveFloat] = Field(None, description="model FLOPs (forward + backward, "
+                                           "counted from the shape)")
+    dollars: Optional[PositiveFloat] = Field(None, description="money, at price_per_gpu_hour")
+    price_per_gpu_hour: Optional[PositiveFloat] = Field(None, description="dollars per GPU-hour")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "BudgetSpec":
+        given = [k for k in BUDGET_KINDS if getattr(self, k) is not None]
+        if not given:
+            raise ValueError(f"give one of {', '.join(BUDGET_KINDS)}")
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: give exactly one of {', '.join(BUDGET_KINDS)} "
+                             f"(got {' and '.join(given)})")
+        if self.dollars is not None and self.price_per_gpu_hour is None:
+            raise ValueError("price_per_gpu_hour: a dollars budget needs price_per_gpu_hour")
+        if self.dollars is None and self.price_per_gpu_hour is not None:
+            raise ValueError("price_per_gpu_hour: only used with a dollars budget")
+        return self
 
     @property
-    def memory_bytes(self) -> float:
-        return self.memory_gib * 2**30
+    def kind(self) -> str:
+        return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
 
-
-class IntraNodeSpec(_Frozen):
-    """The link between GPUs of one node; defaults to the GPU catalog's usual server."""
-
-    link: LinkKind
-    gbps: PositiveFloat = Field(description="per-GPU bidirectional bandwidth, GB/s")
-    latency_us: PositiveFloat = Field(3.0, description="per hop, microseconds")
-
-
-class InterNodeSpec(_Frozen):
-    """The network between nodes."""
-
-    network: Literal["infiniband", "ethernet", "roce"] = "infiniband"
-    nics_per_node: PositiveInt = 8
-    nic_gbit: PositiveFloat = Field(200, description="per NIC, Gbit/s")
-    latency_us: PositiveFloat = Field(15.0, description="per ring hop through the network "
-                                      "(NCCL), microseconds")
-    nodes_per_leaf: PositiveInt = Field(32, description="nodes under one leaf switch")
-    oversubscription: float = Field(1.0, ge=1.0, description="leaf uplink oversubscription "
-                                    "(1 = non-blocking fat tree)")
-
-    @property
-    def node_gbps(self) -> float:
-        """Injection bandwidth of one node, GB/s."""
-        return self.nics_per_node * self.nic_gbit / 8
-
-
-class ClusterSpec(_Frozen):
-    gpu: GpuSpec
-    nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt = 8
-    intra_node: IntraNodeSpec = Field(description="defaults to the GPU's usual server link")
-    inter_node: InterNodeSpec = InterNodeSpec()
-    host_memory_gib: PositiveFloat = Field(1024, description="host RAM per node (offload)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_link(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "intra_node" not in data and "gpu" in data:
-            try:
-                gpu = GpuSpec.model_validate(data["gpu"])
-            except ValidationError:
-                return data  # reported with its path when the field itself is validated
-            data = {**data, "intra_node": {"link": gpu.intra_node_link,
-                                           "gbps": gpu.intra_node_gbps}}
-        return data
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-
-# ------------------------------------------------------------------------------------ training
 
 class TrainingSpec(_Frozen):
-    tokens: Union[PositiveFloat, Literal["chinchilla"]] = Field(
-        description="tokens to train on, or 'chinchilla' (compute-optimal for the model)")
+    tokens: Optional[Union[PositiveFloat, Literal["chinchilla"]]] = Field(
+        None, description="tokens to train on, or 'chinchilla' (compute-optimal for the model "
+                          "under scaling_law); give tokens or budget")
+    budget: Optional[BudgetSpec] = Field(
+        None, description="budget mode: the planner chooses the model size and tokens")
+    scaling_law: ScalingLawSpec = Field(
+        default_factory=lambda: ScalingLawSpec.model_validate(DEFAULT_SCALING_LAW),
+        description="loss law for 'chinchilla' tokens, predicted loss and budget mode")
     global_batch_tokens: Optional[PositiveInt] = None
     global_batch_sequences: Optional[PositiveInt] = None
     optimizer: Optimizer = Optimizer.ADAMW
@@ -247,6 +202,11 @@ class TrainingSpec(_Frozen):
         if sum(given) != 1:
             raise ValueError("global_batch_tokens: give exactly one of global_batch_tokens or "
                              "global_batch_sequences")
+        if self.tokens is None and self.budget is None:
+            raise ValueError("tokens: give tokens (a number or 'chinchilla') or a budget")
+        if self.tokens is not None and self.budget is not None:
+            raise ValueError("budget: give tokens or a budget, not both (budget mode chooses "
+                             "the tokens)")
         return self
 
 
@@ -340,6 +300,9 @@ class Spec(_Frozen):
     runtime: RuntimeSpec = RuntimeSpec()
     name: Optional[str] = None
     description: Optional[str] = None
+    #: the mapping as written (before presets and defaults), kept by spec_from_dict so that
+    #: what-if edits change what the user wrote (planner/whatif.py); not a field
+    _written: Optional[dict] = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _batch_fits_sequence(self) -> "Spec":
@@ -400,12 +363,28 @@ def spec_from_dict(data: Any, source: str = "spec") -> Spec:
     if not isinstance(data, dict):
         raise SpecError("", f"{source}: the top level must be a mapping of sections")
     try:
-        return Spec.model_validate(data)
+        spec = Spec.model_validate(data)
     except ValidationError as exc:
         problems = _best_errors(exc.errors())
         path, problem = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SpecError(path, problem + more) from None
+    spec._written = copy.deepcopy(data)
+    return spec
+
+
+def spec_to_dict(spec: Spec) -> dict:
+    """A mapping that validates to ``spec``: what the user wrote when it still describes this
+    spec (presets, short forms and defaults left to the validator, so an edit of ``seq_len`` or
+    ``gpu`` re-derives what depends on it), else the resolved fields (a spec built by model_copy)."""
+    written = spec._written
+    if written is not None:
+        try:
+            if Spec.model_validate(written).model_dump() == spec.model_dump():
+                return copy.deepcopy(written)
+        except ValidationError:
+            pass
+    return spec.model_dump(mode="json")
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -435,8 +414,8 @@ def load_spec(path: str | Path) -> Spec:
 
 def json_schema() -> dict:
     """The validator's schema, widened to the short forms the validators accept: a preset name
-    for ``model``, a catalog name for ``cluster.gpu``, one value for a search axis, and fields
-    that presets and architecture defaults fill in."""
+    for ``model`` and ``training.scaling_law``, a catalog name for ``cluster.gpu``, one value for
+    a search axis, and fields that presets and architecture defaults fill in."""
     schema = Spec.model_json_schema()
     defs, props = schema["$defs"], schema["properties"]
     props["model"] = {"anyOf": [{"type": "string", "description": "a preset name"},
@@ -449,6 +428,12 @@ def json_schema() -> dict:
     cluster["gpu"] = {"anyOf": [{"type": "string", "description": "a catalog name or alias"},
                                 cluster["gpu"]]}
     defs["GpuSpec"]["required"] = ["name"]
+    training = defs["TrainingSpec"]["properties"]
+    training["scaling_law"] = {"anyOf": [{"type": "string", "description": "a scaling-law "
+                                          "preset"}, training["scaling_law"]]}
+    defs["ScalingLawSpec"]["anyOf"] = [{"required": ["preset"]},
+                                       {"required": ["E", "A", "B", "alpha", "beta"]}]
+    defs["ScalingLawSpec"].pop("required", None)
     defs["ClusterSpec"]["required"] = ["gpu"]
     for prop in defs["SearchSpec"]["properties"].values():
         arrays = [b for b in prop.get("anyOf", []) if b.get("type") == "array"]
@@ -457,5 +442,6 @@ def json_schema() -> dict:
     return schema
 
 
-__all__ = ["Spec", "ModelSpec", "ClusterSpec", "GpuSpec", "TrainingSpec", "SearchSpec",
-           "RuntimeSpec", "load_spec", "spec_from_dict", "json_schema"]
+__all__ = ["Spec", "ModelSpec", "ClusterSpec", "GpuSpec", "TrainingSpec", "BudgetSpec",
+           "ScalingLawSpec", "SearchSpec", "RuntimeSpec", "load_spec", "spec_from_dict",
+           "spec_to_dict", "json_schema"]

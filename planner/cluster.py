@@ -1,0 +1,126 @@
+"""The cluster section of a spec: the GPU (from the catalog or explicit), the links inside a
+node and the network between nodes."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
+                      model_validator)
+
+from .catalog import GPU_NAME_KEYS, find_gpu, gpu_catalog
+from .specbase import Frozen as _Frozen
+from .units import Precision
+
+
+LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
+
+#: what a GPU that is not in the catalog must state
+CUSTOM_GPU_FIELDS = {"memory_gib", "peak_tflops", "hbm_gbps", "intra_node_gbps"}
+
+
+class EfficiencySpec(_Frozen):
+    """Achieved fractions of peak the step-time model uses (docs/time-model.md)."""
+
+    gemm_max: float = Field(0.8, gt=0, le=1, description="large-GEMM fraction of dense peak")
+    gemm_half_dim: PositiveFloat = Field(256, description="GEMM dimension at half efficiency")
+    attention_fwd: float = Field(0.5, gt=0, le=1, description="fused attention forward")
+    attention_bwd: float = Field(0.4, gt=0, le=1, description="fused attention backward")
+    gemm_fp32_max: float = Field(0.9, gt=0, le=1, description="fp32 (SIMT) GEMM fraction of "
+                                 "the fp32 peak")
+    gemm_fp32_half_dim: PositiveFloat = Field(64, description="fp32 GEMM dimension at half "
+                                              "efficiency")
+    attention_fp32: float = Field(0.5, gt=0, le=1, description="memory-efficient attention in "
+                                  "fp32, of the fp32 peak")
+    hbm: float = Field(0.85, gt=0, le=1, description="memory-bound kernels, of hbm_gbps")
+    network: float = Field(0.85, gt=0, le=1, description="NCCL bus bandwidth, of link speed")
+
+
+class GpuSpec(_Frozen):
+    """One accelerator: memory, dense peak throughput per dtype, bandwidths (GB/s)."""
+
+    name: str
+    memory_gib: PositiveFloat = Field(description="capacity visible to the framework, GiB")
+    peak_tflops: dict[str, PositiveFloat] = Field(description="dense peak TFLOP/s per dtype")
+    hbm_gbps: PositiveFloat = Field(description="HBM bandwidth, GB/s")
+    intra_node_link: LinkKind = "nvswitch"
+    intra_node_gbps: PositiveFloat = Field(description="per-GPU bidirectional link bandwidth, GB/s")
+    pcie_gbps: PositiveFloat = Field(32, description="host<->GPU bandwidth per direction, GB/s")
+    efficiency: EfficiencySpec = EfficiencySpec()
+    cublas_workspace_mib: NonNegativeFloat = Field(
+        8.125, description="PyTorch's cuBLAS workspace per (handle, stream), MiB")
+    source: str = "user supplied"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_catalog(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"name": data}
+        if isinstance(data, dict) and "name" in data:
+            found = find_gpu(str(data["name"]))
+            if found is not None:
+                canonical, entry = found
+                base = {k: v for k, v in entry.items() if k not in GPU_NAME_KEYS}
+                data = {**base, **data, "name": canonical}
+            elif not CUSTOM_GPU_FIELDS <= set(data):
+                known = ", ".join(gpu_catalog())
+                raise ValueError(f"name: unknown GPU {data['name']!r}; known GPUs: {known} (a GPU "
+                                 f"outside the catalog needs {', '.join(sorted(CUSTOM_GPU_FIELDS))})")
+        return data
+
+    def supports(self, precision: Precision) -> bool:
+        return precision.value in self.peak_tflops
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * 2**30
+
+
+class IntraNodeSpec(_Frozen):
+    """The link between GPUs of one node; defaults to the GPU catalog's usual server."""
+
+    link: LinkKind
+    gbps: PositiveFloat = Field(description="per-GPU bidirectional bandwidth, GB/s")
+    latency_us: PositiveFloat = Field(3.0, description="per hop, microseconds")
+
+
+class InterNodeSpec(_Frozen):
+    """The network between nodes."""
+
+    network: Literal["infiniband", "ethernet", "roce"] = "infiniband"
+    nics_per_node: PositiveInt = 8
+    nic_gbit: PositiveFloat = Field(200, description="per NIC, Gbit/s")
+    latency_us: PositiveFloat = Field(15.0, description="per ring hop through the network "
+                                      "(NCCL), microseconds")
+    nodes_per_leaf: PositiveInt = Field(32, description="nodes under one leaf switch")
+    oversubscription: float = Field(1.0, ge=1.0, description="leaf uplink oversubscription "
+                                    "(1 = non-blocking fat tree)")
+
+    @property
+    def node_gbps(self) -> float:
+        """Injection bandwidth of one node, GB/s."""
+        return self.nics_per_node * self.nic_gbit / 8
+
+
+class ClusterSpec(_Frozen):
+    gpu: GpuSpec
+    nodes: PositiveInt = 1
+    gpus_per_node: PositiveInt = 8
+    intra_node: IntraNodeSpec = Field(description="defaults to the GPU's usual server link")
+    inter_node: InterNodeSpec = InterNodeSpec()
+    host_memory_gib: PositiveFloat = Field(1024, description="host RAM per node (offload)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_link(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "intra_node" not in data and "gpu" in data:
+            try:
+                gpu = GpuSpec.model_validate(data["gpu"])
+            except ValidationError:
+                return data  # reported with its path when the field itself is validated
+            data = {**data, "intra_node": {"link": gpu.intra_node_link,
+                                           "gbps": gpu.intra_node_gbps}}
+        return data
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node

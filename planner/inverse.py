@@ -1,0 +1,357 @@
+"""Inverse questions: the largest micro-batch or sequence length that fits, the fewest GPUs for a
+model, the largest model a budget trains compute-optimally.  Each answer names the constraint
+that binds: what rejects the very next value.
+
+Memory questions are solved with sympy.  For a fixed plan, the memory at any one moment of the step
+is a polynomial in the micro-batch (affine) and in the sequence length (affine with a fused
+attention kernel, quadratic with eager attention's s x s scores and probabilities).  The solver
+samples the planner's own estimate at degree + 1 values, interpolates the exact polynomial in
+rational arithmetic, checks it at one more value, and solves required(x) = usable.  The peak can
+move to another moment, and gradient accumulation changes with x, so the formula is piecewise: the
+root is checked against the real estimate and the polynomial refitted around it, with bisection
+as the fallback.  Counting GPUs and sizing models run the full search, which is no formula:
+bisection.
+"""
+from __future__ import annotations
+
+import bisect
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import sympy
+
+from .advice import why_infeasible
+from .budget import Candidate, evaluate, family_shape
+from .errors import InfeasibleError, SpecError
+from .estimate import Estimate, estimate
+from .plan import Plan
+from .rules import check
+from .scaling import law_of
+from .search import divisors, search
+from .shape import param_counts
+from .spec import Spec, spec_from_dict, spec_to_dict
+from .units import AttentionKernel, GiB
+from .whatif import set_path
+
+#: valid values above the memory boundary that are still checked one by one: memory need not be
+#: monotone (the micro-batch that ends gradient accumulation drops the carried gradients; fewer
+#: micro-batches than pipeline stages keep fewer in flight)
+CHECK_ABOVE = 64
+MAX_NODES = 4096
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    value: Optional[int]  #: None when not even the smallest value works
+    binding: str  #: the constraint that rejects the next value
+    method: str  #: "sympy" or "bisection"
+    memory_limit: Optional[float] = None  #: real root of required(x) = usable
+    expression: Optional[str] = None  #: the fitted required(x), GiB
+    estimate: Optional[Estimate] = None  #: of the answer
+    label: str = ""  #: what the value stands for, when a number is not enough
+
+    def __str__(self) -> str:
+        what = f" = {self.label}" if self.label else ""
+        return f"{self.question}: {self.value}{what} (binding: {self.binding}; {self.method})"
+
+
+@dataclass(frozen=True)
+class _Point:
+    x: int
+    est: Optional[Estimate]  #: None when the value does not give a valid spec
+    invalid: str  #: the rule (or spec error) the value breaks; "" when valid
+
+    @property
+    def fits(self) -> bool:
+        return self.est is not None and self.est.fits
+
+
+@dataclass
+class _Variable:
+    """One quantity to maximise: its candidate values and how each becomes a (spec, plan)."""
+
+    name: str
+    values: list[int]  #: candidates, ascending
+    degree: int  #: of required(x) within one regime
+    build: Callable[[int], tuple[Optional[Spec], Optional[Plan], str]]
+    end: str  #: what binds when the largest candidate works
+    choices: dict = field(default_factory=dict)
+    points: dict = field(default_factory=dict)
+
+    def choice(self, x: int) -> tuple[Optional[Spec], Optional[Plan], str]:
+        """(spec, plan, the rule or spec error the value breaks, or "")."""
+        if x not in self.choices:
+            spec, plan, invalid = self.build(x)
+            if spec is not None and not invalid:
+                why = check(spec, plan)
+                invalid = "" if why is None else f"{why.rule}: {why.reason}"
+            self.choices[x] = (spec, plan, invalid)
+        return self.choices[x]
+
+    def valid(self, x: int) -> bool:
+        return not self.choice(x)[2]
+
+    def __call__(self, x: int) -> _Point:
+        if x not in self.points:
+            spec, plan, invalid = self.choice(x)
+            est = None if spec is None else estimate(spec, plan, with_time=False)
+            self.points[x] = _Point(x, est, invalid)
+        return self.points[x]
+
+
+# --------------------------------------------------------------------------- the memory solver
+
+def _fit(var: _Variable, xs: list[int]) -> Optional[sympy.Expr]:
+    """required(x) through the first degree + 1 samples, if the last sample agrees."""
+    pts = [var(x) for x in xs]
+    if any(p.est is None for p in pts) or len(pts) < var.degree + 2:
+        return None
+    x = sympy.Symbol("x")
+    poly = sympy.expand(sympy.interpolate(
+        [(p.x, sympy.Rational(p.est.required_bytes)) for p in pts[:-1]], x))
+    last = pts[-1]
+    if abs(float(poly.subs(x, last.x)) - last.est.required_bytes) > 1e-9 * last.est.required_bytes:
+        return None
+    return poly
+
+
+def _root(poly: sympy.Expr, usable: float, near: float) -> float:
+    """Where the polynomial rises through usable (inf: never; -inf: already above)."""
+    x = sympy.Symbol("x")
+    slope = sympy.diff(poly, x)
+    rising = [float(r) for r in sympy.solve(sympy.Eq(poly, sympy.Rational(usable)), x)
+              if r.is_real and float(slope.subs(x, r)) > 0]
+    if rising:
+        return min(rising, key=lambda r: abs(r - near))
+    return math.inf if float(poly.subs(x, near)) <= usable else -math.inf
+
+
+def _memory_boundary(var: _Variable, usable: float) -> tuple[int, str, Optional[float], str]:
+    """(index of the last value whose memory fits, -1 if none; method; root; expression).
+
+    Doubling brackets the boundary; the polynomial is fitted on the values ending at the first
+    one that does not fit (the moment that binds), solved, and checked on both sides of the root.
+    A failed check narrows the bracket and refits there; samples that straddle a change of regime
+    (another moment peaks, gradient accumulation reaches 1) halve it instead."""
+    values = var.values
+
+    def ok(i: int) -> bool:
+        return _mem_ok(var(values[i]), usable)
+
+    lo, hi = -1, 0
+    while hi < len(values) and ok(hi):
+        lo, hi = hi, 2 * hi + 1
+    if hi >= len(values):
+        if ok(len(values) - 1):
+            return len(values) - 1, "bisection", None, None
+        hi = len(values) - 1
+    while hi - lo > 1:
+        poly = _fit(var, values[max(0, hi - var.degree - 1):hi + 1])
+        if poly is None:  # the samples straddle a change of regime: halve the bracket
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+            continue
+        root = _root(poly, usable, values[hi])
+        i = min(max(bisect.bisect_right(values, root) - 1, lo), hi - 1)
+        if i >= 0 and not ok(i):
+            hi = i
+        elif ok(i + 1):
+            lo = i + 1
+        else:
+            return i, "sympy", root, f"{sympy.N(poly / GiB, 6)} GiB"
+    return lo, "bisection", None, None
+
+
+def _mem_ok(p: _Point, usable: float) -> bool:
+    return p.est is not None and p.est.required_bytes <= usable
+
+
+def _binding(var: _Variable, i: int, usable: float, memory_max: Optional[int]) -> str:
+    """What rejects the value after index i: a rule, or memory at the moment it peaks."""
+    if i + 1 >= len(var.values):
+        return var.end
+    nxt = var(var.values[i + 1])
+    if nxt.est is None:
+        return nxt.invalid
+    if nxt.invalid and _mem_ok(nxt, usable):
+        return f"{nxt.invalid}; memory alone allows {var.name} up to {memory_max}"
+    return (f"memory at {nxt.est.memory.moment} ({var.name} {nxt.x} needs "
+            f"{nxt.est.required_bytes / GiB:.2f} GiB, {usable / GiB:.2f} usable)")
+
+
+def _solve(question: str, var: _Variable, usable: float) -> Answer:
+    values = var.values
+    boundary, method, root, expr = _memory_boundary(var, usable)
+    memory_max = values[boundary] if boundary >= 0 else None
+    above = []  # memory need not be monotone (see CHECK_ABOVE): check the next valid values too
+    for k in range(boundary + 1, len(values)):
+        if var.valid(values[k]):
+            above.append(k)
+            if len(above) == CHECK_ABOVE:
+                break
+    boundary = max((k for k in above if var(values[k]).fits), default=boundary)
+    best = next((k for k in range(boundary, -1, -1)
+                 if var.valid(values[k]) and var(values[k]).fits), None)
+    if best is None:
+        first = var(values[0])
+        why = first.invalid or _binding(var, -1, usable, memory_max)
+        return Answer(question, None, why, method, root, expr)
+    return Answer(question, values[best], _binding(var, best, usable, memory_max), method, root,
+                  expr, var(values[best]).est)
+
+
+# ------------------------------------------------------------------------------ the questions
+
+def _best_plan(spec: Spec, plan: Optional[Plan]) -> Plan:
+    if plan is not None:
+        return plan
+    result = search(spec)
+    if result.best is None:
+        raise InfeasibleError(why_infeasible(result))
+    return result.best.plan
+
+
+def _usable(spec: Spec) -> float:
+    return spec.cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
+
+
+def largest_micro_batch(spec: Spec, plan: Optional[Plan] = None) -> Answer:
+    """The largest micro-batch that fits with the plan's other choices (default: the best plan);
+    gradient accumulation follows from the global batch, as in the search."""
+    plan = _best_plan(spec, plan)
+    gb = spec.global_batch_sequences
+    share = max(1, gb // plan.dp)
+
+    def build(mb: int):
+        return spec, replace(plan, micro_batch=mb, grad_accum=max(1, gb // (plan.dp * mb))), ""
+
+    var = _Variable("micro_batch", list(range(1, share + 1)), 1, build,
+                    f"the global batch: {gb} sequences over dp {plan.dp} leave {share} per rank")
+    return _solve("largest micro-batch", var, _usable(spec))
+
+
+def seq_len_values(spec: Spec, multiple_of: int, cap: int) -> list[int]:
+    """Multiples of multiple_of up to cap; with global_batch_tokens, only its divisors."""
+    tokens = spec.training.global_batch_tokens
+    if tokens is None:
+        return list(range(multiple_of, cap + 1, multiple_of))
+    small = [d for d in range(1, math.isqrt(tokens) + 1) if tokens % d == 0]
+    both = sorted(set(small) | {tokens // d for d in small})
+    return [d for d in both if d % multiple_of == 0 and d <= cap]
+
+
+def largest_seq_len(spec: Spec, plan: Optional[Plan] = None, multiple_of: int = 128,
+                    cap: int = 2**20) -> Answer:
+    """The largest sequence length (a multiple of multiple_of) that fits with the plan's parallel
+    degrees, ZeRO stage, precision, micro-batch and recompute; the global batch keeps its
+    definition (tokens or sequences), so gradient accumulation follows."""
+    plan = _best_plan(spec, plan)
+    written = spec_to_dict(spec)
+
+    def build(s: int):
+        data = copy.deepcopy(written)
+        set_path(data, "model.seq_len", s)
+        try:
+            edited = spec_from_dict(data)
+        except SpecError as exc:
+            return None, None, str(exc)
+        ga = max(1, edited.global_batch_sequences // (plan.dp * plan.micro_batch))
+        return edited, replace(plan, grad_accum=ga), ""
+
+    degree = 2 if spec.model.attention is AttentionKernel.EAGER else 1
+    values = seq_len_values(spec, multiple_of, cap)
+    var = _Variable("seq_len", values, degree, build, f"the largest value considered ({cap})")
+    return _solve("largest seq_len", var, _usable(spec))
+
+
+def _layouts(spec: Spec):
+    """(nodes, gpus_per_node) by GPU count: part of one node, then whole nodes."""
+    per_node = spec.cluster.gpus_per_node
+    yield from ((1, g) for g in divisors(per_node))
+    yield from ((n, per_node) for n in range(2, MAX_NODES + 1))
+
+
+def _on(spec: Spec, nodes: int, per_node: int) -> Spec:
+    cluster = spec.cluster.model_copy(update={"nodes": nodes, "gpus_per_node": per_node})
+    return spec.model_copy(update={"cluster": cluster,
+                                   "search": spec.search.model_copy(update={"dp": "auto"})})
+
+
+def fewest_gpus(spec: Spec) -> Answer:
+    """The fewest GPUs (part of one node, else whole nodes) on which the spec's search space has a
+    feasible plan: doubling, then bisection (assumes more GPUs never hurt)."""
+    layouts = list(_layouts(spec))
+    results: dict[int, object] = {}
+
+    def ok(i: int) -> bool:
+        if i not in results:
+            results[i] = search(_on(spec, *layouts[i]))
+        return results[i].best is not None
+
+    hi = 0
+    while not ok(hi):
+        if hi == len(layouts) - 1:
+            return Answer("fewest GPUs", None, f"nothing fits on {MAX_NODES} nodes: "
+                          f"{why_infeasible(results[hi])}", "bisection")
+        hi = min(2 * hi + 1, len(layouts) - 1)
+    lo = (hi - 1) // 2 if hi else -1  # the last probe that failed
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    nodes, per_node = layouts[hi]
+    fewer = 0 if lo < 0 else layouts[lo][0] * layouts[lo][1]
+    binding = ("one GPU is enough" if lo < 0 else
+               f"on {fewer} GPU{'s' if fewer > 1 else ''}: {why_infeasible(results[lo])}")
+    return Answer("fewest GPUs", nodes * per_node, binding, "bisection",
+                  estimate=results[hi].best, label=f"{nodes} node(s) x {per_node} GPUs")
+
+
+#: widths tried for the largest model: multiples of 256 (the family rule's heads are 128 wide)
+WIDTHS = tuple(range(512, 20480 + 1, 256))
+
+
+def largest_model(spec: Spec, tokens_per_param: Optional[float] = None) -> Answer:
+    """The widest family shape (planner/budget.py) that trains its compute-optimal tokens (or
+    tokens_per_param x N) within the spec's budget on its cluster: bisection over widths."""
+    if spec.training.budget is None:
+        raise SpecError("training.budget", "largest_model needs a budget")
+    law = law_of(spec)
+    probes: dict[int, tuple[Candidate, float]] = {}
+
+    def probe(i: int) -> tuple[Candidate, float]:
+        if i not in probes:
+            model = family_shape(spec.model, WIDTHS[i])
+            n = param_counts(model).total
+            need = law.optimal_tokens(n) if tokens_per_param is None else tokens_per_param * n
+            probes[i] = (evaluate(spec, Candidate(model, n), law), need)
+        c, need = probes[i]
+        return c, need
+
+    def ok(i: int) -> bool:
+        c, need = probe(i)
+        return c.feasible and c.tokens >= need
+
+    if not ok(0):
+        return Answer("largest model", None, _model_binding(*probe(0)), "bisection")
+    lo, hi = 0, len(WIDTHS)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    c, _ = probe(lo)
+    binding = (f"the widest shape considered (d_model {WIDTHS[-1]})" if hi == len(WIDTHS)
+               else _model_binding(*probe(hi)))
+    m = c.model
+    return Answer("largest model", c.params, binding, "bisection", estimate=c.best,
+                  label=f"{m.name}, {m.n_layers} layers x {m.d_model}, {c.params / 1e9:.3g}B "
+                        f"parameters on {c.tokens:.3g} tokens")
+
+
+def _model_binding(c: Candidate, need: float) -> str:
+    name = f"{c.model.name} ({c.params / 1e9:.3g}B)"
+    if not c.feasible:
+        return f"{name}: {c.reason}"
+    return (f"budget: {name} trains {c.tokens:.3g} tokens within it, its compute-optimal "
+            f"count is {need:.3g}")

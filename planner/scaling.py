@@ -1,0 +1,141 @@
+"""Loss scaling laws L(N, D) = E + A/N^α + B/D^β and the compute-optimal split of a FLOP budget.
+
+N counts all parameters (embeddings included, as Hoffmann et al. 2022 did), D training tokens, L
+is the loss in nats per token.  Compute is C = 6·N·D (Kaplan et al. 2020, section 2.1), the
+convention the laws were fitted under; the exact count from the shape (planner.flops) is reported
+beside it.
+
+Compute-optimal split (Hoffmann et al. 2022, section 3.3 and appendix D.2, eq. 4).  With
+D = C / (6N) the loss along the compute budget is  L(N) = E + A N^-α + B (C/6)^-β N^β, and
+
+    dL/dN = 0   ⇔   α A N^-α = β B (C/6)^-β N^β   ⇔   N^(α+β) = (α A / (β B)) (C/6)^β
+
+so with  G = (α A / (β B))^(1/(α+β)):
+
+    N_opt(C) = G (C/6)^(β/(α+β)),        D_opt(C) = (C/6) / N_opt = G^-1 (C/6)^(α/(α+β)).
+
+"Chinchilla tokens" for a model of N parameters: at fixed N, L keeps falling as D grows, so the D
+minimising L alone is infinite.  The usual meaning, used here, is the D for which N is the
+compute-optimal size, N = N_opt(6 N D):  C/6 = (N/G)^((α+β)/β),  D*(N) = (N/G)^((α+β)/β) / N.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .flops import forward_flops_per_token
+from .shape import param_counts
+from .spec import ModelSpec, ScalingLawSpec, Spec
+
+SIX = 6.0  #: FLOPs per parameter per token, forward + backward (Kaplan et al. 2020)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One point (N, D) with its compute and predicted loss."""
+
+    params: float
+    tokens: float
+    flops: float  #: 6·N·D
+    loss: float  #: nats/token
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / self.params
+
+
+@dataclass(frozen=True)
+class ScalingLaw:
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    name: str = "custom"
+    source: str = ""
+
+    def loss(self, params: float, tokens: float) -> float:
+        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+
+    @property
+    def G(self) -> float:
+        return (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+
+    def optimal_params(self, flops: float) -> float:
+        """N_opt(C) = G (C/6)^(β/(α+β))."""
+        return self.G * (flops / SIX) ** (self.beta / (self.alpha + self.beta))
+
+    def compute_optimal(self, flops: float) -> Allocation:
+        n = self.optimal_params(flops)
+        d = flops / SIX / n
+        return Allocation(n, d, flops, self.loss(n, d))
+
+    def optimal_tokens(self, params: float) -> float:
+        """D*(N): the tokens for which N is the compute-optimal size (module docstring)."""
+        per_six = (params / self.G) ** ((self.alpha + self.beta) / self.beta)
+        return per_six / params
+
+    def allocation(self, params: float, tokens: float) -> Allocation:
+        return Allocation(params, tokens, SIX * params * tokens, self.loss(params, tokens))
+
+    def describe(self) -> str:
+        return (f"{self.name}: L = {self.E:g} + {self.A:g}/N^{self.alpha:g} + "
+                f"{self.B:g}/D^{self.beta:g}")
+
+
+def law_from_spec(s: ScalingLawSpec) -> ScalingLaw:
+    return ScalingLaw(E=s.E, A=s.A, B=s.B, alpha=s.alpha, beta=s.beta, name=s.name,
+                      source=s.source)
+
+
+def preset_law(name: str) -> ScalingLaw:
+    """A shipped law by name or alias (planner/data/scaling_laws.yaml)."""
+    return law_from_spec(ScalingLawSpec.model_validate(name))
+
+
+def law_of(spec: Spec) -> ScalingLaw:
+    return law_from_spec(spec.training.scaling_law)
+
+
+def training_tokens(spec: Spec) -> Optional[float]:
+    """The tokens the spec trains on: its number, or D*(N) for 'chinchilla'; None in budget mode
+    (the planner chooses them, planner/budget.py)."""
+    tokens = spec.training.tokens
+    if tokens is None:
+        return None
+    if tokens == "chinchilla":
+        return law_of(spec).optimal_tokens(param_counts(spec.model).total)
+    return float(tokens)
+
+
+def model_flops_per_token(m: ModelSpec) -> float:
+    """Forward + backward FLOPs per token counted from the shape (3x the forward: every matmul,
+    attention scores and logits; planner.flops), the exact counterpart of 6·N."""
+    return 3.0 * forward_flops_per_token(m)
+
+
+@dataclass(frozen=True)
+class TrainingFlops:
+    six_nd: float  #: 6·N·D, the scaling laws' convention
+    exact: float  #: counted from the shape, without recomputation
+
+    @property
+    def ratio(self) -> float:
+        return self.exact / self.six_nd
+
+
+def training_flops(m: ModelSpec, tokens: float) -> TrainingFlops:
+    return TrainingFlops(six_nd=SIX * param_counts(m).total * tokens,
+                         exact=model_flops_per_token(m) * tokens)
+
+
+def chinchilla_summary(spec: Spec, tokens: float) -> dict:
+    """Predicted loss of the spec's run and the law's compute-optimal tokens for its model."""
+    law = law_of(spec)
+    n = param_counts(spec.model).total
+    flops = training_flops(spec.model, tokens)
+    optimal = law.optimal_tokens(n)
+    return {"law": law.name, "params": n, "tokens": tokens, "tokens_per_param": tokens / n,
+            "predicted_loss": law.loss(n, tokens), "compute_optimal_tokens": optimal,
+            "compute_optimal_tokens_per_param": optimal / n,
+            "six_nd_flops": flops.six_nd, "exact_flops": flops.exact}

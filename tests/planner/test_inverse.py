@@ -1,0 +1,152 @@
+"""Inverse questions (planner/inverse.py): the sympy answers equal a brute-force scan of the same
+estimate, and every answer names what binds."""
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import sympy
+
+from planner.budget import Candidate, evaluate, family_shape
+from planner.errors import SpecError
+from planner.estimate import estimate
+from planner.inverse import (WIDTHS, fewest_gpus, largest_micro_batch, largest_model,
+                             largest_seq_len, seq_len_values)
+from planner.rules import check
+from planner.scaling import law_of
+from planner.search import search
+from planner.shape import param_counts
+from planner.spec import load_spec, spec_from_dict
+from planner.units import GiB
+from planner.whatif import edit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shipped(name):
+    return load_spec(ROOT / "specs" / name)
+
+
+def written(model, gpu="A100", nodes=1, per_node=8, batch=None, **search_):
+    training = {"tokens": 1e10, **(batch or {"global_batch_sequences": 256})}
+    return spec_from_dict({"model": model, "cluster": {"gpu": gpu, "nodes": nodes,
+                                                       "gpus_per_node": per_node},
+                           "training": training, "search": search_})
+
+
+SPECS = {
+    "7b-64xA100": lambda: shipped("7b_on_64xA100.yaml"),
+    "125m-1xH100": lambda: shipped("125m_on_1xH100.yaml"),
+    "1.1b-1xH200": lambda: shipped("1.1b_on_1xH200.yaml"),
+    "gpt2-eager": lambda: written({"preset": "gpt2-124m", "attention": "eager"}, per_node=1,
+                                  recompute="none", zero=0),
+    "13b-pipeline": lambda: written("llama2-13b", nodes=2, pp=4, tp=2, zero=1,
+                                    batch={"global_batch_tokens": 1048576}),
+}
+
+
+def brute_micro_batch(spec, plan):
+    gb = spec.global_batch_sequences
+    best = None
+    for mb in range(1, gb // plan.dp + 1):
+        p = replace(plan, micro_batch=mb, grad_accum=max(1, gb // (plan.dp * mb)))
+        if check(spec, p) is None and estimate(spec, p, with_time=False).fits:
+            best = mb
+    return best
+
+
+def brute_seq_len(spec, plan, values):
+    best = None
+    for s in values:
+        try:
+            edited = edit(spec, {"model.seq_len": s})
+        except SpecError:
+            continue
+        ga = max(1, edited.global_batch_sequences // (plan.dp * plan.micro_batch))
+        p = replace(plan, grad_accum=ga)
+        if check(edited, p) is None and estimate(edited, p, with_time=False).fits:
+            best = s
+    return best
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_largest_micro_batch_agrees_with_brute_force(name):
+    spec = SPECS[name]()
+    plan = search(spec).best.plan
+    answer = largest_micro_batch(spec, plan)
+    assert answer.value == brute_micro_batch(spec, plan)
+    assert answer.binding
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_largest_seq_len_agrees_with_brute_force(name):
+    spec = SPECS[name]()
+    plan = search(spec).best.plan
+    cap = 16384
+    answer = largest_seq_len(spec, plan, multiple_of=128, cap=cap)
+    assert answer.value == brute_seq_len(spec, plan, seq_len_values(spec, 128, cap))
+
+
+def test_micro_batch_is_solved_symbolically_and_names_the_moment():
+    """Llama-2-7B on 64 A100s: memory is affine in the micro-batch; the root is between 2 and 3
+    and the next micro-batch runs out of memory in the backward through the loss."""
+    answer = largest_micro_batch(shipped("7b_on_64xA100.yaml"))
+    assert answer.method == "sympy" and answer.value == 2
+    assert 2 <= answer.memory_limit < 3
+    assert answer.binding.startswith("memory at ")
+    x = sympy.Symbol("x")
+    poly = sympy.sympify(answer.expression.removesuffix(" GiB"))
+    assert float(poly.subs(x, 2)) == pytest.approx(answer.estimate.required_bytes / GiB, rel=1e-5)
+
+
+def test_divisibility_binds_when_memory_would_allow_more():
+    """GPT-2 124M on one H100, 512 sequences per step: mb 65..75 would fit in memory but do not
+    divide the global batch, and 128 does not fit."""
+    answer = largest_micro_batch(shipped("125m_on_1xH100.yaml"))
+    assert answer.value == 64
+    assert answer.binding.startswith("batch not divisible")
+    assert "memory alone allows micro_batch up to" in answer.binding
+
+
+def test_eager_attention_is_quadratic_in_seq_len():
+    spec = SPECS["gpt2-eager"]()
+    answer = largest_seq_len(spec, multiple_of=128, cap=16384)
+    assert answer.method == "sympy"
+    assert sympy.degree(sympy.sympify(answer.expression.removesuffix(" GiB"))) == 2
+
+
+def test_fewest_gpus_is_the_boundary():
+    spec = written("llama2-13b", nodes=4, zero=3, recompute="full")
+    answer = fewest_gpus(spec)
+    assert answer.value == 4 and "out of memory" in answer.binding
+
+    def feasible(gpus):
+        cluster = spec.cluster.model_copy(update={"nodes": max(1, gpus // 8),
+                                                  "gpus_per_node": min(gpus, 8)})
+        return search(spec.model_copy(update={"cluster": cluster})).best is not None
+
+    assert feasible(answer.value) and not feasible(2) and not feasible(1)
+
+
+def test_largest_model_agrees_with_a_scan_of_widths():
+    spec = spec_from_dict({"model": "llama2-7b", "cluster": {"gpu": "H100", "nodes": 1},
+                           "training": {"budget": {"days": 7}, "global_batch_tokens": 1048576},
+                           "search": {"precision": "bf16"}})
+    law = law_of(spec)
+    answer = largest_model(spec)
+
+    def ok(d):
+        model = family_shape(spec.model, d)
+        n = param_counts(model).total
+        c = evaluate(spec, Candidate(model, n), law)
+        return c.feasible and c.tokens >= law.optimal_tokens(n)
+
+    widths = [d for d in WIDTHS if d <= 6144]
+    largest = max(d for d in widths if ok(d))
+    assert answer.value == param_counts(family_shape(spec.model, largest)).total
+    assert answer.binding.startswith("budget:")
+
+
+def test_largest_model_needs_a_budget():
+    with pytest.raises(SpecError) as info:
+        largest_model(shipped("7b_on_64xA100.yaml"))
+    assert info.value.path == "training.budget"
