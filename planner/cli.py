@@ -39,10 +39,34 @@ def _infeasible_line(result, fixes: list[str]) -> str:
 @click.option("--sweep", "sweep_arg", metavar="PATH=V1,V2,...",
               help="Plan once per value of one field, e.g. cluster.nodes=4,8,16,32: a table.")
 @click.option("--verbose", "-v", is_flag=True, help="Tracebacks and the full report on errors.")
+@click.option("--execute", is_flag=True,
+              help="Train the best plan with DeepSpeed (docs/executor.md); options below.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=str),
+              help="Run directory (default runs/<spec name>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print the DeepSpeed config, hostfile and command.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
+@click.option("--data", "data_path", help="Corpus: TinyStories .txt/.json(l), plain text or jsonl "
+              "(default: generated stories).")
+@click.option("--tokenizer", help="'byte', or a saved tokenizer directory (default: BPE trained "
+              "on the corpus).")
+@click.option("--nvme-path", help="Directory for NVMe offload.")
+@click.option("--launcher", type=click.Choice(["auto", "torchrun", "deepspeed", "slurm"]),
+              default="auto", show_default=True)
+@click.option("--hosts", help="Comma-separated hosts for a multi-node launch.")
+@click.option("--master-addr", help="Rendezvous address for a multi-node launch.")
+@click.option("--seed", type=int)
+@click.option("--eval-every", type=click.IntRange(min=1))
+@click.option("--checkpoint-every", type=click.IntRange(min=1))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
+@click.option("--warmup-steps", type=click.IntRange(min=0))
+@click.option("--stories", type=click.IntRange(min=1), help="Generated stories (default data).")
 def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
-         sets: tuple[str, ...], sweep_arg: str | None, verbose: bool) -> None:
+         sets: tuple[str, ...], sweep_arg: str | None, verbose: bool, execute: bool,
+         **run_options) -> None:
     """Plan LLM pre-training on a cluster: will it fit, and with which strategy.  With
-    training.budget in the spec: which model size to train (budget mode)."""
+    training.budget in the spec: which model size to train (budget mode).  With --execute:
+    train the chosen plan."""
     if schema:
         from .spec import json_schema
         click.echo(json.dumps(json_schema(), indent=2))
@@ -56,7 +80,10 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
         elif spec.training.budget is not None:
             ok = _budget(spec, spec_path, as_json)
         else:
-            ok = _plan(spec, spec_path, as_json, verbose)
+            result = _plan(spec, spec_path, as_json and not execute, verbose)
+            ok = result.best is not None
+            if ok and execute:
+                sys.exit(_execute(spec, spec_path, result.best.plan, verbose, run_options))
     except PlannerError as exc:
         _fail(str(exc), verbose)
         return
@@ -77,7 +104,18 @@ def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
     return edit(spec, overrides) if overrides else spec
 
 
-def _plan(spec, spec_path: str, as_json: bool, verbose: bool) -> bool:
+def _execute(spec, spec_path: str, plan, verbose: bool, options: dict) -> int:
+    from pathlib import Path
+
+    from executor.run import execute
+    run_dir = options.pop("run_dir") or str(Path("runs") / Path(spec_path).stem)
+    hosts = options.pop("hosts")
+    return execute(spec, plan, run_dir, data=options.pop("data_path"),
+                   learning_rate=options.pop("lr"),
+                   hosts=hosts.split(",") if hosts else None, verbose=verbose, **options)
+
+
+def _plan(spec, spec_path: str, as_json: bool, verbose: bool):
     from .advice import nearest_fix
     from .report import to_json, to_text
     from .search import search
@@ -89,7 +127,7 @@ def _plan(spec, spec_path: str, as_json: bool, verbose: bool) -> bool:
         click.echo(to_text(result, fixes, spec_path))
     if result.best is None:
         click.echo(f"error: {_infeasible_line(result, fixes)}", err=True)
-    return result.best is not None
+    return result
 
 
 def _budget(spec, spec_path: str, as_json: bool) -> bool:

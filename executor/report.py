@@ -1,0 +1,132 @@
+"""Plan vs actual: the planner's predictions for (spec, plan) beside what the run measured, as a
+table (report.txt), JSON (report.json) and a loss curve (loss.png), in the run directory."""
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any, Optional
+
+from tabulate import tabulate
+
+from planner.estimate import estimate
+from planner.flops import step_flops
+from planner.plan import Plan
+from planner.spec import Spec
+from planner.units import GiB
+
+from .ds_config import tokens_per_step
+from .run import RunDir
+
+NOT_PREDICTED = "not predicted yet"
+NOT_MEASURED = "not measured"
+WARMUP_STEP_FRACTION = 0.1  #: the first steps (allocations, lazy init) are left out of timings
+
+PREDICTIONS = ("step_time_s", "tokens_per_s", "mfu")  #: Estimate properties; None when untimed
+
+
+def predicted(spec: Spec, plan: Plan) -> dict[str, Optional[float]]:
+    est = estimate(spec, plan)
+    out: dict[str, Optional[float]] = {"peak_memory_bytes": est.peak_bytes,
+                                       "reserved_memory_bytes": est.reserved_bytes}
+    for key in PREDICTIONS:
+        try:
+            out[key] = float(getattr(est, key))
+        except (AttributeError, TypeError):  # an estimate without the step-time model
+            out[key] = None
+    return out
+
+
+def read_metrics(run: RunDir) -> tuple[list[dict], list[dict]]:
+    records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
+    return ([r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"])
+
+
+def measured(spec: Spec, plan: Plan, run: RunDir) -> dict[str, Any]:
+    train, evals = read_metrics(run)
+    actual = json.loads(run.actual.read_text()) if run.actual.exists() else {}
+    timed = train[max(1, int(len(train) * WARMUP_STEP_FRACTION)):] or train
+    step_s = statistics.median(r["step_time_s"] for r in timed) if timed else None
+    tokens = tokens_per_step(spec, plan)
+    out: dict[str, Any] = {"steps": len(train), "step_time_s": step_s,
+                           "tokens_per_s": tokens / step_s if step_s else None, "mfu": None,
+                           "peak_memory_bytes": None, "peak_memory_per_rank": None,
+                           "first_loss": train[0]["loss"] if train else None,
+                           "last_loss": train[-1]["loss"] if train else None,
+                           "first_eval_loss": evals[0]["eval_loss"] if evals else None,
+                           "last_eval_loss": evals[-1]["eval_loss"] if evals else None,
+                           "device": actual.get("device")}
+    peak_tflops = spec.cluster.gpu.peak_tflops.get(plan.precision.value)
+    if step_s and peak_tflops:
+        model_flops = step_flops(spec.model, plan, spec.global_batch_sequences).model
+        out["mfu"] = model_flops / (step_s * plan.world_size * peak_tflops * 1e12)
+    memory = actual.get("peak_memory")
+    if memory:
+        out["peak_memory_per_rank"] = [m["max_allocated"] for m in memory]
+        out["peak_memory_bytes"] = max(out["peak_memory_per_rank"])
+    return out
+
+
+def _fmt(key: str, value: Optional[float], missing: str) -> str:
+    if value is None:
+        return missing
+    if key.endswith("bytes"):
+        return f"{value / GiB:.3f} GiB"
+    if key == "mfu":
+        return f"{100 * value:.1f} %"
+    if key == "step_time_s":
+        return f"{value:.4f} s"
+    return f"{value:,.0f}"
+
+
+def comparison_rows(pred: dict, meas: dict) -> list[list[str]]:
+    rows = []
+    labels = {"peak_memory_bytes": "peak memory per GPU (allocated, most-loaded rank)",
+              "step_time_s": "step time (median)", "tokens_per_s": "tokens/s", "mfu": "MFU"}
+    for key, label in labels.items():
+        p, m = pred.get(key), meas.get(key)
+        ratio = f"{m / p:.3f}" if p and m else ""
+        rows.append([label, _fmt(key, p, NOT_PREDICTED), _fmt(key, m, NOT_MEASURED), ratio])
+    return rows
+
+
+def plot_loss(run: RunDir) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = read_metrics(run)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(run.path.name)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run.loss_png, dpi=100)
+    plt.close(fig)
+
+
+def write_report(spec: Spec, plan: Plan, run: RunDir) -> str:
+    """Writes report.json, report.txt and loss.png; returns the text."""
+    pred, meas = predicted(spec, plan), measured(spec, plan, run)
+    table = tabulate(comparison_rows(pred, meas), headers=["", "planned", "measured", "measured/planned"])
+    losses = (f"loss {meas['first_loss']:.4f} -> {meas['last_loss']:.4f}; eval loss "
+              f"{meas['first_eval_loss']:.4f} -> {meas['last_eval_loss']:.4f}"
+              if meas["last_eval_loss"] is not None else "")
+    memory_note = ("" if meas["peak_memory_bytes"] is not None else
+                   "memory: not measured on CPU (the process's resident memory is not an "
+                   "allocator peak)\n")
+    text = (f"plan vs actual: {run.path}\nplan: {plan.label} on {meas['device']}\n"
+            f"steps run: {meas['steps']}; {losses}\n{table}\n{memory_note}")
+    run.report_txt.write_text(text)
+    run.report_json.write_text(json.dumps({"plan": plan.as_dict(), "predicted": pred,
+                                           "measured": meas}, indent=1) + "\n")
+    if meas["steps"]:
+        plot_loss(run)
+    return text
+
+
+__all__ = ["write_report", "predicted", "measured"]

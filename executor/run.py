@@ -1,0 +1,376 @@
+"""``execute(spec, plan, run_dir)``: check that the plan can run here, prepare the run directory
+(spec, plan, options, DeepSpeed config, tokenizer, token shards), launch the ranks, stream rank 0's
+progress, then write the plan-vs-actual report.
+
+The run directory is the contract between this parent and ``executor.train`` (``RunDir`` names
+its files).  User errors raise PlannerError with one line, before anything is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from planner.errors import PlannerError
+from planner.plan import Plan
+from planner.spec import Spec, spec_from_dict
+from planner.units import Offload, Precision, Recompute, ZeroStage
+
+from .ds_config import LRSchedule, default_lr_schedule, to_deepspeed_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+COMPLETE = "executor_complete.json"
+DEFAULT_CACHE = Path(os.environ.get("PRETRAIN_PLANNER_CACHE",
+                                    Path.home() / ".cache" / "pretrain-planner"))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the executor needs beyond the spec and the plan (saved in run.json)."""
+
+    seed: int = 1234
+    eval_every: int = 50  #: optimizer steps between evaluations (and always at the end)
+    eval_batches: int = 4  #: validation micro-batches per rank per evaluation
+    checkpoint_every: int = 200  #: optimizer steps between checkpoints (and always at the end)
+    keep_checkpoints: int = 2
+    stories: int = 20_000  #: generated stories when no corpus is given
+    val_fraction: float = 0.05
+    data: Optional[str] = None  #: corpus file or directory; None: generated stories
+    tokenizer: Optional[str] = None  #: None: BPE trained on the corpus; "byte"; or a saved one
+    nvme_path: Optional[str] = None
+    max_steps: Optional[int] = None  #: stop after this step (a --max-steps flag overrides it)
+    lr: dict = field(default_factory=dict)  #: LRSchedule fields
+
+
+def plan_from_dict(d: dict) -> Plan:
+    return Plan(dp=d["dp"], tp=d["tp"], pp=d["pp"], zero=ZeroStage(d["zero"]),
+                precision=Precision(d["precision"]), micro_batch=d["micro_batch"],
+                grad_accum=d["grad_accum"], recompute=Recompute(d["recompute"]),
+                offload=Offload(d["offload"]), sequence_parallel=d["sequence_parallel"])
+
+
+class RunDir:
+    """The files of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = p = Path(path)
+        self.run_file = p / "run.json"  #: spec, plan and options
+        self.ds_config = p / "ds_config.json"
+        self.data = p / "data.json"  #: corpus, shard directory, token counts
+        self.tokenizer = p / "tokenizer"
+        self.checkpoints = p / "checkpoints"  #: DeepSpeed's, plus per-rank data/RNG state
+        self.export = p / "export"  #: pytorch_model.bin, fp32
+        self.metrics = p / "metrics.jsonl"  #: one record per step and per evaluation
+        self.actual = p / "actual.json"  #: measured memory, device, versions
+        self.log = p / "train.log"  #: everything the ranks printed
+        self.report_json, self.report_txt = p / "report.json", p / "report.txt"
+        self.loss_png = p / "loss.png"
+        self.launch_file = p / "launch.json"
+
+    def load(self) -> tuple[Spec, Plan, RunOptions]:
+        try:
+            saved = json.loads(self.run_file.read_text())
+            return (spec_from_dict(saved["spec"]), plan_from_dict(saved["plan"]),
+                    RunOptions(**saved["options"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PlannerError(f"{self.run_file}: not a readable run file ({exc})") from None
+
+    def save(self, spec: Spec, plan: Plan, options: RunOptions, ds_config: dict) -> None:
+        self.run_file.write_text(json.dumps({"spec": spec.model_dump(mode="json"),
+                                             "plan": plan.as_dict(), "options": asdict(options)},
+                                            indent=1) + "\n")
+        self.ds_config.write_text(json.dumps(ds_config, indent=1) + "\n")
+
+    def shards_dir(self) -> Path:
+        return Path(json.loads(self.data.read_text())["shards"])
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+def _step(tag: str) -> int:
+    return int(tag.removeprefix("global_step")) if tag.removeprefix("global_step").isdigit() else -1
+
+
+def complete_checkpoints(run: RunDir) -> list[str]:
+    """Tags every rank finished writing, oldest first."""
+    if not run.checkpoints.is_dir():
+        return []
+    tags = [d.name for d in run.checkpoints.iterdir()
+            if (d / COMPLETE).is_file() and _step(d.name) >= 0]
+    return sorted(tags, key=_step)
+
+
+def mark_complete(run: RunDir, tag: str, step: int, world_size: int) -> None:
+    (run.checkpoints / tag / COMPLETE).write_text(json.dumps({"step": step,
+                                                              "world_size": world_size}) + "\n")
+
+
+def check_checkpoint(run: RunDir) -> str:
+    """The tag a resume will load, after checking its files are whole (torch.save files are zip
+    archives whose directory sits at the end: a truncated file fails to open)."""
+    tags = complete_checkpoints(run)
+    if not tags:
+        raise PlannerError(f"{run.checkpoints}: no complete checkpoint to resume from")
+    tag_dir = run.checkpoints / tags[-1]
+    saved = json.loads((tag_dir / COMPLETE).read_text())
+    ranks = sorted(tag_dir.glob("executor_rank*.pt"))
+    if len(ranks) != saved["world_size"]:
+        raise PlannerError(f"{tag_dir}: checkpoint is corrupt ({len(ranks)} of "
+                           f"{saved['world_size']} rank files)")
+    for f in sorted(tag_dir.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(f) as z:
+                z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise PlannerError(f"{f}: checkpoint file is corrupt (not a readable torch "
+                               f"file)") from None
+    return tags[-1]
+
+
+# ------------------------------------------------------------------------------ realisability
+
+def unrealisable(spec: Spec, plan: Plan, device: str, nvme_path: Optional[str]) -> Optional[str]:
+    """Why this executor cannot run ``plan`` here, or None."""
+    if plan.precision is Precision.FP16 and device == "cpu":
+        return ("fp16 cannot run on CPU (DeepSpeed: 'Type fp16 is not supported on your "
+                "device'); plan with precision bf16 or fp32")
+    if plan.tp > 1 and plan.pp > 1:
+        return (f"tp ({plan.tp}) with pp ({plan.pp}): AutoTP does not combine with DeepSpeed's "
+                f"pipeline engine; pin search.tp or search.pp to 1")
+    if plan.sequence_parallel:
+        return ("sequence parallelism is not available with AutoTP; pin "
+                "search.sequence_parallel: false")
+    if plan.offload.uses_nvme:
+        if not nvme_path:
+            return f"offload {plan.offload.value} needs an NVMe directory: pass --nvme-path"
+        if not Path(nvme_path).is_dir():
+            return f"--nvme-path {nvme_path}: no such directory"
+    if device == "cuda" and spec.cluster.nodes == 1:
+        import torch
+        visible = torch.cuda.device_count()
+        if plan.world_size > visible:
+            return f"the plan needs {plan.world_size} GPUs on this node; {visible} are visible"
+    return None
+
+
+def current_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# -------------------------------------------------------------------------------------- data
+
+def prepare_data(spec: Spec, plan: Plan, options: RunOptions, cache_dir: Path):
+    """(tokenizer, shards, source): the corpus (default: generated stories), its tokenizer
+    (checked against the model's vocabulary) and token shards (cached by content hash)."""
+    from .data import BatchSampler, TokenDataset, build_shards, load_corpus
+    from .tokenizer import ByteTokenizer, load_tokenizer, train_bpe
+
+    if options.data is not None:
+        docs, source = load_corpus(options.data), f"corpus {options.data}"
+    else:
+        from .stories import generate_stories
+        docs = generate_stories(options.stories, options.seed)
+        source = f"{options.stories} generated stories (seed {options.seed})"
+    if options.tokenizer is None:
+        tok = train_bpe(docs, spec.model.vocab_size)
+    elif options.tokenizer == "byte":
+        tok = ByteTokenizer()
+    else:
+        tok = load_tokenizer(options.tokenizer)
+    check_vocab(tok.vocab_size, spec)
+    shards = build_shards(docs, tok, cache_dir / "shards", val_fraction=options.val_fraction)
+    for split in ("train", "val"):  # each must hold one batch: BatchSampler says why not
+        BatchSampler(TokenDataset(shards.directory, split), spec.model.seq_len, plan.micro_batch,
+                     0, plan.dp)
+    return tok, shards, source
+
+
+def check_vocab(tokens: int, spec: Spec) -> None:
+    if tokens > spec.model.vocab_size:
+        raise PlannerError(f"model.vocab_size: the tokenizer has {tokens} tokens but the model's "
+                           f"vocabulary is {spec.model.vocab_size}")
+
+
+def prepare_run_dir(spec: Spec, plan: Plan, run_dir: str | Path, options: RunOptions, *,
+                    cache_dir: Path = DEFAULT_CACHE) -> RunDir:
+    """Everything the ranks read, written into a new run directory (made last, so a failure
+    leaves nothing behind)."""
+    run = RunDir(run_dir)
+    ds_config = to_deepspeed_config(spec, plan, lr_schedule=LRSchedule(**options.lr),
+                                    nvme_path=options.nvme_path)
+    tok, shards, source = prepare_data(spec, plan, options, Path(cache_dir))
+    run.path.mkdir(parents=True)
+    tok.save(run.tokenizer)
+    run.data.write_text(json.dumps({"source": source, "shards": str(shards.directory),
+                                    "tokens": {s: shards.tokens(s) for s in ("train", "val")},
+                                    "tokenizer_vocab": tok.vocab_size}, indent=1) + "\n")
+    run.save(spec, plan, options, ds_config)
+    return run
+
+
+def make_options(spec: Spec, plan: Plan, *, data=None, tokenizer=None, nvme_path=None,
+                 seed=None, stories=None, eval_every=None, checkpoint_every=None,
+                 learning_rate=None, warmup_steps=None) -> RunOptions:
+    lr = default_lr_schedule(spec, plan, peak_lr=learning_rate, warmup_steps=warmup_steps)
+    given = {k: v for k, v in dict(data=data, tokenizer=tokenizer, nvme_path=nvme_path, seed=seed,
+                                   stories=stories).items() if v is not None}
+    return RunOptions(
+        eval_every=eval_every or max(1, min(500, lr.total_steps // 20)),
+        checkpoint_every=checkpoint_every or max(1, min(1000, lr.total_steps // 10)),
+        lr=lr.as_dict(), **{k: str(v) if k in ("data", "tokenizer", "nvme_path") else v
+                            for k, v in given.items()})
+
+
+# ----------------------------------------------------------------------------------- execute
+
+def execute(spec: Spec, plan: Plan, run_dir: str | Path, *, resume: bool = False,
+            dry_run: bool = False, max_steps: Optional[int] = None, data: Optional[str] = None,
+            tokenizer: Optional[str] = None, nvme_path: Optional[str] = None,
+            launcher: str = "auto", hosts: Optional[Sequence[str]] = None,
+            master_addr: Optional[str] = None, seed: Optional[int] = None,
+            eval_every: Optional[int] = None, checkpoint_every: Optional[int] = None,
+            learning_rate: Optional[float] = None, warmup_steps: Optional[int] = None,
+            stories: Optional[int] = None, cache_dir: Optional[str | Path] = None,
+            verbose: bool = False) -> int:
+    """Run ``plan`` for ``spec`` in ``run_dir``; returns the job's exit code (0 done, 3 stopped on
+    a non-finite loss, 1 crashed).  Raises PlannerError for anything the user can fix."""
+    from .launch import launch_command
+    from .report import write_report
+
+    run = RunDir(run_dir)
+    device = current_device()
+    if resume:
+        spec, plan, options = resume_checks(run, spec, plan)
+    else:
+        if run.path.exists():
+            raise PlannerError(f"run directory {run.path} exists; pass --resume or choose another")
+        if data is not None and not Path(data).exists():
+            raise PlannerError(f"data path {data} does not exist")
+        if tokenizer not in (None, "byte") and not Path(tokenizer).is_dir():
+            raise PlannerError(f"tokenizer directory {tokenizer} does not exist")
+        options = make_options(spec, plan, data=data, tokenizer=tokenizer, nvme_path=nvme_path,
+                               seed=seed, stories=stories, eval_every=eval_every,
+                               checkpoint_every=checkpoint_every, learning_rate=learning_rate,
+                               warmup_steps=warmup_steps)
+    reason = unrealisable(spec, plan, device, options.nvme_path)
+    if reason:
+        raise PlannerError(reason)
+    extra = ["--resume"] if resume else []
+    extra += ["--max-steps", str(max_steps)] if max_steps else []
+    launch = launch_command(spec, plan, [run.path.resolve()], device=device, launcher=launcher,
+                            hosts=hosts, master_addr=master_addr, extra=extra)
+    if dry_run:
+        ds_config = to_deepspeed_config(spec, plan, lr_schedule=LRSchedule(**options.lr),
+                                        nvme_path=options.nvme_path)
+        sys.stdout.write(launch.describe(ds_config))
+        return 0
+    if not resume:
+        prepare_run_dir(spec, plan, run.path, options,
+                        cache_dir=Path(cache_dir) if cache_dir else DEFAULT_CACHE)
+    run.launch_file.write_text(json.dumps({"argv": launch.argv, "env": launch.env}, indent=1)
+                               + "\n")
+    if launch.hostfile is not None:
+        (run.path / "hostfile").write_text(launch.hostfile)
+    if launch.sbatch is not None:
+        return submit_slurm(run, launch)
+    rc = stream(launch.argv, launch.env, run, verbose=verbose)
+    if run.metrics.exists():
+        text = write_report(spec, plan, run)
+        print(text)
+    return rc
+
+
+def resume_checks(run: RunDir, spec: Spec, plan: Plan) -> tuple[Spec, Plan, RunOptions]:
+    from .tokenizer import load_tokenizer
+
+    if not run.run_file.is_file():
+        raise PlannerError(f"{run.path}: nothing to resume (no run.json; start it without "
+                           f"--resume)")
+    saved_spec, saved_plan, options = run.load()
+    if saved_plan != plan:
+        raise PlannerError(f"{run.path} was started with plan {saved_plan.label}; this plan is "
+                           f"{plan.label} (a resume needs the same plan)")
+    if saved_spec.model != spec.model:
+        raise PlannerError(f"{run.path} was started with another model (model section differs)")
+    check_checkpoint(run)
+    check_vocab(load_tokenizer(run.tokenizer).vocab_size, saved_spec)
+    if not run.shards_dir().is_dir():
+        raise PlannerError(f"{run.shards_dir()}: the run's token shards are gone (rebuild them "
+                           f"by starting a new run on the same data)")
+    return saved_spec, saved_plan, options
+
+
+def submit_slurm(run: RunDir, launch) -> int:
+    import shutil
+    script = Path(launch.argv[-1])
+    script.write_text(launch.sbatch)
+    if shutil.which("sbatch") is None:
+        raise PlannerError(f"sbatch not found; the job script is {script}")
+    return subprocess.run(launch.argv, check=False).returncode
+
+
+def parse_event(line: str) -> tuple[Optional[str], Any]:
+    if not line.startswith("@"):
+        return None, None
+    kind, _, payload = line[1:].partition(" ")
+    try:
+        return kind, json.loads(payload)
+    except json.JSONDecodeError:
+        return None, None
+
+
+def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool = False) -> int:
+    """Run the launcher, keep its whole output in train.log, and turn rank 0's events into a
+    progress bar (loss, tokens/s, ETA) and a few lines."""
+    from tqdm import tqdm
+
+    full_env = {**os.environ, **env,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
+                                                            os.environ.get("PYTHONPATH")]))}
+    tail: deque[str] = deque(maxlen=30)
+    errors: list[str] = []
+    exit_code = None  #: the ranks' own code: torchrun reports 1 for any failed child
+    bar = None
+    with open(run.log, "a") as log, subprocess.Popen(
+            argv, env=full_env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line)
+            kind, ev = parse_event(line)
+            if kind == "start":
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=ev["last_step"], initial=ev["step"], unit="step",
+                           desc=Path(ev["run_dir"]).name, file=sys.stderr, dynamic_ncols=True)
+            elif kind == "progress" and bar is not None:
+                bar.update(ev["step"] - bar.n)
+                bar.set_postfix_str(f"loss {ev['loss']:.4f} · {ev['tokens_per_s']:,.0f} tok/s · "
+                                    f"ETA {ev['eta_s']:.0f}s")
+            elif kind == "eval":
+                (bar.write if bar else print)(f"step {ev['step']}: eval loss {ev['eval_loss']:.4f}")
+            elif kind == "error":
+                errors.append(ev["message"])
+                exit_code = ev.get("exit_code", exit_code)
+            elif verbose and kind is None:
+                sys.stderr.write(line)
+        rc = proc.wait()
+    if bar is not None:
+        bar.close()
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if rc != 0 and not errors:
+        sys.stderr.write("".join(tail))
+        print(f"error: training exited with code {rc}; the full log is {run.log}", file=sys.stderr)
+    return exit_code if rc != 0 and exit_code is not None else rc
+
+
+__all__ = ["execute", "RunDir", "RunOptions", "prepare_run_dir", "make_options", "unrealisable",
+           "complete_checkpoints", "check_checkpoint", "plan_from_dict"]

@@ -1,0 +1,446 @@
+"""The per-rank entry point: ``python -m executor.train --run-dir RUN_DIR [--run-dir ...]``.
+
+Each run directory was prepared by ``executor.run`` (spec, plan, options, DeepSpeed config,
+tokenizer, token shards).  Several run directories train one after another in one process group,
+which amortises the start-up (the tests use this).  Rank 0 prints ``@progress``/``@eval``/
+``@done``/``@error`` lines with a JSON payload for the parent to stream; everything else it
+prints is DeepSpeed's or torch's.
+
+Exit codes: 0 done, 1 crashed, 3 stopped on a non-finite loss (the last good checkpoint stays).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+
+from planner.plan import Plan
+from planner.spec import Spec
+
+from .data import BatchSampler, TokenDataset
+from .ds_config import LRSchedule, tokens_per_step
+from .model import GPT
+from .parallel import parallelize, pipeline_param_names
+from .run import RunDir, RunOptions, complete_checkpoints, mark_complete
+
+EXIT_OK, EXIT_CRASH, EXIT_NONFINITE = 0, 1, 3
+
+
+def emit(kind: str, payload: dict[str, Any]) -> None:
+    """One machine-readable line for the parent (rank 0 only)."""
+    print(f"@{kind} {json.dumps(payload)}", flush=True)
+
+
+# --------------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every rank builds the same initial model (AutoTP shards it)
+
+
+# ------------------------------------------------------------------------------------ engine
+
+def data_parallel_coords(engine, plan: Plan, rank: int) -> tuple[int, int]:
+    """(dp_rank, dp_size) of this process.  Pipeline: the engine's grid (ranks are
+    [pipe][data]); AutoTP: tensor-parallel groups are consecutive ranks, so dp_rank = rank // tp
+    (deepspeed.utils.groups._init_tp_mesh_device)."""
+    if plan.pp > 1:
+        return engine.grid.get_data_parallel_id(), engine.grid.get_data_parallel_world_size()
+    if engine.dp_world_size != plan.dp:
+        raise RuntimeError(f"DeepSpeed's data-parallel size ({engine.dp_world_size}) is not the "
+                           f"plan's dp ({plan.dp})")
+    return rank // plan.tp, plan.dp
+
+
+def reset_deepspeed_globals() -> None:
+    """Undo what an earlier engine of this process left in DeepSpeed's module globals, which the
+    next engine would inherit: the pipeline grid (``groups.mpu``), AutoTP's groups and training
+    mode, and ZeRO-3's replacement of torch.nn.functional.linear ("This will persist unless
+    manually reset", zero/partition_parameters.py), whose rounding differs from F.linear's."""
+    from deepspeed.module_inject import layers
+    from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
+    from deepspeed.utils import groups
+
+    original_linear = getattr(InsertPostInitMethodToModuleSubClasses, "linear_bk", None)
+    if original_linear is not None:
+        torch.nn.functional.linear = original_linear
+
+    groups.mpu = None
+    groups.mesh_device = None
+    for name in ("_TENSOR_MODEL_PARALLEL_GROUP", "_MODEL_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP"):
+        setattr(groups, name, None)
+    layers.set_autotp_mode(training=False)  # its import-time default; initialize sets it for tp
+
+
+def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int):
+    import deepspeed
+
+    reset_deepspeed_globals()
+    seed_everything(seed)
+    model = GPT(spec.model)
+    module = parallelize(model, plan, ds_config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
+        config=ds_config)
+    return engine
+
+
+# -------------------------------------------------------------------------------- train step
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    import deepspeed.comm as dist
+    value = value.detach().float().clone()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
+def train_step(engine, plan: Plan, batches: list) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; the mean loss over all ranks."""
+    if plan.pp > 1:
+        return engine.train_batch(data_iter=iter(batches)).item()  # already averaged over dp
+    total = torch.zeros((), device=engine.device)
+    for x, y in batches:
+        loss = engine(x.to(engine.device), y.to(engine.device))
+        engine.backward(loss)
+        engine.step()
+        total += loss.detach().float()
+    return mean_over_ranks(total / len(batches))
+
+
+@torch.no_grad()
+def evaluate(engine, plan: Plan, sampler: BatchSampler, n_batches: int) -> float:
+    """Mean loss over the same ``n_batches`` validation micro-batches per rank every time."""
+    batches = [sampler.next_batch() for _ in range(n_batches)]
+    if plan.pp > 1:
+        loss = engine.eval_batch(iter(batches), num_micro_batches=n_batches)
+        return float(loss.float().item())
+    engine.eval()
+    total = torch.zeros((), device=engine.device)
+    for x, y in batches:
+        total += engine(x.to(engine.device), y.to(engine.device)).float()
+    engine.train()
+    return mean_over_ranks(total / n_batches)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+def rank_state_path(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"executor_rank{rank:05d}.pt"
+
+
+def save_checkpoint(engine, run: RunDir, step: int, sampler: BatchSampler, rank: int,
+                    keep: int) -> None:
+    """DeepSpeed's checkpoint plus, per rank, the data position and RNG state; marked complete
+    only once every rank has written (a crash mid-save leaves no marker)."""
+    import deepspeed.comm as dist
+    tag = f"global_step{step}"
+    tag_dir = run.checkpoints / tag
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": step, "sampler": sampler.state_dict(), "rng": rng_state()},
+               rank_state_path(tag_dir, rank))
+    engine.save_checkpoint(str(run.checkpoints), tag=tag, client_state={"step": step})
+    dist.barrier()
+    if rank == 0:
+        mark_complete(run, tag, step, dist.get_world_size())
+        for old in complete_checkpoints(run)[:-max(keep, 1)]:
+            shutil.rmtree(run.checkpoints / old, ignore_errors=True)
+    dist.barrier()
+
+
+def restore_checkpoint(engine, run: RunDir, sampler: BatchSampler, rank: int) -> int:
+    tags = complete_checkpoints(run)
+    if not tags:
+        raise RuntimeError(f"{run.checkpoints}: no complete checkpoint to resume from")
+    path, _ = engine.load_checkpoint(str(run.checkpoints), tag=tags[-1])
+    if path is None:
+        raise RuntimeError(f"{run.checkpoints / tags[-1]}: DeepSpeed could not load it")
+    state = torch.load(rank_state_path(run.checkpoints / tags[-1], rank), weights_only=False)
+    sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# ------------------------------------------------------------------------------------ export
+
+def export_fp32(engine, spec: Spec, plan: Plan, run: RunDir, tag: str, rank: int) -> None:
+    """``run.export/pytorch_model.bin``: a plain GPT state dict in fp32.  ZeRO 1-3 without model
+    parallelism: DeepSpeed's zero_to_fp32 (the fp32 master weights).  Otherwise the weights the
+    engine computes with, gathered (AutoTP shards, pipeline stages) and upcast."""
+    import deepspeed.comm as dist
+    out = run.export / "pytorch_model.bin"
+    if plan.pp == 1 and plan.tp == 1 and plan.zero >= 1:
+        if rank == 0:
+            from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
+            convert_zero_checkpoint_to_fp32_state_dict(str(run.checkpoints), str(run.export),
+                                                       max_shard_size=None, tag=tag)
+    else:
+        state = gathered_state_dict(engine, spec, plan, rank)
+        if rank == 0:
+            run.export.mkdir(parents=True, exist_ok=True)
+            torch.save(state, out)
+    dist.barrier()
+    if rank == 0:
+        state = torch.load(out, weights_only=True)
+        if spec.model.tied_embeddings and "final.head.weight" not in state:
+            state["final.head.weight"] = state["embed.wte.weight"]
+            torch.save(state, out)
+
+
+def gathered_state_dict(engine, spec: Spec, plan: Plan, rank: int) -> Optional[dict]:
+    import deepspeed.comm as dist
+    if plan.tp > 1:
+        state = engine._consolidated_16bit_state_dict()  # AutoTP (and ZeRO-3) gather, rank 0
+        return {k: v.float() for k, v in state.items()} if rank == 0 else None
+    if plan.pp > 1:
+        rename = pipeline_param_names(spec.model)
+        mine = {}
+        if engine.grid.get_data_parallel_id() == 0:
+            for name, p in engine.module.named_parameters():
+                new = rename(name)
+                if new is not None:
+                    mine[new] = p.detach().float().cpu()
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, mine)
+        if rank != 0:
+            return None
+        merged: dict = {}
+        for part in parts:  # ranks in stage order: the first stage's copy of the tied embedding
+            for k, v in part.items():  # wins (the last stage's position table is never used)
+                merged.setdefault(k, v)
+        return merged
+    return {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
+
+
+# -------------------------------------------------------------------------------------- loop
+
+def measured_memory(rank: int) -> Optional[list[dict]]:
+    """Per rank peak allocated/reserved bytes (GPUs only: on CPU there is no allocator peak)."""
+    import deepspeed.comm as dist
+    if not torch.cuda.is_available():
+        return None
+    mine = {"rank": rank, "max_allocated": torch.cuda.max_memory_allocated(),
+            "max_reserved": torch.cuda.max_memory_reserved()}
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    return parts
+
+
+def append_metrics(run: RunDir, record: dict) -> None:
+    with open(run.metrics, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run: RunDir, step: int) -> None:
+    """On resume: forget what ran after the checkpoint, so the file is one trajectory."""
+    if not run.metrics.exists():
+        return
+    keep = [line for line in run.metrics.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    run.metrics.write_text("".join(line + "\n" for line in keep))
+
+
+def nonfinite_message(run: RunDir, step: int, loss: float) -> str:
+    good = complete_checkpoints(run)
+    where = (f"the last good checkpoint is {run.checkpoints / good[-1]}; resume with --resume"
+             if good else "no checkpoint was saved yet")
+    return (f"loss is {loss} at step {step}: training stopped; {where} (a lower learning rate "
+            f"or longer warmup may help)")
+
+
+def record_step(engine, run: RunDir, step: int, last_step: int, loss: float, dt: float,
+                tokens: int, eta_s: float) -> None:
+    """Rank 0: one metrics record and one progress line."""
+    norm = engine.get_global_grad_norm()
+    record = {"kind": "train", "step": step, "loss": loss, "lr": engine.get_lr()[0],
+              "grad_norm": None if norm is None else float(norm), "step_time_s": dt,
+              "tokens": step * tokens, "tokens_per_s": tokens / dt}
+    append_metrics(run, record)
+    emit("progress", {**record, "last_step": last_step, "eta_s": eta_s})
+
+
+def finish(engine, run: RunDir, spec: Spec, plan: Plan, step: int, sampler: BatchSampler,
+           keep: int, rank: int) -> None:
+    """Measured memory, the final checkpoint, the fp32 export and actual.json."""
+    import deepspeed.comm as dist
+    memory = measured_memory(rank)  # before the export, which gathers whole tensors
+    if f"global_step{step}" not in complete_checkpoints(run):
+        save_checkpoint(engine, run, step, sampler, rank, keep)
+    export_fp32(engine, spec, plan, run, f"global_step{step}", rank)
+    if rank == 0:
+        actual = {"device": str(engine.device), "world_size": dist.get_world_size(),
+                  "last_step": step, "peak_memory": memory, "torch": torch.__version__,
+                  "deepspeed": _deepspeed_version()}
+        run.actual.write_text(json.dumps(actual, indent=1) + "\n")
+        emit("done", {"step": step, "export": str(run.export / "pytorch_model.bin")})
+
+
+def train(run: RunDir, *, resume: bool, max_steps: Optional[int]) -> int:
+    import deepspeed.comm as dist
+
+    spec, plan, options = run.load()
+    m, rank, lr = spec.model, dist.get_rank(), LRSchedule(**options.lr)
+    engine = build_engine(spec, plan, json.loads(run.ds_config.read_text()), options.seed)
+    dp_rank, dp_size = data_parallel_coords(engine, plan, rank)
+    sampler = BatchSampler(TokenDataset(run.shards_dir(), "train"), m.seq_len, plan.micro_batch,
+                           dp_rank, dp_size, options.seed)
+    val = TokenDataset(run.shards_dir(), "val")
+    step = restore_checkpoint(engine, run, sampler, rank) if resume else 0
+    last_step = min(lr.total_steps, max_steps or options.max_steps or lr.total_steps)
+    tokens = tokens_per_step(spec, plan)
+    if rank == 0:
+        truncate_metrics(run, step)
+        emit("start", {"run_dir": str(run.path), "step": step, "last_step": last_step,
+                       "tokens_per_step": tokens, "plan": plan.label})
+    ema = None
+    while step < last_step:
+        step += 1
+        batches = [sampler.next_batch() for _ in range(plan.grad_accum)]
+        t0 = time.perf_counter()
+        loss = train_step(engine, plan, batches)  # the same value on every rank
+        dt = time.perf_counter() - t0
+        if not math.isfinite(loss):
+            if rank == 0:
+                emit("error", {"step": step, "exit_code": EXIT_NONFINITE,
+                               "message": nonfinite_message(run, step, loss)})
+            return EXIT_NONFINITE
+        ema = dt if ema is None else 0.9 * ema + 0.1 * dt
+        if rank == 0:
+            record_step(engine, run, step, last_step, loss, dt, tokens, ema * (last_step - step))
+        if step % options.eval_every == 0 or step == last_step:
+            eval_sampler = BatchSampler(val, m.seq_len, plan.micro_batch, dp_rank, dp_size,
+                                        options.seed)
+            eval_loss = evaluate(engine, plan, eval_sampler, options.eval_batches)
+            if rank == 0:
+                append_metrics(run, {"kind": "eval", "step": step, "eval_loss": eval_loss})
+                emit("eval", {"step": step, "eval_loss": eval_loss})
+        if step % options.checkpoint_every == 0 and step != last_step:
+            save_checkpoint(engine, run, step, sampler, rank, options.keep_checkpoints)
+    finish(engine, run, spec, plan, step, sampler, options.keep_checkpoints, rank)
+    return EXIT_OK
+
+
+def _deepspeed_version() -> str:
+    import deepspeed
+    return deepspeed.__version__
+
+
+# ------------------------------------------------------------------------ plain-PyTorch loop
+
+def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, steps: int,
+                   device: str = "cpu") -> tuple[list[float], list[float]]:
+    """The same training without DeepSpeed, in one process: the data-parallel global batch as
+    dp * grad_accum micro-batches (BatchSampler gives one dp=1 sampler the windows the dp ranks
+    share out), PyTorch AdamW, clipping, DeepSpeed's own LR scheduler class, bf16 by autocast.
+    Returns (losses, step seconds): the reference for equivalence tests and the throughput bench."""
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
+
+    from planner.units import Precision
+
+    from .ds_config import to_deepspeed_config
+
+    lr = LRSchedule(**options.lr)
+    cfg = to_deepspeed_config(spec, plan, lr_schedule=lr)
+    seed_everything(options.seed)
+    model = GPT(spec.model).to(device)
+    params = list(model.parameters())
+    fused = device.startswith("cuda")
+    opt = torch.optim.AdamW(params, lr=lr.peak_lr, betas=(lr.beta1, lr.beta2), eps=lr.eps,
+                            weight_decay=lr.weight_decay, fused=fused)
+    sched_cls = WarmupCosineLR if cfg["scheduler"]["type"] == "WarmupCosineLR" else WarmupDecayLR
+    sched = sched_cls(opt, **cfg["scheduler"]["params"])
+    sampler = BatchSampler(TokenDataset(shards, "train"), spec.model.seq_len, plan.micro_batch,
+                           0, 1, options.seed)
+    n_micro = plan.dp * plan.grad_accum
+    dtype = torch.bfloat16 if plan.precision is Precision.BF16 else None
+    losses, times = [], []
+    for _ in range(steps):
+        batches = [sampler.next_batch() for _ in range(n_micro)]
+        t0 = time.perf_counter()
+        total = torch.zeros((), device=device)
+        for x, y in batches:
+            with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+                loss = model(x.to(device), y.to(device))
+            (loss / n_micro).backward()
+            total += loss.detach().float()
+        if spec.training.gradient_clipping > 0:
+            torch.nn.utils.clip_grad_norm_(params, spec.training.gradient_clipping)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        losses.append((total / n_micro).item())
+        times.append(time.perf_counter() - t0)
+    return losses, times
+
+
+# -------------------------------------------------------------------------------------- main
+
+def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m executor.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", action="append", required=True, type=Path,
+                    help="a run directory prepared by executor.run (repeat for several)")
+    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this optimizer step (the LR schedule is unchanged)")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
+    return ap.parse_args(argv)
+
+
+def main(argv: Optional[Iterable[str]] = None) -> None:
+    args = parse_args(argv)
+    rc = EXIT_CRASH
+    try:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if get_accelerator().device_name() != "cpu":
+            get_accelerator().set_device(local_rank)
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        for run_dir in args.run_dir:
+            rc = train(RunDir(run_dir), resume=args.resume, max_steps=args.max_steps)
+            if rc != EXIT_OK:
+                break
+    except Exception:  # a rank that dies must say why, then leave without hanging the others
+        traceback.print_exc()
+        rc = EXIT_CRASH
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip interpreter shutdown: gloo's worker threads race it and abort the process now and then
+    # (shared/notes/deepspeed-on-cpu.md); everything is saved by now
+    os._exit(rc)
+
+
+if __name__ == "__main__":
+    main()
