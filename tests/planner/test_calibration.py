@@ -31,8 +31,12 @@ def test_median_error_within_3_percent():
 
 
 @pytest.mark.parametrize("m", OK, ids=[m.name for m in OK])
-def test_runs_that_ran_are_predicted_to_fit(m):
-    assert estimate(m.spec, m.plan).fits
+def test_runs_that_ran_have_their_predicted_peak_within_capacity(m):
+    """A run that ran cannot have needed more than the GPU holds.  (The planner's ``fits`` adds
+    the allocator's cache and the CUDA context on top, deliberately conservative; under pressure
+    PyTorch frees its cache before it gives up, so a run near capacity can still run.)"""
+    e = estimate(m.spec, m.plan)
+    assert e.peak_bytes + e.cuda_context_bytes <= m.spec.cluster.gpu.memory_bytes
 
 
 @pytest.mark.parametrize("m", FAILED_OOM or [pytest.param(
