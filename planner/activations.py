@@ -69,26 +69,31 @@ def math_fallback(m: ModelSpec, plan: Plan) -> bool:
 def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
     """QKV projection output, rotary copies of q and k, the attention output, the kernel's stats.
 
-    Flash / memory-efficient SDPA saves q, k, v, the output and the fp32 log-sum-exp per head and
-    token (Dao et al. 2022, algorithm 2): no s² tensor.  Eager attention keeps the softmax
-    probabilities (a·s²·b elements) and, with GQA, k and v repeated to every query head; SDPA's
-    math path also keeps its scaled copy of q.  Selective recompute drops the s² tensors
+    Flash / memory-efficient SDPA saves q, k, v (v is a view of the fused QKV output, which it
+    keeps alive), the output and the fp32 log-sum-exp per head and token (Dao et al. 2022,
+    algorithm 2): no s² tensor.  Eager attention keeps what its two batched matmuls need, as the
+    contiguous copies matmul makes of q, k^T and v (with GQA, k and v repeated to every query
+    head), and the softmax probabilities (a·s²·b elements), which selective recompute drops
     (Korthikanti et al. 2022, section 4.2).
+    SDPA's math path (fp32 with GQA) is eager attention plus its scaled copy of q.
     """
     sb = d.s * d.b
-    kept = d.e * sb * (d.q + 2 * d.k) / d.t  # fused QKV output; q, k, v are views of it
-    if m.position is Position.ROPE and not d.fused:
-        kept += d.e * sb * (d.q + d.k) / d.t  # rotated q and k are new tensors the kernel keeps
-    kept += d.e * sb * d.q / d.t  # attention output, also the output projection's input
+    rope = m.position is Position.ROPE and not d.fused
+    tables = d.e * d.s * m.head_dim if rope else 0  # cos and sin the rotation's multiplies keep
+    out = d.e * sb * d.q / d.t  # attention output, also the output projection's input
+    qkv = d.e * sb * (d.q + 2 * d.k) / d.t
+    flash = qkv + out + tables + FP32_BYTES * d.b * d.a * d.s / d.t
+    if rope:
+        flash += d.e * sb * (d.q + d.k) / d.t  # rotated q and k are new tensors
+    kv = d.q if d.k != d.q else d.k  # GQA repeats k and v to every query head
+    eager = out + tables + d.e * sb * (d.q + 2 * kv) / d.t  # the batched matmuls' q, k^T, v
     math = math_fallback(m, plan)
-    fused = kept + FP32_BYTES * d.b * d.a * d.s / d.t
-    if d.k != d.q:
-        kept += d.e * sb * 2 * d.q / d.t  # repeat_kv copies
-    kept += where(math, d.e * sb * d.q / d.t, 0.0)
-    kept += where(plan.is_recompute(Recompute.SELECTIVE), 0.0, d.e * d.b * d.a * d.s * d.s / d.t)
+    eager = eager + where(math, d.e * sb * d.q / d.t, 0.0)
+    eager = eager + where(plan.is_recompute(Recompute.SELECTIVE), 0.0,
+                          d.e * d.b * d.a * d.s * d.s / d.t)
     if m.attention is AttentionKernel.FLASH:
-        return where(math, kept, fused)
-    return kept
+        return where(math, eager, flash)
+    return eager
 
 
 def mlp_saved_bytes(m: ModelSpec, d: _Dims) -> float:

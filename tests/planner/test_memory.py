@@ -205,7 +205,8 @@ def test_llama_block_rmsnorm_rope_swiglu_gqa():
     spec = make_spec()
     sb = S * B
     norms = 2 * ((4 + 2 + 2) * sb * H + 4 * sb)
-    attention = 2 * sb * (64 + 64) + 2 * sb * (64 + 32) + 2 * sb * 64 + 4 * B * 4 * S
+    attention = (2 * sb * (64 + 64) + 2 * sb * (64 + 32) + 2 * sb * 64 + 4 * B * 4 * S
+                 + 2 * S * 16)  # + RoPE's cos and sin tables (s x head_dim/2 each)
     mlp = 2 * sb * 128 * 4
     assert act.block_saved_bytes(spec.model, make_plan(tp=1, pp=1)) == norms + attention + mlp
 
@@ -254,6 +255,7 @@ def test_backward_through_the_loss_on_the_last_stage_by_hand():
     sb = S * B
     block = (2 * ((4 + 2 + 2) * sb * H + 4 * sb)  # two RMSNorms (not split: no SP)
              + (2 * sb * 128 + 2 * sb * 96 + 2 * sb * 64 + 4 * B * 4 * S) / 2  # attention / tp
+             + 2 * S * 16  # RoPE's cos and sin tables
              + 2 * sb * 128 * 4 / 2)  # SwiGLU / tp
     head = (4 + 2 + 2) * sb * H + 4 * sb + 2 * 8 * sb  # final norm + head input + ids, targets
     expected = MemoryBreakdown(

@@ -1,0 +1,67 @@
+"""The planner's activation model against what autograd really keeps for the executor's model:
+every tensor saved for backward during a forward pass (torch.autograd.graph.saved_tensors_hooks),
+parameters excluded, counted once per storage.  On the CPU the attention kernel returns its
+output in (B, H, T, hd) layout, so the output projection's input is a fresh copy (e·s·b·h per
+block) that CUDA's kernels, which return (B, T, H, hd), do not make; that is the only
+CPU-specific term (it appears when q is a fresh contiguous tensor, i.e. after RoPE)."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from executor.model import GPT  # noqa: E402
+from planner import activations as act  # noqa: E402
+from planner.plan import Plan  # noqa: E402
+from planner.spec import ModelSpec  # noqa: E402
+from planner.units import AttentionKernel, Position, Precision, Recompute, ZeroStage  # noqa: E402
+
+MB = 2
+DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}
+
+
+def saved_for_backward(m: ModelSpec, dtype) -> int:
+    torch.manual_seed(0)
+    model = GPT(m).to(dtype)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.randint(0, m.vocab_size, (MB, m.seq_len))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x, torch.randint(0, m.vocab_size, (MB, m.seq_len)))
+    return sum(storages.values())
+
+
+def predicted(m: ModelSpec, precision: Precision) -> float:
+    """Blocks, final norm and head input, ids and targets, and log-softmax's output (the part
+    of the loss autograd keeps once forward is done)."""
+    plan = Plan(1, 1, 1, ZeroStage.NONE, precision, MB, 1, Recompute.NONE)
+    e = plan.activation_bytes
+    rope_flash = m.position is Position.ROPE and m.attention is AttentionKernel.FLASH
+    cpu_copy = e * MB * m.seq_len * m.d_model * m.n_layers if rope_flash else 0
+    return (m.n_layers * act.block_saved_bytes(m, plan) + act.head_saved_bytes(m, plan)
+            + act.loss_dtype_bytes(m, plan) * MB * m.seq_len * m.vocab_size + cpu_copy)
+
+
+CASES = {
+    "gpt2": {"preset": "tiny-gpt"},
+    "gpt2-eager": {"preset": "tiny-gpt", "attention": "eager"},
+    "llama-gqa": {"preset": "tiny-llama"},
+    "llama-mha": {"preset": "tiny-llama", "n_kv_heads": 4},
+    "llama-eager-gqa": {"preset": "tiny-llama", "attention": "eager"},
+    "llama-eager-mha": {"preset": "tiny-llama", "attention": "eager", "n_kv_heads": 4},
+}
+
+
+@pytest.mark.parametrize("precision", [Precision.BF16, Precision.FP32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("case", CASES)
+def test_saved_activations_match_the_planner(case, precision):
+    m = ModelSpec.model_validate(CASES[case])
+    if precision is Precision.FP32 and m.n_kv_heads != m.n_heads:
+        pytest.skip("fp32 GQA: CUDA falls back to SDPA's math path, the CPU does not")
+    got = saved_for_backward(m, DTYPES[precision])
+    assert predicted(m, precision) == pytest.approx(got, rel=0.01)
