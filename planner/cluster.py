@@ -60,7 +60,11 @@ class GpuSpec(_Frozen):
             if found is not None:
                 canonical, entry = found
                 base = {k: v for k, v in entry.items() if k not in GPU_NAME_KEYS}
-                data = {**base, **data, "name": canonical}
+                merged = {**base, **data, "name": canonical}
+                for nested in ("efficiency", "peak_tflops"):  # override keys, keep the rest
+                    if isinstance(data.get(nested), dict) and isinstance(base.get(nested), dict):
+                        merged[nested] = {**base[nested], **data[nested]}
+                data = merged
             elif not CUSTOM_GPU_FIELDS <= set(data):
                 known = ", ".join(gpu_catalog())
                 raise ValueError(f"name: unknown GPU {data['name']!r}; known GPUs: {known} (a GPU "

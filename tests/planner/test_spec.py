@@ -296,3 +296,9 @@ def test_explicit_gpu_without_catalog():
     spec = spec_from_dict(build({"cluster.gpu": gpu}))
     assert spec.cluster.gpu.model_dump(exclude={"efficiency"}) == gpu
     assert spec.cluster.gpu.memory_bytes == 24 * 2**30
+
+
+def test_overriding_one_efficiency_keeps_the_catalog_rest():
+    spec = spec_from_dict(build({"cluster.gpu": {"name": "H100", "efficiency": {"gemm_max": 0.7}}}))
+    assert spec.cluster.gpu.efficiency.gemm_max == 0.7
+    assert spec.cluster.gpu.efficiency.attention_fwd == 0.35  # the catalog's H100 value
