@@ -20,10 +20,9 @@ def _fail(message: str, verbose: bool) -> None:
 
 
 def _infeasible_line(result, fixes: list[str]) -> str:
-    reasons = ", ".join(f"{k}: {n}" for k, n in result.by_reason.most_common(3))
+    from .advice import why_infeasible
     fix = "; ".join(fixes) if fixes else "no relaxation of the search space or cluster size fits"
-    return (f"no feasible plan among {result.evaluated} candidates ({reasons}); "
-            f"nearest fix: {fix}")
+    return f"{why_infeasible(result)}; nearest fix: {fix}"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

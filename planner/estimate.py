@@ -2,7 +2,7 @@
 the caching allocator reserves, capacity, host RAM for offload, FLOPs per step."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from .flops import StepFlops, step_flops
@@ -25,10 +25,7 @@ class Estimate:
     host_bytes_per_node: float  #: pinned + pageable host RAM offload needs on one node
     host_capacity_bytes: float
     flops: StepFlops
-    time: Optional[Throughput]  #: None until timed (the search times only plans that fit)
-
-    def timed(self, spec: Spec) -> "Estimate":
-        return self if self.time is not None else replace(self, time=throughput(spec, self.plan))
+    time: Optional[Throughput]  #: None when estimated with_time=False (memory questions)
 
     @property
     def step_time_s(self) -> float:
@@ -78,6 +75,15 @@ class Estimate:
                 f"the node has {self.host_capacity_bytes / GiB:.0f} GiB")
 
 
+def reserved_bytes(spec: Spec, peak):
+    """What the caching allocator holds at a peak of ``peak`` allocated bytes."""
+    return peak * (1 + spec.runtime.allocator_fragmentation)
+
+
+def usable_bytes(spec: Spec) -> float:
+    return spec.cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
+
+
 def estimate(spec: Spec, plan: Plan, *, with_time: bool = True) -> Estimate:
     """Memory, FLOPs and (unless with_time is False) step time of one plan."""
     mem = peak_memory(spec, plan)
@@ -85,9 +91,9 @@ def estimate(spec: Spec, plan: Plan, *, with_time: bool = True) -> Estimate:
     return Estimate(
         plan=plan,
         memory=mem,
-        reserved_bytes=mem.total * (1 + rt.allocator_fragmentation),
+        reserved_bytes=reserved_bytes(spec, mem.total),
         cuda_context_bytes=rt.cuda_context_gib * GiB,
-        usable_bytes=cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom),
+        usable_bytes=usable_bytes(spec),
         host_bytes_per_node=host_offload_bytes(spec, plan) * cluster.gpus_per_node,
         host_capacity_bytes=cluster.host_memory_gib * GiB,
         flops=step_flops(spec.model, plan, spec.global_batch_sequences),

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .estimate import Estimate, estimate
+from .estimate import Estimate, estimate, reserved_bytes, usable_bytes
 from .memory import host_offload_bytes, peak_bytes
 from .plan import OFFLOADS, PRECISIONS, RECOMPUTES, Plan, PlanBatch
 from .rules import RULES, Rejected, check, first_failure
@@ -149,11 +149,10 @@ def search(spec: Spec) -> SearchResult:
     failed = first_failure(spec, batch)
     passed = np.flatnonzero(failed < 0)
     ok = batch.take(passed)
-    rt, cluster = spec.runtime, spec.cluster
-    required = peak_bytes(spec, ok) * (1 + rt.allocator_fragmentation) + rt.cuda_context_gib * GiB
-    usable = cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
+    cluster = spec.cluster
+    required = reserved_bytes(spec, peak_bytes(spec, ok)) + spec.runtime.cuda_context_gib * GiB
     host = host_offload_bytes(spec, ok) * cluster.gpus_per_node
-    fits = (required <= usable) & (host <= cluster.host_memory_gib * GiB)
+    fits = (required <= usable_bytes(spec)) & (host <= cluster.host_memory_gib * GiB)
     fit_index = passed[fits]
     step = throughput(spec, ok.take(fits)).step.total if len(fit_index) else np.zeros(0)
     ranked = fit_index[np.lexsort((required[fits], np.round(step, 9)))]

@@ -65,7 +65,7 @@ def group_link(cluster: ClusterSpec, size, stride) -> Link:
     """Bandwidth of a group of ``size`` ranks ``stride`` apart (one of many such groups that run
     at once, e.g. every dp group of a plan).  Arrays of sizes and strides give a Link of arrays,
     each distinct group shape worked out once."""
-    fabric = _Fabric.of(cluster)
+    fabric = _Fabric(cluster)
     if not isinstance(size, np.ndarray) and not isinstance(stride, np.ndarray):
         return _group_link(fabric, int(size), int(stride))
     size, stride = np.broadcast_arrays(size, stride)
@@ -80,10 +80,6 @@ class _Fabric:
     """The hashable part of a cluster that communication depends on (a cache key)."""
 
     cluster: ClusterSpec
-
-    @classmethod
-    def of(cls, cluster: ClusterSpec) -> "_Fabric":
-        return cls(cluster)
 
     def __hash__(self) -> int:
         c = self.cluster
