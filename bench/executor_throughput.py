@@ -43,8 +43,8 @@ def main() -> int:
     from executor.report import WARMUP_STEP_FRACTION
     from executor.run import RunDir, execute
     from executor.train import plain_training
-    from planner.search import search
-    from planner.spec import load_spec
+    from planner.search.engine import search
+    from planner.spec.spec import load_spec
 
     spec = load_spec(args.spec)
     if args.global_batch_sequences:

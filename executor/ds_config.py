@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional
 
 from planner.errors import PlannerError
-from planner.plan import Plan
-from planner.shape import param_counts
-from planner.spec import ModelSpec, Spec
-from planner.units import Offload, Optimizer, Precision, Recompute
+from planner.plan.strategy import Plan
+from planner.model.shape import param_counts
+from planner.spec.spec import ModelSpec, Spec
+from planner.spec.units import Offload, Optimizer, Precision, Recompute
 
 #: DeepSpeed prints a line every ``steps_per_print`` steps; the executor reports progress itself.
 QUIET_STEPS_PER_PRINT = 2**30
@@ -51,7 +51,7 @@ class LRSchedule:
 
 def training_tokens(spec: Spec) -> float:
     """The planner's count ('chinchilla' resolved by the spec's scaling law)."""
-    from planner.scaling import training_tokens as planned_tokens
+    from planner.capacity.scaling import training_tokens as planned_tokens
     tokens = planned_tokens(spec)
     if tokens is None:
         raise PlannerError("training.budget: a budget-mode spec has no token count yet; execute "

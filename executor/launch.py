@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from planner.errors import PlannerError
-from planner.plan import Plan
-from planner.spec import Spec
+from planner.plan.strategy import Plan
+from planner.spec.spec import Spec
 
 Launcher = Literal["auto", "torchrun", "deepspeed", "slurm"]
 TRAIN_MODULE = "executor.train"

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from planner.spec import ModelSpec
-from planner.units import Activation, AttentionKernel, Norm, Position
+from planner.spec.spec import ModelSpec
+from planner.spec.units import Activation, AttentionKernel, Norm, Position
 
 #: GPT-2's initializer range (Radford et al. 2019; HF GPT2Config.initializer_range)
 INIT_STD = 0.02
@@ -232,7 +232,7 @@ class GPT(nn.Module):
         return [self.embed, *self.blocks, self.final]
 
     def num_params(self) -> int:
-        """Distinct parameters (a tied table counted once), as planner.shape.param_counts."""
+        """Distinct parameters (a tied table counted once), as planner.model.shape.param_counts."""
         return sum(p.numel() for p in self.parameters())
 
     @torch.no_grad()

@@ -11,9 +11,9 @@ import functools
 import re
 from typing import TYPE_CHECKING, Callable
 
-from planner.plan import Plan
-from planner.spec import ModelSpec
-from planner.units import Activation, Recompute
+from planner.plan.strategy import Plan
+from planner.spec.spec import ModelSpec
+from planner.spec.units import Activation, Recompute
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
@@ -64,7 +64,7 @@ def apply_recompute(model: "GPT", recompute: Recompute) -> "GPT":
 
     The forward is replaced on the instance rather than wrapping the module, so parameter names,
     checkpoints and the fp32 export stay those of a plain GPT."""
-    from planner.units import AttentionKernel
+    from planner.spec.units import AttentionKernel
     if recompute is Recompute.NONE:
         return model
     if recompute is Recompute.SELECTIVE:

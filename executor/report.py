@@ -8,11 +8,11 @@ from typing import Any, Optional
 
 from tabulate import tabulate
 
-from planner.estimate import estimate
-from planner.flops import step_flops
-from planner.plan import Plan
-from planner.spec import Spec
-from planner.units import GiB
+from planner.estimate.predict import estimate
+from planner.model.flops import step_flops
+from planner.plan.strategy import Plan
+from planner.spec.spec import Spec
+from planner.spec.units import GiB
 
 from .ds_config import tokens_per_step
 from .run import RunDir

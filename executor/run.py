@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from planner.errors import PlannerError
-from planner.plan import Plan
-from planner.spec import Spec, spec_from_dict
-from planner.units import Offload, Precision, Recompute, ZeroStage
+from planner.plan.strategy import Plan
+from planner.spec.spec import Spec, spec_from_dict
+from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 from .ds_config import LRSchedule, default_lr_schedule, to_deepspeed_config
 

@@ -26,8 +26,8 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from planner.plan import Plan
-from planner.spec import Spec
+from planner.plan.strategy import Plan
+from planner.spec.spec import Spec
 
 from .data import BatchSampler, TokenDataset
 from .ds_config import LRSchedule, tokens_per_step
@@ -363,7 +363,7 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
     Returns (losses, step seconds): the reference for equivalence tests and the throughput bench."""
     from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
 
-    from planner.units import Precision
+    from planner.spec.units import Precision
 
     from .ds_config import to_deepspeed_config
 

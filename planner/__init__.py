@@ -1,5 +1,5 @@
 """pretrain-planner: memory and compute planning for LLM pre-training with DeepSpeed."""
-from .errors import InfeasibleError, PlannerError, SpecError
-from .spec import Spec, load_spec
+from planner.errors import InfeasibleError, PlannerError, SpecError
+from planner.spec.spec import Spec, load_spec
 
 __all__ = ["Spec", "load_spec", "PlannerError", "SpecError", "InfeasibleError"]

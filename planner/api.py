@@ -1,16 +1,16 @@
 """The Python API; the CLI is a thin layer over these."""
 from __future__ import annotations
 
-from .advice import nearest_fix
-from .budget import BudgetResult, plan_budget
-from .estimate import Estimate, estimate
-from .inverse import Answer, fewest_gpus, largest_micro_batch, largest_model, largest_seq_len
-from .lawfit import fit_law
-from .plan import Plan
-from .scaling import ScalingLaw, law_of, preset_law
-from .search import SearchResult, search
-from .spec import Spec, load_spec, spec_from_dict
-from .whatif import SweepRow, edit, sweep, what_if
+from planner.search.advice import nearest_fix
+from planner.capacity.budget import BudgetResult, plan_budget
+from planner.estimate.predict import Estimate, estimate
+from planner.capacity.inverse import Answer, fewest_gpus, largest_micro_batch, largest_model, largest_seq_len
+from planner.capacity.lawfit import fit_law
+from planner.plan.strategy import Plan
+from planner.capacity.scaling import ScalingLaw, law_of, preset_law
+from planner.search.engine import SearchResult, search
+from planner.spec.spec import Spec, load_spec, spec_from_dict
+from planner.capacity.whatif import SweepRow, edit, sweep, what_if
 
 
 def plan(spec: Spec) -> SearchResult:

@@ -6,15 +6,15 @@ from typing import Any, Optional
 
 from tabulate import tabulate
 
-from .budget import BudgetResult, Candidate, budget_seconds
-from .estimate import SECONDS_PER_DAY, Estimate
-from .memory import TERMS
-from .scaling import chinchilla_summary, training_tokens
-from .search import SearchResult
-from .shape import param_counts
-from .spec import Spec
-from .units import GiB
-from .whatif import SweepRow
+from planner.capacity.budget import BudgetResult, Candidate, budget_seconds
+from planner.estimate.predict import SECONDS_PER_DAY, Estimate
+from planner.estimate.memory import TERMS
+from planner.capacity.scaling import chinchilla_summary, training_tokens
+from planner.search.engine import SearchResult
+from planner.model.shape import param_counts
+from planner.spec.spec import Spec
+from planner.spec.units import GiB
+from planner.capacity.whatif import SweepRow
 
 TERM_LABELS = {
     "parameters": "parameters",

@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from executor.model import GPT  # noqa: E402
-from planner import activations as act  # noqa: E402
-from planner.plan import Plan  # noqa: E402
-from planner.spec import ModelSpec  # noqa: E402
-from planner.units import AttentionKernel, Position, Precision, Recompute, ZeroStage  # noqa: E402
+from planner.model import activations as act  # noqa: E402
+from planner.plan.strategy import Plan  # noqa: E402
+from planner.spec.spec import ModelSpec  # noqa: E402
+from planner.spec.units import AttentionKernel, Position, Precision, Recompute, ZeroStage  # noqa: E402
 
 MB = 2
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}

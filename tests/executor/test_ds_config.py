@@ -22,11 +22,11 @@ from executor.ds_config import (LRSchedule, default_lr_schedule, default_peak_lr
                                 deepspeed_batch_world, to_deepspeed_config)
 from executor.parallel import autotp_partition_config  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
-from planner.plan import Plan  # noqa: E402
-from planner.rules import check  # noqa: E402
-from planner.search import candidates  # noqa: E402
-from planner.spec import load_spec, spec_from_dict  # noqa: E402
-from planner.units import Offload, Optimizer, Precision, Recompute, ZeroStage  # noqa: E402
+from planner.plan.strategy import Plan  # noqa: E402
+from planner.search.rules import check  # noqa: E402
+from planner.search.engine import candidates  # noqa: E402
+from planner.spec.spec import load_spec, spec_from_dict  # noqa: E402
+from planner.spec.units import Offload, Optimizer, Precision, Recompute, ZeroStage  # noqa: E402
 
 LAB_GPU = {"name": "lab", "memory_gib": 8, "peak_tflops": {"fp32": 1, "fp16": 2, "bf16": 2},
            "hbm_gbps": 100, "intra_node_gbps": 10}
@@ -168,7 +168,7 @@ def test_autotp_rules_match_the_model(model):
     """Each rule names parameters the executor's GPT really has, and the fused QKV's sub-widths
     add up to its output width (a renamed layer would silently stay replicated otherwise)."""
     from executor.model import GPT
-    from planner.spec import ModelSpec
+    from planner.spec.spec import ModelSpec
     import re
     m = ModelSpec.model_validate({"preset": model, "n_layers": 1, "vocab_size": 64})
     names = {n: p.shape for n, p in GPT(m).named_parameters()}
@@ -183,7 +183,7 @@ def test_autotp_rules_match_the_model(model):
 def test_schedule_defaults():
     """GPT-3 table 2.1 learning rates; steps = tokens / tokens per step; DeepSpeed's scheduler
     with the emitted parameters warms up to the peak and ends at min_lr_ratio of it."""
-    from planner.spec import ModelSpec
+    from planner.spec.spec import ModelSpec
     assert default_peak_lr(ModelSpec.model_validate({"preset": "gpt2-124m"})) == 6e-4
     assert default_peak_lr(ModelSpec.model_validate({"preset": "tinyllama-1.1b"})) == 2e-4
     spec = load_spec("specs/tiny_cpu.yaml")

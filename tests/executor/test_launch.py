@@ -15,9 +15,9 @@ pytest.importorskip("deepspeed")
 from executor.launch import launch_command, rank_env  # noqa: E402
 from executor.run import execute  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
-from planner.plan import Plan  # noqa: E402
-from planner.spec import spec_from_dict  # noqa: E402
-from planner.units import Precision, Recompute, ZeroStage  # noqa: E402
+from planner.plan.strategy import Plan  # noqa: E402
+from planner.spec.spec import spec_from_dict  # noqa: E402
+from planner.spec.units import Precision, Recompute, ZeroStage  # noqa: E402
 
 RUN = Path("/tmp/runs/a")
 

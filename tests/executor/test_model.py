@@ -11,9 +11,9 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from executor.model import GPT, Block, RMSNorm, causal_lm_loss, rope  # noqa: E402
-from planner.catalog import model_presets  # noqa: E402
-from planner.shape import layer_params, layer_tensor_sizes, param_counts  # noqa: E402
-from planner.spec import ModelSpec  # noqa: E402
+from planner.spec.catalog import model_presets  # noqa: E402
+from planner.model.shape import layer_params, layer_tensor_sizes, param_counts  # noqa: E402
+from planner.spec.spec import ModelSpec  # noqa: E402
 
 PRESETS = sorted(model_presets())
 
@@ -45,7 +45,7 @@ def batch(m: ModelSpec, b: int = 3, seed: int = 0):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_param_count_equals_planner(preset):
-    """planner.shape counts exactly the tensors the model holds (a tied table once)."""
+    """planner.model.shape counts exactly the tensors the model holds (a tied table once)."""
     m = ModelSpec(preset=preset)
     with torch.device("meta"):
         model = GPT(m)

@@ -25,10 +25,10 @@ from executor.launch import launch_command  # noqa: E402
 from executor.run import (RunDir, complete_checkpoints, execute, make_options,  # noqa: E402
                           prepare_run_dir)
 from planner.errors import PlannerError  # noqa: E402
-from planner.plan import Plan  # noqa: E402
-from planner.search import search  # noqa: E402
-from planner.spec import Spec, load_spec, spec_from_dict  # noqa: E402
-from planner.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
+from planner.plan.strategy import Plan  # noqa: E402
+from planner.search.engine import search  # noqa: E402
+from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402
+from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 #: JIT-built DeepSpeed ops (shm comm, CPU Adam, fused Adam) cached across test sessions
@@ -252,7 +252,7 @@ def test_recompute_keeps_gradients(recompute):
     attention, so that selective recompute has something to do)."""
     from executor.model import GPT
     from executor.parallel import apply_recompute
-    from planner.spec import ModelSpec
+    from planner.spec.spec import ModelSpec
     m = ModelSpec.model_validate({**tiny_spec().model.model_dump(mode="json"),
                                   "attention": "eager"})
     torch.manual_seed(0)

@@ -3,12 +3,12 @@ the same plan on its own (one implementation of each term, two calling conventio
 import numpy as np
 import pytest
 
-from planner.memory import host_offload_bytes, peak_bytes, peak_memory
-from planner.plan import PlanBatch
-from planner.rules import RULES, check, first_failure
-from planner.search import candidate_batch, candidates, search
-from planner.spec import load_spec, spec_from_dict
-from planner.timing import throughput
+from planner.estimate.memory import host_offload_bytes, peak_bytes, peak_memory
+from planner.plan.strategy import PlanBatch
+from planner.search.rules import RULES, check, first_failure
+from planner.search.engine import candidate_batch, candidates, search
+from planner.spec.spec import load_spec, spec_from_dict
+from planner.estimate.timing import throughput
 
 from ..conftest import ROOT
 

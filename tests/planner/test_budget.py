@@ -6,14 +6,14 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from planner.budget import (budget_seconds, family_shape, family_shapes, plan_budget,
+from planner.capacity.budget import (budget_seconds, family_shape, family_shapes, plan_budget,
                             planned_spec, states_lower_bound_bytes)
-from planner.cli import main
+from pretrain.cli import main
 from planner.errors import SpecError
-from planner.scaling import model_flops_per_token
-from planner.search import search
-from planner.shape import param_counts
-from planner.spec import ModelSpec, load_spec, spec_from_dict
+from planner.capacity.scaling import model_flops_per_token
+from planner.search.engine import search
+from planner.model.shape import param_counts
+from planner.spec.spec import ModelSpec, load_spec, spec_from_dict
 
 from ..conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""`plan SPEC` (planner/cli.py): exit codes 0 / 1 / 2, one `error:` line on stderr for bad input
+"""`plan SPEC` (pretrain/cli.py): exit codes 0 / 1 / 2, one `error:` line on stderr for bad input
 (a traceback only with --verbose), and the JSON report's shape."""
 import json
 import shutil
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from planner.cli import main
-from planner.memory import TERMS
+from pretrain.cli import main
+from planner.estimate.memory import TERMS
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_7B = ROOT / "specs" / "7b_on_64xA100.yaml"
@@ -179,7 +179,7 @@ def test_infeasible_spec_json(tmp_path):
 # ------------------------------------------------------------------------- the real command
 
 COMMANDS = {
-    "python-m": [sys.executable, "-m", "planner.cli"],
+    "python-m": [sys.executable, "-m", "pretrain.cli"],
     "console-script": [shutil.which("plan")],
 }
 

@@ -1,11 +1,11 @@
 """FLOPs per step from the shape, against hand arithmetic and nanoGPT's 6N + 12·L·h·s."""
 import pytest
 
-from planner.flops import forward_flops_per_token, recompute_flops_per_token, step_flops
-from planner.plan import Plan
-from planner.shape import param_counts
-from planner.spec import ModelSpec
-from planner.units import Offload, Precision, Recompute, ZeroStage
+from planner.model.flops import forward_flops_per_token, recompute_flops_per_token, step_flops
+from planner.plan.strategy import Plan
+from planner.model.shape import param_counts
+from planner.spec.spec import ModelSpec
+from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 GPT2 = ModelSpec.model_validate({"preset": "gpt2-124m", "vocab_size": 50304})
 

@@ -3,16 +3,16 @@ with dp > 1.  The expected values are written out from the formulas in docs/memo
 not computed with the planner's own helpers."""
 import pytest
 
-from planner import activations as act
-from planner.memory import (MemoryBreakdown, Wrapper, accumulated_gradient_bytes,
+from planner.model import activations as act
+from planner.estimate.memory import (MemoryBreakdown, Wrapper, accumulated_gradient_bytes,
                             cublas_workspace_bytes, ipg_bucket_bytes, master_weight_bytes,
                             optimizer_state_bytes, optimizer_step_bytes, parameter_bytes,
                             peak_memory, resident_gradient_bytes, stage_moments, wrapper,
                             zero3_gathered_bytes)
-from planner.plan import Plan
-from planner.shape import stage_params, stage_tensor_sizes, stages_to_check, tensor_stats
-from planner.spec import spec_from_dict
-from planner.units import MiB, Offload, Precision, Recompute, ZeroStage
+from planner.plan.strategy import Plan
+from planner.model.shape import stage_params, stage_tensor_sizes, stages_to_check, tensor_stats
+from planner.spec.spec import spec_from_dict
+from planner.spec.units import MiB, Offload, Precision, Recompute, ZeroStage
 
 # llama-style: d 64, 4 heads of 16, 2 kv heads (kv width 32), SwiGLU 128, vocab 1000, seq 32
 LLAMA = {"arch": "llama", "n_layers": 4, "d_model": 64, "n_heads": 4, "n_kv_heads": 2,

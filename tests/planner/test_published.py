@@ -5,9 +5,9 @@ import statistics
 
 import pytest
 
-from planner.estimate import estimate
-from planner.published import error, load_published
-from planner.timing import throughput
+from planner.estimate.predict import estimate
+from planner.validate.published import error, load_published
+from planner.estimate.timing import throughput
 
 from ..conftest import published_path
 

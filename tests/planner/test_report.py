@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from planner.cli import main
+from pretrain.cli import main
 
 from ..conftest import ROOT
 

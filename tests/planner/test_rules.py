@@ -2,10 +2,10 @@
 rest through."""
 import pytest
 
-from planner.plan import Plan
-from planner.rules import check
-from planner.spec import spec_from_dict
-from planner.units import Offload, Precision, Recompute, ZeroStage
+from planner.plan.strategy import Plan
+from planner.search.rules import check
+from planner.spec.spec import spec_from_dict
+from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 
 def spec(gpu="A100-80GB-SXM", nodes=2, per_node=8, model="llama2-70b", batch=64):

@@ -4,16 +4,16 @@ rounded constants, the lab fit, and the spec's scaling_law field."""
 import numpy as np
 import pytest
 
-from planner.catalog import scaling_laws
+from planner.spec.catalog import scaling_laws
 from planner.errors import SpecError
-from planner.flops import step_flops
-from planner.lawfit import fit_law
-from planner.plan import Plan
-from planner.scaling import (ScalingLaw, law_of, model_flops_per_token, preset_law,
+from planner.model.flops import step_flops
+from planner.capacity.lawfit import fit_law
+from planner.plan.strategy import Plan
+from planner.capacity.scaling import (ScalingLaw, law_of, model_flops_per_token, preset_law,
                              training_flops, training_tokens)
-from planner.shape import param_counts
-from planner.spec import spec_from_dict
-from planner.units import Precision, Recompute, ZeroStage
+from planner.model.shape import param_counts
+from planner.spec.spec import spec_from_dict
+from planner.spec.units import Precision, Recompute, ZeroStage
 
 #: Chinchilla's own budget: 70B parameters x 1.4T tokens x 6 (Hoffmann et al. 2022, table 3)
 CHINCHILLA_FLOPS = 5.76e23

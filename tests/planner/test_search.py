@@ -1,9 +1,9 @@
 """Plan search: the candidates the axes generate, rejection counting, ranking, and the nearest
 fix for specs with no feasible plan."""
-from planner.advice import min_gpus, nearest_fix
-from planner.search import candidates, micro_batches, parallel_degrees, search
-from planner.spec import load_spec, spec_from_dict
-from planner.units import Recompute, ZeroStage
+from planner.search.advice import min_gpus, nearest_fix
+from planner.search.engine import candidates, micro_batches, parallel_degrees, search
+from planner.spec.spec import load_spec, spec_from_dict
+from planner.spec.units import Recompute, ZeroStage
 
 
 def spec(model="llama2-7b", nodes=8, per_node=8, gpu="A100-80GB-SXM", batch=1024, **search_):

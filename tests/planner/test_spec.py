@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from planner.catalog import gpu_catalog, model_presets
+from planner.spec.catalog import gpu_catalog, model_presets
 from planner.errors import SpecError
-from planner.shape import param_counts
-from planner.spec import GpuSpec, ModelSpec, Spec, load_spec, spec_from_dict
-from planner.units import Activation, Norm, Position
+from planner.model.shape import param_counts
+from planner.spec.spec import GpuSpec, ModelSpec, Spec, load_spec, spec_from_dict
+from planner.spec.units import Activation, Norm, Position
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILES = sorted((ROOT / "specs").glob("*.yaml"))
@@ -79,7 +79,7 @@ def test_preset_validates(name):
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_preset_param_count_matches_published(name):
-    """The planner's count equals the count each preset's `source` (planner/data/models.yaml)
+    """The planner's count equals the count each preset's `source` (planner/spec/data/models.yaml)
     reports: HF transformers' GPT2LMHeadModel for GPT-2 (Radford et al. 2019), the config.json of
     meta-llama/Llama-2-*-hf (Touvron et al. 2023), Meta-Llama-3-* (Meta 2024) and TinyLlama-1.1B
     (Zhang et al. 2024).  GPT-3's "175.0B" (Brown et al. 2020, table 2.1) is rounded: 0.5 %."""

@@ -2,15 +2,15 @@
 efficiency, attention, data-parallel volumes per ZeRO stage, and the calibration runs."""
 import pytest
 
-from planner import collectives as coll
-from planner.calibration import load_measurements
-from planner.plan import Plan
-from planner.shape import stages_to_check
-from planner.spec import spec_from_dict
-from planner.timing import (attention_seconds, dp_traffic_seconds, gemm_efficiency,
+from planner.estimate import collectives as coll
+from planner.validate.calibration import load_measurements
+from planner.plan.strategy import Plan
+from planner.model.shape import stages_to_check
+from planner.spec.spec import spec_from_dict
+from planner.estimate.timing import (attention_seconds, dp_traffic_seconds, gemm_efficiency,
                             step_time_for_order, throughput)
-from planner.topology import Link, group_link, strides
-from planner.units import Offload, Precision, Recompute, ZeroStage
+from planner.estimate.topology import Link, group_link, strides
+from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 from ..conftest import calibration_path
 

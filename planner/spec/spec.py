@@ -14,12 +14,12 @@ import yaml
 from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt,
                       PrivateAttr, ValidationError, field_validator, model_validator)
 
-from .catalog import PRESET_META_KEYS, find_preset, find_scaling_law, model_presets, scaling_laws
-from .cluster import (ClusterSpec, EfficiencySpec, GpuSpec, InterNodeSpec,  # noqa: F401 (API)
+from planner.spec.catalog import PRESET_META_KEYS, find_preset, find_scaling_law, model_presets, scaling_laws
+from planner.spec.cluster import (ClusterSpec, EfficiencySpec, GpuSpec, InterNodeSpec,  # noqa: F401 (API)
                       IntraNodeSpec)
-from .errors import SpecError
-from .specbase import Frozen as _Frozen
-from .units import (Activation, Arch, AttentionKernel, Norm, Offload, Optimizer, Position,
+from planner.errors import SpecError
+from planner.spec.base import Frozen as _Frozen
+from planner.spec.units import (Activation, Arch, AttentionKernel, Norm, Offload, Optimizer, Position,
                     Precision, Recompute, ZeroStage)
 
 
@@ -119,7 +119,7 @@ class ModelSpec(_Frozen):
 
 class ScalingLawSpec(_Frozen):
     """L(N, D) = E + A/N^alpha + B/D^beta in nats per token (planner/scaling.py): a preset name
-    (planner/data/scaling_laws.yaml) or the five constants, e.g. from planner.lawfit.fit_law."""
+    (planner/spec/data/scaling_laws.yaml) or the five constants, e.g. from planner.capacity.lawfit.fit_law."""
 
     preset: Optional[str] = Field(None, description="name of a shipped scaling law")
     name: str = Field("custom", description="label used in reports")

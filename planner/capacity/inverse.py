@@ -22,18 +22,18 @@ from typing import Callable, Optional
 
 import sympy
 
-from .advice import why_infeasible
-from .budget import Candidate, evaluate, family_shape
-from .errors import InfeasibleError, SpecError
-from .estimate import Estimate, estimate
-from .plan import Plan
-from .rules import check
-from .scaling import law_of
-from .search import divisors, search
-from .shape import param_counts
-from .spec import Spec, spec_from_dict, spec_to_dict
-from .units import AttentionKernel, GiB
-from .whatif import set_path
+from planner.search.advice import why_infeasible
+from planner.capacity.budget import Candidate, evaluate, family_shape
+from planner.errors import InfeasibleError, SpecError
+from planner.estimate.predict import Estimate, estimate
+from planner.plan.strategy import Plan
+from planner.search.rules import check
+from planner.capacity.scaling import law_of
+from planner.search.engine import divisors, search
+from planner.model.shape import param_counts
+from planner.spec.spec import Spec, spec_from_dict, spec_to_dict
+from planner.spec.units import AttentionKernel, GiB
+from planner.capacity.whatif import set_path
 
 #: valid values above the memory boundary that are still checked one by one: memory need not be
 #: monotone (the micro-batch that ends gradient accumulation drops the carried gradients; fewer

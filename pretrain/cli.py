@@ -9,7 +9,7 @@ import traceback
 
 import click
 
-from .errors import PlannerError
+from planner.errors import PlannerError
 
 
 def _fail(message: str, verbose: bool) -> None:
@@ -20,7 +20,7 @@ def _fail(message: str, verbose: bool) -> None:
 
 
 def _infeasible_line(result, fixes: list[str]) -> str:
-    from .advice import why_infeasible
+    from planner.search.advice import why_infeasible
     fix = "; ".join(fixes) if fixes else "no relaxation of the search space or cluster size fits"
     return f"{why_infeasible(result)}; nearest fix: {fix}"
 
@@ -67,7 +67,7 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
     training.budget in the spec: which model size to train (budget mode).  With --execute:
     train the chosen plan."""
     if schema:
-        from .spec import json_schema
+        from planner.spec.spec import json_schema
         click.echo(json.dumps(json_schema(), indent=2))
         return
     if spec_path is None:
@@ -94,8 +94,8 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
 
 
 def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
-    from .spec import load_spec
-    from .whatif import edit, parse_assignment
+    from planner.spec.spec import load_spec
+    from planner.capacity.whatif import edit, parse_assignment
     spec = load_spec(spec_path)
     overrides = dict(parse_assignment(text) for text in sets)
     if top is not None:
@@ -115,9 +115,9 @@ def _execute(spec, spec_path: str, plan, verbose: bool, options: dict) -> int:
 
 
 def _plan(spec, spec_path: str, as_json: bool, verbose: bool):
-    from .advice import nearest_fix
-    from .report import to_json, to_text
-    from .search import search
+    from planner.search.advice import nearest_fix
+    from planner.report import to_json, to_text
+    from planner.search.engine import search
     result = search(spec)
     fixes = nearest_fix(spec) if result.best is None else []
     if as_json:
@@ -130,8 +130,8 @@ def _plan(spec, spec_path: str, as_json: bool, verbose: bool):
 
 
 def _budget(spec, spec_path: str, as_json: bool) -> bool:
-    from .budget import plan_budget
-    from .report import budget_json, budget_text, to_text
+    from planner.capacity.budget import plan_budget
+    from planner.report import budget_json, budget_text, to_text
     result = plan_budget(spec)
     pick = result.pick
     if as_json:
@@ -146,8 +146,8 @@ def _budget(spec, spec_path: str, as_json: bool) -> bool:
 
 
 def _sweep(spec, sweep_arg: str, as_json: bool) -> bool:
-    from .report import sweep_json, sweep_text
-    from .whatif import parse_assignment, parse_value, sweep
+    from planner.report import sweep_json, sweep_text
+    from planner.capacity.whatif import parse_assignment, parse_value, sweep
     path, _ = parse_assignment(sweep_arg)
     values = [parse_value(v.strip()) for v in sweep_arg.partition("=")[2].split(",")]
     rows = sweep(spec, path, values)

@@ -1,5 +1,5 @@
 """Shipped data: the GPU catalog, the model presets and the scaling-law presets
-(planner/data/*.yaml)."""
+(planner/spec/data/*.yaml)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -13,7 +13,7 @@ PRESET_META_KEYS = ("published_params", "source")
 
 
 def _load(name: str) -> dict[str, dict[str, Any]]:
-    text = resources.files("planner").joinpath("data").joinpath(name).read_text()
+    text = resources.files("planner.spec").joinpath("data").joinpath(name).read_text()
     return yaml.safe_load(text)
 
 

@@ -14,15 +14,15 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-from .advice import why_infeasible
-from .budget import plan_budget
-from .errors import SpecError
-from .estimate import Estimate
-from .scaling import law_of, training_tokens
-from .search import SearchResult, search
-from .shape import param_counts
-from .spec import Spec, _SpecLoader, spec_from_dict, spec_to_dict
-from .units import GiB
+from planner.search.advice import why_infeasible
+from planner.capacity.budget import plan_budget
+from planner.errors import SpecError
+from planner.estimate.predict import Estimate
+from planner.capacity.scaling import law_of, training_tokens
+from planner.search.engine import SearchResult, search
+from planner.model.shape import param_counts
+from planner.spec.spec import Spec, _SpecLoader, spec_from_dict, spec_to_dict
+from planner.spec.units import GiB
 
 #: sections a spec may write as one string: the string is the value of this key
 SHORT_FORMS = {"model": "preset", "cluster.gpu": "name", "training.scaling_law": "preset"}

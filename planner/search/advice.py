@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .search import SearchResult, search
-from .spec import Spec
+from planner.search.engine import SearchResult, search
+from planner.spec.spec import Spec
 
 #: search axes a user can open up, in the order a fix is worth suggesting
 RELAXABLE = ("recompute", "zero", "micro_batch", "tp", "pp", "offload", "precision")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import Plan, where
-from .spec import ModelSpec
-from .units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel, Norm,
+from planner.plan.strategy import Plan, where
+from planner.spec.spec import ModelSpec
+from planner.spec.units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel, Norm,
                     Position, Precision, Recompute)
 
 

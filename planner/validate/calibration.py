@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import SpecError
-from .plan import Plan
-from .spec import Spec, spec_from_dict
-from .units import GiB, Offload, Precision, Recompute, ZeroStage
+from planner.errors import SpecError
+from planner.plan.strategy import Plan
+from planner.spec.spec import Spec, spec_from_dict
+from planner.spec.units import GiB, Offload, Precision, Recompute, ZeroStage
 
 #: DeepSpeed zero_optimization keys a harness run may set, and the runtime field each maps to
 ZERO_KEYS = {

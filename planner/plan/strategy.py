@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .units import RECIPES, Offload, Precision, Recompute, ZeroStage
+from planner.spec.units import RECIPES, Offload, Precision, Recompute, ZeroStage
 
 PRECISIONS = tuple(Precision)
 RECOMPUTES = tuple(Recompute)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import Plan, where
-from .shape import mlp_matrices, param_counts
-from .spec import ModelSpec
-from .units import Recompute
+from planner.plan.strategy import Plan, where
+from planner.model.shape import mlp_matrices, param_counts
+from planner.spec.spec import ModelSpec
+from planner.spec.units import Recompute
 
 
 def layer_matmul_flops_per_token(m: ModelSpec) -> int:

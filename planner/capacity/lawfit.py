@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .scaling import ScalingLaw
+from planner.capacity.scaling import ScalingLaw
 
 HUBER_DELTA = 1e-3
 #: Hoffmann et al.'s initialisation grid (appendix D.2)

@@ -17,7 +17,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from .spec import ClusterSpec
+from planner.spec.spec import ClusterSpec
 
 GB = 1e9
 

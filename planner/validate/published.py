@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from .plan import Plan
-from .spec import Spec, spec_from_dict
-from .units import Offload, Precision, Recompute, ZeroStage
+from planner.plan.strategy import Plan
+from planner.spec.spec import Spec, spec_from_dict
+from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 #: the sources' GPU names and the catalog entry each means
 GPU_NAMES = {"A100-SXM4-80GB": "A100-80GB-SXM", "A100-80GB": "A100-80GB-SXM",

@@ -11,9 +11,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .plan import PRECISIONS, Plan, PlanBatch
-from .spec import Spec
-from .units import Optimizer, ZeroStage
+from planner.plan.strategy import PRECISIONS, Plan, PlanBatch
+from planner.spec.spec import Spec
+from planner.spec.units import Optimizer, ZeroStage
 
 CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
 

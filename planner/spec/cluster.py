@@ -7,9 +7,9 @@ from typing import Any, Literal
 from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
                       model_validator)
 
-from .catalog import GPU_NAME_KEYS, find_gpu, gpu_catalog
-from .specbase import Frozen as _Frozen
-from .units import Precision
+from planner.spec.catalog import GPU_NAME_KEYS, find_gpu, gpu_catalog
+from planner.spec.base import Frozen as _Frozen
+from planner.spec.units import Precision
 
 
 LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]

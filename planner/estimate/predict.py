@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .flops import StepFlops, step_flops
-from .memory import MemoryBreakdown, host_offload_bytes, peak_memory
-from .plan import Plan
-from .spec import Spec
-from .timing import Throughput, throughput
-from .units import GiB
+from planner.model.flops import StepFlops, step_flops
+from planner.estimate.memory import MemoryBreakdown, host_offload_bytes, peak_memory
+from planner.plan.strategy import Plan
+from planner.spec.spec import Spec
+from planner.estimate.timing import Throughput, throughput
+from planner.spec.units import GiB
 
 SECONDS_PER_DAY = 86400.0
 

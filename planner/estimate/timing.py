@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from . import collectives as coll
-from .flops import step_flops
-from .memory import Wrapper, wrapper
-from .plan import PRECISIONS, Plan, where
-from .shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
-from .spec import Spec
-from .topology import ORDERS, group_link, strides
-from .units import FP32_BYTES, Activation, AttentionKernel, Norm, Position, Precision, \
+from planner.estimate import collectives as coll
+from planner.model.flops import step_flops
+from planner.estimate.memory import Wrapper, wrapper
+from planner.plan.strategy import PRECISIONS, Plan, where
+from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
+from planner.spec.spec import Spec
+from planner.estimate.topology import ORDERS, group_link, strides
+from planner.spec.units import FP32_BYTES, Activation, AttentionKernel, Norm, Position, Precision, \
     Recompute, ZeroStage
 
 TERA = 1e12

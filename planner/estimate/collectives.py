@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plan import where
-from .topology import Link
+from planner.plan.strategy import where
+from planner.estimate.topology import Link
 
 
 def all_reduce(size, link: Link, efficiency: float, count=1):

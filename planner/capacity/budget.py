@@ -15,14 +15,14 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from .advice import why_infeasible
-from .errors import SpecError
-from .estimate import SECONDS_PER_DAY, Estimate
-from .scaling import ScalingLaw, law_of, model_flops_per_token
-from .search import SearchResult, search
-from .shape import param_counts
-from .spec import BudgetSpec, ModelSpec, Spec
-from .units import GiB, OPTIMIZER_STATE_BYTES, Activation, Offload
+from planner.search.advice import why_infeasible
+from planner.errors import SpecError
+from planner.estimate.predict import SECONDS_PER_DAY, Estimate
+from planner.capacity.scaling import ScalingLaw, law_of, model_flops_per_token
+from planner.search.engine import SearchResult, search
+from planner.model.shape import param_counts
+from planner.spec.spec import BudgetSpec, ModelSpec, Spec
+from planner.spec.units import GiB, OPTIMIZER_STATE_BYTES, Activation, Offload
 
 #: widths of the candidates, ~60M to ~800B parameters with a 32k vocabulary
 D_MODEL_LADDER = (512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 7168, 8192,

@@ -2,7 +2,7 @@
 
 N counts all parameters (embeddings included, as Hoffmann et al. 2022 did), D training tokens, L
 is the loss in nats per token.  Compute is C = 6·N·D (Kaplan et al. 2020, section 2.1), the
-convention the laws were fitted under; the exact count from the shape (planner.flops) is reported
+convention the laws were fitted under; the exact count from the shape (planner.model.flops) is reported
 beside it.
 
 Compute-optimal split (Hoffmann et al. 2022, section 3.3 and appendix D.2, eq. 4).  With
@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .flops import forward_flops_per_token
-from .shape import param_counts
-from .spec import ModelSpec, ScalingLawSpec, Spec
+from planner.model.flops import forward_flops_per_token
+from planner.model.shape import param_counts
+from planner.spec.spec import ModelSpec, ScalingLawSpec, Spec
 
 SIX = 6.0  #: FLOPs per parameter per token, forward + backward (Kaplan et al. 2020)
 
@@ -89,7 +89,7 @@ def law_from_spec(s: ScalingLawSpec) -> ScalingLaw:
 
 
 def preset_law(name: str) -> ScalingLaw:
-    """A shipped law by name or alias (planner/data/scaling_laws.yaml)."""
+    """A shipped law by name or alias (planner/spec/data/scaling_laws.yaml)."""
     return law_from_spec(ScalingLawSpec.model_validate(name))
 
 
@@ -110,7 +110,7 @@ def training_tokens(spec: Spec) -> Optional[float]:
 
 def model_flops_per_token(m: ModelSpec) -> float:
     """Forward + backward FLOPs per token counted from the shape (3x the forward: every matmul,
-    attention scores and logits; planner.flops), the exact counterpart of 6·N."""
+    attention scores and logits; planner.model.flops), the exact counterpart of 6·N."""
     return 3.0 * forward_flops_per_token(m)
 
 

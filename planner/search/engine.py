@@ -9,13 +9,13 @@ from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .estimate import Estimate, estimate, reserved_bytes, usable_bytes
-from .memory import host_offload_bytes, peak_bytes
-from .plan import OFFLOADS, PRECISIONS, RECOMPUTES, Plan, PlanBatch
-from .rules import RULES, Rejected, check, first_failure
-from .spec import SearchSpec, Spec
-from .timing import throughput
-from .units import GiB, AttentionKernel, Offload, Precision, Recompute, ZeroStage
+from planner.estimate.predict import Estimate, estimate, reserved_bytes, usable_bytes
+from planner.estimate.memory import host_offload_bytes, peak_bytes
+from planner.plan.strategy import OFFLOADS, PRECISIONS, RECOMPUTES, Plan, PlanBatch
+from planner.search.rules import RULES, Rejected, check, first_failure
+from planner.spec.spec import SearchSpec, Spec
+from planner.estimate.timing import throughput
+from planner.spec.units import GiB, AttentionKernel, Offload, Precision, Recompute, ZeroStage
 
 MAX_AUTO_MICRO_BATCH = 256
 

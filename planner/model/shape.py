@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .spec import ModelSpec
-from .units import Activation, Norm, Position
+from planner.spec.spec import ModelSpec
+from planner.spec.units import Activation, Norm, Position
 
 
 def norm_params(m: ModelSpec) -> int:

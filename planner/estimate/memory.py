@@ -22,11 +22,11 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import activations as act
-from .plan import Plan, PlanBatch, where
-from .shape import Stage, TensorStats, layer_params, stage_params, stages_to_check, tensor_stats
-from .spec import RuntimeSpec, Spec
-from .units import FP32_BYTES, GiB, MiB, OPTIMIZER_STATE_BYTES, Precision, ZeroStage
+from planner.model import activations as act
+from planner.plan.strategy import Plan, PlanBatch, where
+from planner.model.shape import Stage, TensorStats, layer_params, stage_params, stages_to_check, tensor_stats
+from planner.spec.spec import RuntimeSpec, Spec
+from planner.spec.units import FP32_BYTES, GiB, MiB, OPTIMIZER_STATE_BYTES, Precision, ZeroStage
 
 AnyPlan = Union[Plan, PlanBatch]
 

@@ -1,0 +1,1 @@
+"""Capacity questions over the search: scaling laws, budget mode, what-if and sweeps, inverse questions."""
