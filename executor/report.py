@@ -122,7 +122,7 @@ def write_report(spec: Spec, plan: Plan, run: RunDir) -> str:
     text = (f"plan vs actual: {run.path}\nplan: {plan.label} on {meas['device']}\n"
             f"steps run: {meas['steps']}; {losses}\n{table}\n{memory_note}")
     run.report_txt.write_text(text)
-    run.report_json.write_text(json.dumps({"plan": plan.as_dict(), "predicted": pred,
+    run.report_json.write_text(json.dumps({"plan": plan.to_dict(), "predicted": pred,
                                            "measured": meas}, indent=1) + "\n")
     if meas["steps"]:
         plot_loss(run)

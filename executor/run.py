@@ -48,13 +48,6 @@ class RunOptions:
     lr: dict = field(default_factory=dict)  #: LRSchedule fields
 
 
-def plan_from_dict(d: dict) -> Plan:
-    return Plan(dp=d["dp"], tp=d["tp"], pp=d["pp"], zero=ZeroStage(d["zero"]),
-                precision=Precision(d["precision"]), micro_batch=d["micro_batch"],
-                grad_accum=d["grad_accum"], recompute=Recompute(d["recompute"]),
-                offload=Offload(d["offload"]), sequence_parallel=d["sequence_parallel"])
-
-
 class RunDir:
     """The files of one run directory."""
 
@@ -76,14 +69,14 @@ class RunDir:
     def load(self) -> tuple[Spec, Plan, RunOptions]:
         try:
             saved = json.loads(self.run_file.read_text())
-            return (spec_from_dict(saved["spec"]), plan_from_dict(saved["plan"]),
+            return (spec_from_dict(saved["spec"]), Plan.from_dict(saved["plan"]),
                     RunOptions(**saved["options"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PlannerError(f"{self.run_file}: not a readable run file ({exc})") from None
 
     def save(self, spec: Spec, plan: Plan, options: RunOptions, ds_config: dict) -> None:
         self.run_file.write_text(json.dumps({"spec": spec.model_dump(mode="json"),
-                                             "plan": plan.as_dict(), "options": asdict(options)},
+                                             "plan": plan.to_dict(), "options": asdict(options)},
                                             indent=1) + "\n")
         self.ds_config.write_text(json.dumps(ds_config, indent=1) + "\n")
 
@@ -373,4 +366,4 @@ def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool =
 
 
 __all__ = ["execute", "RunDir", "RunOptions", "prepare_run_dir", "make_options", "unrealisable",
-           "complete_checkpoints", "check_checkpoint", "plan_from_dict"]
+           "complete_checkpoints", "check_checkpoint"]

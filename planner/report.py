@@ -62,7 +62,7 @@ def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]
         "placement": t.step.placement,
     }
     return {**timing, 
-        "strategy": e.plan.as_dict(),
+        "strategy": e.plan.to_dict(),
         "label": e.plan.label,
         "memory_gib": {k: round(v, 4) for k, v in e.memory.as_gib().items()},
         "peak_moment": e.memory.moment,

@@ -15,7 +15,9 @@ from planner.estimate.memory import Wrapper, wrapper
 from planner.plan.strategy import PRECISIONS, Plan, where
 from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
 from planner.spec.spec import Spec
-from planner.estimate.topology import ORDERS, group_link, strides
+from planner.estimate.topology import group_link
+from planner.model.local import local_dims
+from planner.plan.degrees import ORDERS
 from planner.spec.units import FP32_BYTES, Activation, AttentionKernel, Norm, Position, Precision, \
     Recompute, ZeroStage
 
@@ -71,12 +73,11 @@ def peak_flops(spec: Spec, plan: Plan) -> float:
 def block_gemms(spec: Spec, plan: Plan) -> list[tuple[int, int, int]]:
     """(M, N, K) of one block's forward GEMMs on one tp rank: fused QKV, output projection,
     MLP up (gate and up fused for SwiGLU) and down; M = tokens of a micro-batch."""
-    mdl, t = spec.model, plan.tp
-    tokens = plan.micro_batch * mdl.seq_len
-    d, f = mdl.d_model, mdl.d_ff
-    up = (mlp_matrices(mdl) - 1) * f
-    return [(tokens, (d + 2 * mdl.kv_dim) // t, d), (tokens, d, d // t),
-            (tokens, up // t, d), (tokens, d, f // t)]
+    ld = local_dims(spec.model, plan)
+    tokens, d = ld.tokens, ld.d_model
+    up = (mlp_matrices(spec.model) - 1) * ld.ffn
+    return [(tokens, ld.q_width + 2 * ld.kv_width, d), (tokens, d, ld.q_width),
+            (tokens, up, d), (tokens, d, ld.ffn)]
 
 
 def gemm_seconds(spec: Spec, plan: Plan, shapes: list[tuple[int, int, int]]) -> float:
@@ -91,18 +92,19 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     Eager attention runs QK^T and PV as batched GEMMs over the full square plus a memory-bound
     softmax over a·s² elements per sequence."""
     mdl, peak = spec.model, peak_flops(spec, plan)
-    b, s, h, t = plan.micro_batch, mdl.seq_len, mdl.d_model, plan.tp
+    ld = local_dims(mdl, plan)
+    b, s, q = ld.micro_batch, ld.seq, ld.q_width
     eff = spec.cluster.gpu.efficiency
     if mdl.attention is AttentionKernel.FLASH:
-        fwd_flops = 2 * b * s * s * h / t  # 4·b·s²·h halved by causality
+        fwd_flops = 2 * b * s * s * q  # 4·b·s²·h halved by causality
         fp32 = plan.is_precision(Precision.FP32)
         fwd = where(fp32, eff.attention_fp32, eff.attention_fwd)
         bwd = where(fp32, eff.attention_fp32, eff.attention_bwd)
         return fwd_flops / (peak * fwd), 2.5 * fwd_flops / (peak * bwd)
-    fwd_flops = 4 * b * s * s * h / t
+    fwd_flops = 4 * b * s * s * q
     gemm = fwd_flops / (peak * gemm_efficiency(spec, plan, s, s, mdl.head_dim))
     e = plan.activation_bytes
-    softmax_bytes = 4 * e * b * mdl.n_heads * s * s / t  # scale+mask+softmax read/write
+    softmax_bytes = 4 * e * b * ld.heads * s * s  # scale+mask+softmax read/write
     mem = softmax_bytes / hbm_bytes_per_s(spec)
     return gemm + mem, 2 * gemm + 2 * mem
 
@@ -119,8 +121,8 @@ def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
     embedding) or PyTorch's eager ops as the executor's model runs them: RMSNorm's upcast, square,
     mean, rsqrt-multiply, downcast and weight multiply; RoPE's four multiplies, add, stack; SwiGLU's
     silu and product; the residual adds."""
-    mdl, e, t = spec.model, plan.activation_bytes, plan.tp
-    h, f, qk = mdl.d_model, mdl.d_ff, (mdl.d_model + mdl.kv_dim) / plan.tp
+    mdl, e, ld = spec.model, plan.activation_bytes, local_dims(spec.model, plan)
+    h, f, qk = ld.d_model, ld.ffn, ld.q_width + ld.kv_width
     fused = spec.model.fused_kernels
     if mdl.norm is Norm.LAYERNORM or fused:
         norms = 2 * 2 * e * h
@@ -128,9 +130,9 @@ def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
         norms = 2 * ((e + 4) + 4 + 4 + (4 + 4) + (4 + e) + 2 * e + e) * h
     rope = (2 * e * qk if fused else 10 * e * qk) if mdl.position is Position.ROPE else 0
     if mdl.activation is Activation.SWIGLU:
-        act = (3 * e * f if fused else 5 * e * f) / t
+        act = 3 * e * f if fused else 5 * e * f
     else:
-        act = 2 * e * f / t
+        act = 2 * e * f
     adds = 2 * 3 * e * h
     return norms + rope + act + adds
 
@@ -138,8 +140,7 @@ def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
 def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
     """Logits traffic on the last stage: the fp32 upcast, log-softmax, nll and their backward
     (about eight logits-sized passes); a fused cross-entropy reads the logits once each way."""
-    mdl, e = spec.model, plan.activation_bytes
-    v = mdl.vocab_size / plan.tp
+    e, v = plan.activation_bytes, local_dims(spec.model, plan).vocab
     if spec.model.fused_kernels:
         return 2 * (e + e) * v
     return (e + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + e) * v
@@ -149,7 +150,7 @@ def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
     """One block, one micro-batch: forward + backward, plus the recomputed forward."""
     shapes = block_gemms(spec, plan)
     attn_f, attn_b = attention_seconds(spec, plan)
-    tokens = plan.micro_batch * spec.model.seq_len
+    tokens = local_dims(spec.model, plan).tokens
     elem = 3 * elementwise_bytes_per_token(spec, plan) * tokens / hbm_bytes_per_s(spec)
     gemm = gemm_seconds(spec, plan, shapes)
     extra = where(plan.is_recompute(Recompute.FULL), gemm / 3 + attn_f + elem / 3,
@@ -159,9 +160,9 @@ def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
 
 def head_seconds(spec: Spec, plan: Plan) -> float:
     """LM head GEMM (vocab-parallel) and the loss's memory traffic for one micro-batch."""
-    mdl = spec.model
-    tokens = plan.micro_batch * mdl.seq_len
-    gemm = gemm_seconds(spec, plan, [(tokens, mdl.vocab_size // plan.tp, mdl.d_model)])
+    ld = local_dims(spec.model, plan)
+    tokens = ld.tokens
+    gemm = gemm_seconds(spec, plan, [(tokens, np.floor(ld.vocab), ld.d_model)])
     return gemm + loss_bytes_per_token(spec, plan) * tokens / hbm_bytes_per_s(spec)
 
 
@@ -199,9 +200,9 @@ def tp_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> f
     """Megatron tensor parallelism: two all-reduces of s·b·h per block in forward, two in backward
     and two more in a recomputed forward (with sequence parallelism the same volume as
     reduce-scatter + all-gather); one for the vocab-parallel embedding/loss."""
-    mdl = spec.model
-    size = plan.activation_bytes * plan.micro_batch * mdl.seq_len * mdl.d_model
-    link = group_link(spec.cluster, plan.tp, strides(order, plan.dp, plan.tp, plan.pp)["tp"])
+    ld = local_dims(spec.model, plan)
+    size = plan.activation_bytes * ld.tokens * ld.d_model
+    link = group_link(spec.cluster, plan.tp, plan.degrees.strides(order)["tp"])
     per = coll.all_reduce(size, link, spec.cluster.gpu.efficiency.network)
     count = 4 + where(plan.is_recompute(Recompute.FULL), 2, 0)
     return (stage.n_layers * count + 2) * per
@@ -209,9 +210,9 @@ def tp_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> f
 
 def pp_seconds_per_micro_batch(spec: Spec, plan: Plan, order) -> float:
     """Send the activation forward and its gradient back across a stage boundary."""
-    mdl = spec.model
-    size = plan.activation_bytes * plan.micro_batch * mdl.seq_len * mdl.d_model / plan.tp
-    link = group_link(spec.cluster, plan.pp, strides(order, plan.dp, plan.tp, plan.pp)["pp"])
+    ld = local_dims(spec.model, plan)
+    size = plan.activation_bytes * ld.tokens * ld.d_model / ld.tp
+    link = group_link(spec.cluster, plan.pp, plan.degrees.strides(order)["pp"])
     return 2 * coll.p2p(size, link, spec.cluster.gpu.efficiency.network)
 
 
@@ -239,7 +240,7 @@ def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order):
     n = stage_params(spec.model, stage, plan.tp)
     bf16_opt = wrapper(plan) == Wrapper.BF16_OPTIMIZER
     g = where(bf16_opt, FP32_BYTES, plan.grad_bytes)  # BF16_Optimizer reduces its fp32 buffer
-    link = group_link(spec.cluster, plan.dp, strides(order, plan.dp, plan.tp, plan.pp)["dp"])
+    link = group_link(spec.cluster, plan.dp, plan.degrees.strides(order)["dp"])
     net = spec.cluster.gpu.efficiency.network
     all_reduce = coll.all_reduce(g * n, link, net, -(-n // 500_000_000))
     gather = coll.all_gather(plan.param_bytes * n, link, net, -(-n // rt.allgather_bucket_size))

@@ -1,8 +1,8 @@
 """The cluster as a networkx graph (GPUs, the node's NVSwitch/NVLink/PCIe fabric, NICs, leaf and
 spine switches) and the bandwidth a communication group gets from where its ranks sit.
 
-Ranks are placed tp innermost, then dp, then pp (DeepSpeed's PipeModelDataParallelTopology and
-Megatron-LM's default order); ``ORDERS`` lists the alternatives worth trying.  A group is the set
+Where ranks sit comes from the plan's Degrees (planner/plan/degrees.py: tp innermost, then dp,
+then pp, or the other orders in ORDERS); here a group is the set
 of ranks {start + i·stride}; its ring (or the per-channel rings NCCL builds, one per NIC it can
 use) is limited by the slowest of: the intra-node link, and the node's network injection shared
 by the group's members on that node, divided by the spine's oversubscription when the group
@@ -20,9 +20,6 @@ import numpy as np
 from planner.spec.spec import ClusterSpec
 
 GB = 1e9
-
-#: rank orders, innermost first: tensor parallel always innermost (it all-reduces every layer)
-ORDERS = (("tp", "dp", "pp"), ("tp", "pp", "dp"))
 
 
 @dataclass(frozen=True)
@@ -112,13 +109,3 @@ def _group_link(fabric: _Fabric, size: int, stride: int) -> Link:
 def _graph(cluster: ClusterSpec) -> nx.Graph:
     """Two nodes are enough: a group's bandwidth only needs one node's links and its uplink."""
     return build_graph(cluster.model_copy(update={"nodes": min(cluster.nodes, 2)}))
-
-
-def strides(order: tuple[str, ...], dp: int, tp: int, pp: int) -> dict[str, int]:
-    """Rank distance between consecutive members of each group for a placement order."""
-    sizes = {"tp": tp, "dp": dp, "pp": pp}
-    out, stride = {}, 1
-    for axis in order:
-        out[axis] = stride
-        stride = stride * sizes[axis]  # not *=: an array would be shared with out
-    return out

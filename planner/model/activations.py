@@ -12,7 +12,9 @@ f d_ff, a heads, V vocab, t tensor-parallel degree, e bytes per activation eleme
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from planner.model.local import local_dims
 from planner.plan.strategy import Plan, where
 from planner.spec.spec import ModelSpec
 from planner.spec.units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel, Norm,
@@ -21,24 +23,27 @@ from planner.spec.units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKe
 
 @dataclass(frozen=True)
 class _Dims:
-    s: int
-    b: int
-    h: int
-    q: int
-    k: int
-    f: int
-    a: int
-    V: int
-    t: int
-    e: int
-    r: float  #: share of norm-region tensors this rank keeps: 1/t with sequence parallel, else 1
+    """The paper's symbols bound once, from the rank's local shape (planner/model/local.py):
+    widths are this rank's share."""
+
+    s: Any  #: local sequence length
+    b: Any  #: micro-batch
+    h: int  #: d_model (whole on every rank)
+    q: Any  #: query width on this rank
+    k: Any  #: key (and value) width on this rank
+    f: Any  #: MLP inner width on this rank
+    a: Any  #: heads on this rank
+    V: Any  #: vocabulary rows on this rank
+    e: Any  #: bytes per activation element
+    r: Any  #: share of norm-region tensors this rank keeps: 1/t with sequence parallel, else 1
     fused: bool  #: fused norm / rotary / SwiGLU / cross-entropy kernels (model.fused_kernels)
 
 
 def _dims(m: ModelSpec, plan: Plan) -> _Dims:
-    return _Dims(s=m.seq_len, b=plan.micro_batch, h=m.d_model, q=m.d_model, k=m.kv_dim,
-                 f=m.d_ff, a=m.n_heads, V=m.vocab_size, t=plan.tp, e=plan.activation_bytes,
-                 r=where(plan.sequence_parallel, 1 / plan.tp, 1.0), fused=m.fused_kernels)
+    ld = local_dims(m, plan)
+    return _Dims(s=ld.seq, b=ld.micro_batch, h=ld.d_model, q=ld.q_width, k=ld.kv_width,
+                 f=ld.ffn, a=ld.heads, V=ld.vocab, e=plan.activation_bytes, r=ld.norm_share,
+                 fused=m.fused_kernels)
 
 
 def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
@@ -80,17 +85,17 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
     sb = d.s * d.b
     rope = m.position is Position.ROPE and not d.fused
     tables = d.e * d.s * m.head_dim if rope else 0  # cos and sin the rotation's multiplies keep
-    out = d.e * sb * d.q / d.t  # attention output, also the output projection's input
-    qkv = d.e * sb * (d.q + 2 * d.k) / d.t
-    flash = qkv + out + tables + FP32_BYTES * d.b * d.a * d.s / d.t
+    out = d.e * sb * d.q  # attention output, also the output projection's input
+    qkv = d.e * sb * (d.q + 2 * d.k)
+    flash = qkv + out + tables + FP32_BYTES * d.b * d.a * d.s
     if rope:
-        flash += d.e * sb * (d.q + d.k) / d.t  # rotated q and k are new tensors
-    kv = d.q if d.k != d.q else d.k  # GQA repeats k and v to every query head
-    eager = out + tables + d.e * sb * (d.q + 2 * kv) / d.t  # the batched matmuls' q, k^T, v
+        flash += d.e * sb * (d.q + d.k)  # rotated q and k are new tensors
+    kv = d.q if m.n_kv_heads != m.n_heads else d.k  # GQA repeats k and v to every query head
+    eager = out + tables + d.e * sb * (d.q + 2 * kv)  # the batched matmuls' q, k^T, v
     math = math_fallback(m, plan)
-    eager = eager + where(math, d.e * sb * d.q / d.t, 0.0)
+    eager = eager + where(math, d.e * sb * d.q, 0.0)
     eager = eager + where(plan.is_recompute(Recompute.SELECTIVE), 0.0,
-                          d.e * d.b * d.a * d.s * d.s / d.t)
+                          d.e * d.b * d.a * d.s * d.s)
     if m.attention is AttentionKernel.FLASH:
         return where(math, eager, flash)
     return eager
@@ -102,7 +107,7 @@ def mlp_saved_bytes(m: ModelSpec, d: _Dims) -> float:
         per_f = 3 if d.fused else 4  # fused: gate+up and the product; silu recomputed
     else:
         per_f = 2
-    return d.e * d.s * d.b * d.f * per_f / d.t
+    return d.e * d.s * d.b * d.f * per_f
 
 
 def block_saved_bytes(m: ModelSpec, plan: Plan) -> float:
@@ -128,7 +133,7 @@ def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
     of intermediate gradients alive at once (in the MLP), and with full recompute the block's
     rematerialised activations (Chen et al. 2016, "Training Deep Nets with Sublinear Memory")."""
     d = _dims(m, plan)
-    grads = d.e * d.s * d.b * (d.h + (4 if m.activation is Activation.SWIGLU else 2) * d.f / d.t)
+    grads = d.e * d.s * d.b * (d.h + (4 if m.activation is Activation.SWIGLU else 2) * d.f)
     return grads + where(plan.is_recompute(Recompute.FULL), block_saved_bytes(m, plan), 0.0)
 
 
@@ -145,7 +150,7 @@ def loss_dtype_bytes(m: ModelSpec, plan: Plan):
 def logits_forward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     """At the loss in forward: the logits, their fp32 copy and log_softmax's output coexist."""
     d = _dims(m, plan)
-    n = d.s * d.b * d.V / d.t
+    n = d.s * d.b * d.V
     if d.fused:  # chunked cross-entropy: no full-size fp32 copies
         return n * d.e
     loss = loss_dtype_bytes(m, plan)
@@ -159,5 +164,5 @@ def logits_backward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     (aten _log_softmax_backward_data).  Vocab-parallel: V/t per rank."""
     d = _dims(m, plan)
     if d.fused:  # the logits and their gradient, computed chunk by chunk in the forward
-        return 2 * d.e * d.s * d.b * d.V / d.t
-    return 3 * loss_dtype_bytes(m, plan) * d.s * d.b * d.V / d.t
+        return 2 * d.e * d.s * d.b * d.V
+    return 3 * loss_dtype_bytes(m, plan) * d.s * d.b * d.V

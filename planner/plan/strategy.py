@@ -7,11 +7,13 @@ go through ``where`` instead of ``if``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
+from enum import Enum
 from typing import Sequence
 
 import numpy as np
 
+from planner.plan.degrees import Degrees
 from planner.spec.units import RECIPES, Offload, Precision, Recompute, ZeroStage
 
 PRECISIONS = tuple(Precision)
@@ -22,6 +24,23 @@ _RECIPE = {name: np.array([getattr(RECIPES[p], name) for p in PRECISIONS], dtype
 _OPT_OFF = np.array([o.optimizer_off_gpu for o in OFFLOADS])
 _PARAMS_OFF = np.array([o.params_off_gpu for o in OFFLOADS])
 _NVME = np.array([o.uses_nvme for o in OFFLOADS])
+
+
+#: how a Plan field is rebuilt from its plain value, and (enum columns) the members a PlanBatch
+#: stores by index
+_FIELD_TYPES = {"zero": ZeroStage, "precision": Precision, "recompute": Recompute,
+                "offload": Offload, "sequence_parallel": bool}
+_ENUM_COLUMNS = {"precision": PRECISIONS, "recompute": RECOMPUTES, "offload": OFFLOADS}
+
+
+def _identity(x):
+    return x
+
+
+def _plain(value):
+    if isinstance(value, ZeroStage):
+        return int(value)
+    return value.value if isinstance(value, Enum) else value
 
 
 def where(cond, a, b):
@@ -46,7 +65,7 @@ class Plan:
 
     @property
     def world_size(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.degrees.world_size
 
     @property
     def label(self) -> str:
@@ -56,13 +75,19 @@ class Plan:
                 f"{self.precision.value} mb{self.micro_batch}×ga{self.grad_accum} "
                 f"rc={self.recompute.value}{off}")
 
-    def as_dict(self) -> dict:
-        return {
-            "dp": self.dp, "tp": self.tp, "pp": self.pp, "zero": int(self.zero),
-            "precision": self.precision.value, "micro_batch": self.micro_batch,
-            "grad_accum": self.grad_accum, "recompute": self.recompute.value,
-            "offload": self.offload.value, "sequence_parallel": self.sequence_parallel,
-        }
+    def to_dict(self) -> dict:
+        """JSON-able: enum members as their values (ZeroStage as its int)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        """The inverse of ``to_dict``; an unknown or missing field is a KeyError/TypeError."""
+        return cls(**{f.name: _FIELD_TYPES.get(f.name, _identity)(data[f.name])
+                      for f in fields(cls) if f.name in data or f.default is MISSING})
+
+    @property
+    def degrees(self) -> Degrees:
+        return Degrees(self.dp, self.tp, self.pp)
 
     # the derived quantities the estimators use (PlanBatch has the same, as arrays)
     @property
@@ -96,6 +121,13 @@ class Plan:
         return self.recompute is r
 
 
+def column(name: str, values: Sequence) -> np.ndarray:
+    """A PlanBatch column from Plan field values: enum members by their index in the enum."""
+    if name in _ENUM_COLUMNS:
+        values = [_ENUM_COLUMNS[name].index(v) for v in values]
+    return np.asarray(values, dtype=bool if name == "sequence_parallel" else np.int64)
+
+
 @dataclass(frozen=True)
 class PlanBatch:
     """Plans as columns: ints for degrees and sizes, enum members as their index in the enum."""
@@ -113,22 +145,19 @@ class PlanBatch:
 
     @classmethod
     def of(cls, plans: Sequence[Plan]) -> "PlanBatch":
-        cols = {f.name: [getattr(p, f.name) for p in plans] for f in fields(Plan)}
-        for name, members in (("precision", PRECISIONS), ("recompute", RECOMPUTES),
-                              ("offload", OFFLOADS)):
-            cols[name] = [members.index(v) for v in cols[name]]
-        return cls(**{k: np.asarray(v, dtype=bool if k == "sequence_parallel" else np.int64)
-                      for k, v in cols.items()})
+        return cls(**{f.name: column(f.name, [getattr(p, f.name) for p in plans])
+                      for f in fields(Plan)})
 
     def __len__(self) -> int:
         return len(self.dp)
 
     def plan(self, i: int) -> Plan:
-        return Plan(dp=int(self.dp[i]), tp=int(self.tp[i]), pp=int(self.pp[i]),
-                    zero=ZeroStage(int(self.zero[i])), precision=PRECISIONS[self.precision[i]],
-                    micro_batch=int(self.micro_batch[i]), grad_accum=int(self.grad_accum[i]),
-                    recompute=RECOMPUTES[self.recompute[i]], offload=OFFLOADS[self.offload[i]],
-                    sequence_parallel=bool(self.sequence_parallel[i]))
+        def value(name: str):
+            v = getattr(self, name)[i]
+            if name in _ENUM_COLUMNS:
+                return _ENUM_COLUMNS[name][v]
+            return _FIELD_TYPES.get(name, int)(v)
+        return Plan(**{f.name: value(f.name) for f in fields(Plan)})
 
     def take(self, index) -> "PlanBatch":
         return PlanBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
@@ -136,6 +165,10 @@ class PlanBatch:
     @property
     def world_size(self) -> np.ndarray:
         return self.dp * self.tp * self.pp
+
+    @property
+    def degrees(self) -> Degrees:
+        return Degrees(self.dp, self.tp, self.pp)
 
     @property
     def param_bytes(self) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 
 from planner.estimate.predict import Estimate, estimate, reserved_bytes, usable_bytes
 from planner.estimate.memory import host_offload_bytes, peak_bytes
-from planner.plan.strategy import OFFLOADS, PRECISIONS, RECOMPUTES, Plan, PlanBatch
+from planner.plan.strategy import Plan, PlanBatch, column
 from planner.search.rules import RULES, Rejected, check, first_failure
 from planner.spec.spec import SearchSpec, Spec
 from planner.estimate.timing import throughput
@@ -85,8 +85,7 @@ def candidates(spec: Spec) -> Iterator[Plan]:
 def candidate_batch(spec: Spec) -> PlanBatch:
     """The product of the axes as columns: (dp, tp, pp) x micro-batch x the other axes."""
     others = list(itertools.product(*[AXES[name](spec) for name in AXES]))
-    codes = {name: np.array([_code(name, v[i]) for v in others])
-             for i, name in enumerate(AXES)}
+    codes = {name: column(name, [v[i] for v in others]) for i, name in enumerate(AXES)}
     gb = spec.global_batch_sequences
     rows = [(dp, tp, pp, mb, max(1, gb // (dp * mb)))
             for dp, tp, pp in parallel_degrees(spec) for mb in micro_batches(spec, dp)]
@@ -96,14 +95,7 @@ def candidate_batch(spec: Spec) -> PlanBatch:
             enumerate(("dp", "tp", "pp", "micro_batch", "grad_accum"))}
     for name, values in codes.items():
         cols[name] = np.tile(values, len(outer))
-    cols["sequence_parallel"] = cols["sequence_parallel"].astype(bool)
     return PlanBatch(**cols)
-
-
-def _code(axis: str, value) -> int:
-    """Column value for a PlanBatch: enum members by their index, the rest as ints."""
-    members = {"precision": PRECISIONS, "recompute": RECOMPUTES, "offload": OFFLOADS}
-    return members[axis].index(value) if axis in members else int(value)
 
 
 class _Lazy(Sequence):

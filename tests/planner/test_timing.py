@@ -9,7 +9,8 @@ from planner.model.shape import stages_to_check
 from planner.spec.spec import spec_from_dict
 from planner.estimate.timing import (attention_seconds, dp_traffic_seconds, gemm_efficiency,
                             step_time_for_order, throughput)
-from planner.estimate.topology import Link, group_link, strides
+from planner.estimate.topology import Link, group_link
+from planner.plan.degrees import Degrees
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 from ..conftest import calibration_path
@@ -76,8 +77,8 @@ def test_oversubscribed_spine_divides_inter_leaf_bandwidth():
 
 
 def test_placement_strides():
-    assert strides(("tp", "dp", "pp"), dp=4, tp=8, pp=2) == {"tp": 1, "dp": 8, "pp": 32}
-    assert strides(("tp", "pp", "dp"), dp=4, tp=8, pp=2) == {"tp": 1, "pp": 8, "dp": 16}
+    assert Degrees(dp=4, tp=8, pp=2).strides(("tp", "dp", "pp")) == {"tp": 1, "dp": 8, "pp": 32}
+    assert Degrees(dp=4, tp=8, pp=2).strides(("tp", "pp", "dp")) == {"tp": 1, "pp": 8, "dp": 16}
 
 
 def test_gemm_efficiency_saturates():
