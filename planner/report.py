@@ -8,7 +8,7 @@ from tabulate import tabulate
 
 from planner.capacity.budget import BudgetResult, Candidate, budget_seconds
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate
-from planner.estimate.memory import TERMS
+from planner.model.memory_terms import TERMS
 from planner.capacity.scaling import chinchilla_summary, training_tokens
 from planner.search.engine import SearchResult
 from planner.model.shape import param_counts

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from planner.model.flops import StepFlops, step_flops
-from planner.estimate.memory import MemoryBreakdown, host_offload_bytes, peak_memory
+from planner.backends.base import Backend
+from planner.backends.deepspeed import DEEPSPEED
+from planner.estimate.memory import host_offload_bytes, peak_memory
+from planner.model.memory_terms import MemoryBreakdown
 from planner.plan.strategy import Plan
 from planner.spec.spec import Spec
 from planner.estimate.timing import Throughput, throughput
@@ -84,9 +87,10 @@ def usable_bytes(spec: Spec) -> float:
     return spec.cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
 
 
-def estimate(spec: Spec, plan: Plan, *, with_time: bool = True) -> Estimate:
-    """Memory, FLOPs and (unless with_time is False) step time of one plan."""
-    mem = peak_memory(spec, plan)
+def estimate(spec: Spec, plan: Plan, *, with_time: bool = True,
+             backend: Backend = DEEPSPEED) -> Estimate:
+    """Memory, FLOPs and (unless with_time is False) step time of one plan under a backend."""
+    mem = peak_memory(spec, plan, backend)
     rt, cluster = spec.runtime, spec.cluster
     return Estimate(
         plan=plan,
@@ -94,8 +98,8 @@ def estimate(spec: Spec, plan: Plan, *, with_time: bool = True) -> Estimate:
         reserved_bytes=reserved_bytes(spec, mem.total),
         cuda_context_bytes=rt.cuda_context_gib * GiB,
         usable_bytes=usable_bytes(spec),
-        host_bytes_per_node=host_offload_bytes(spec, plan) * cluster.gpus_per_node,
+        host_bytes_per_node=host_offload_bytes(spec, plan, backend) * cluster.gpus_per_node,
         host_capacity_bytes=cluster.host_memory_gib * GiB,
         flops=step_flops(spec.model, plan, spec.global_batch_sequences),
-        time=throughput(spec, plan) if with_time else None,
+        time=throughput(spec, plan, backend) if with_time else None,
     )

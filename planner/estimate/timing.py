@@ -9,19 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from planner.estimate import collectives as coll
+from planner.network import collectives as coll
 from planner.model.flops import step_flops
-from planner.estimate.memory import Wrapper, wrapper
 from planner.plan.strategy import PRECISIONS, Plan, where
 from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
 from planner.spec.spec import Spec
-from planner.estimate.topology import group_link
+from planner.network.topology import group_link
 from planner.model.local import local_dims
 from planner.plan.degrees import ORDERS
-from planner.spec.units import FP32_BYTES, Activation, AttentionKernel, Norm, Position, Precision, \
+from planner.backends.base import Backend
+from planner.backends.deepspeed import DEEPSPEED
+from planner.spec.units import TERA, Activation, AttentionKernel, Norm, Position, Precision, \
     Recompute, ZeroStage
 
-TERA = 1e12
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,8 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     gemm = fwd_flops / (peak * gemm_efficiency(spec, plan, s, s, mdl.head_dim))
     e = plan.activation_bytes
     softmax_bytes = 4 * e * b * ld.heads * s * s  # scale+mask+softmax read/write
-    mem = softmax_bytes / hbm_bytes_per_s(spec)
+    mem = softmax_bytes / spec.cluster.gpu.hbm_bytes_per_s
     return gemm + mem, 2 * gemm + 2 * mem
-
-
-def hbm_bytes_per_s(spec: Spec) -> float:
-    gpu = spec.cluster.gpu
-    return gpu.hbm_gbps * 1e9 * gpu.efficiency.hbm
 
 
 def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
@@ -151,7 +146,7 @@ def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
     shapes = block_gemms(spec, plan)
     attn_f, attn_b = attention_seconds(spec, plan)
     tokens = local_dims(spec.model, plan).tokens
-    elem = 3 * elementwise_bytes_per_token(spec, plan) * tokens / hbm_bytes_per_s(spec)
+    elem = 3 * elementwise_bytes_per_token(spec, plan) * tokens / spec.cluster.gpu.hbm_bytes_per_s
     gemm = gemm_seconds(spec, plan, shapes)
     extra = where(plan.is_recompute(Recompute.FULL), gemm / 3 + attn_f + elem / 3,
                   where(plan.is_recompute(Recompute.SELECTIVE), attn_f, 0.0))
@@ -163,7 +158,7 @@ def head_seconds(spec: Spec, plan: Plan) -> float:
     ld = local_dims(spec.model, plan)
     tokens = ld.tokens
     gemm = gemm_seconds(spec, plan, [(tokens, np.floor(ld.vocab), ld.d_model)])
-    return gemm + loss_bytes_per_token(spec, plan) * tokens / hbm_bytes_per_s(spec)
+    return gemm + loss_bytes_per_token(spec, plan) * tokens / spec.cluster.gpu.hbm_bytes_per_s
 
 
 # ------------------------------------------------------------------------------ host work
@@ -179,19 +174,14 @@ def kernels_per_block(spec: Spec) -> int:
     return norms + rope + act + 4 + 3 + 2
 
 
-def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage) -> float:
+def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
+                                 backend: Backend = DEEPSPEED) -> float:
     """Host time to issue one micro-batch: 3x the forward's kernels per block (forward, backward,
-    recompute counted once more), DeepSpeed's per-tensor gradient hooks (ZeRO-1/2) or per-module
-    fetch/release (ZeRO-3)."""
+    recompute counted once more), plus the backend's own bookkeeping (hooks, fetch/release)."""
     rt = spec.runtime
     passes = 3 + where(plan.is_recompute(Recompute.FULL), 1, 0)
     kernels = stage.n_layers * kernels_per_block(spec) * passes + 20
-    n_tensors = tensor_stats(spec.model, stage, plan.tp, 0).count
-    modules = stage.n_layers * 6 + 3
-    zero = where((plan.zero == ZeroStage.OPTIMIZER) | (plan.zero == ZeroStage.GRADIENTS),
-                 n_tensors * rt.zero_hook_us,
-                 where(plan.zero == ZeroStage.PARAMETERS, modules * 2 * rt.zero3_module_us, 0.0))
-    return (kernels * rt.cpu_op_us + zero) * 1e-6
+    return (kernels * rt.cpu_op_us + backend.host_us_per_micro_batch(spec, plan, stage)) * 1e-6
 
 
 # --------------------------------------------------------------------------- communication
@@ -216,101 +206,26 @@ def pp_seconds_per_micro_batch(spec: Spec, plan: Plan, order) -> float:
     return 2 * coll.p2p(size, link, spec.cluster.gpu.efficiency.network)
 
 
-def zero3_fetch_units(spec: Spec, stage: Stage, tensors):
-    """Collectives per pass of ZeRO-3's parameter gathers: one per parameter tensor (DeepSpeed
-    before coalescing), per module (DeepSpeed's fetch_sub_module), or per block (FSDP units)."""
-    granularity = spec.runtime.zero3_gather_granularity
-    if granularity == "tensor":
-        return tensors
-    if granularity == "block":
-        return stage.n_layers + 2
-    return stage.n_layers * 6 + 3
-
-
-def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order):
-    """(per step, per micro-batch) data-parallel communication of one rank.
-
-    ZeRO-0 (and BF16_Optimizer) all-reduce the gradients once per step; ZeRO-1 reduce-scatters
-    them once and all-gathers the updated parameters; ZeRO-2 reduce-scatters every micro-batch's
-    gradients into its partition (stage_1_and_2.py reduce_ipg_grads); ZeRO-3 all-gathers the
-    parameters in forward and again in backward and reduce-scatters the gradients, every
-    micro-batch (ZeRO paper, section 7: 1.5x the data-parallel volume).  Gradient traffic goes
-    in reduce_bucket_size buckets, each a collective paying the ring latency."""
-    rt = spec.runtime
-    n = stage_params(spec.model, stage, plan.tp)
-    bf16_opt = wrapper(plan) == Wrapper.BF16_OPTIMIZER
-    g = where(bf16_opt, FP32_BYTES, plan.grad_bytes)  # BF16_Optimizer reduces its fp32 buffer
-    link = group_link(spec.cluster, plan.dp, plan.degrees.strides(order)["dp"])
-    net = spec.cluster.gpu.efficiency.network
-    all_reduce = coll.all_reduce(g * n, link, net, -(-n // 500_000_000))
-    gather = coll.all_gather(plan.param_bytes * n, link, net, -(-n // rt.allgather_bucket_size))
-    scatter = coll.reduce_scatter(g * n, link, net, -(-n // rt.reduce_bucket_size))
-    units = zero3_fetch_units(spec, stage, tensor_stats(spec.model, stage, plan.tp, 0).count)
-    zero3 = 2 * coll.all_gather(plan.param_bytes * n, link, net, units) + scatter
-    z, single = plan.zero, plan.dp == 1
-    per_step = where(single, 0.0,
-                     where((z == ZeroStage.NONE) | bf16_opt, all_reduce,
-                           where(z == ZeroStage.OPTIMIZER, scatter + gather,
-                                 where(z == ZeroStage.GRADIENTS, gather, 0.0))))
-    per_micro = where(single | (z < ZeroStage.GRADIENTS) | bf16_opt, 0.0,
-                      where(z == ZeroStage.GRADIENTS, scatter, zero3))
-    return per_step, per_micro
-
-
-def overlap_on(spec: Spec, plan: Plan):
-    """DeepSpeed's default: overlap_comm on for ZeRO-3 (prefetch), off for ZeRO-1/2; ZeRO-0's
-    engine all-reduces after backward."""
-    if spec.runtime.overlap_comm is not None:
-        return bool(spec.runtime.overlap_comm) & (plan.zero >= ZeroStage.OPTIMIZER)
-    return plan.zero == ZeroStage.PARAMETERS
-
-
-# ------------------------------------------------------------------------- optimizer step
-
-def optimizer_seconds(spec: Spec, plan: Plan, n, n_tensors):
-    """Memory-bound Adam over this rank's share: read fp32 master, grad, two moments, write them
-    back and the low-precision copy (~32 bytes/param; +16 for PyTorch's foreach temporaries and
-    the fp32 gradient cast), plus host work per tensor for unfused optimizers."""
-    whole = np.isin(wrapper(plan), [Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER])
-    local = where(whole, n, n / plan.dp)
-    per_param = 32 + (16 if spec.runtime.torch_adam else 0)
-    t = local * per_param / hbm_bytes_per_s(spec)
-    # ZeRO flattens each rank's share into one fp32 tensor; without ZeRO, PyTorch's AdamW and
-    # FP16_UnfusedOptimizer walk the parameter tensors one by one on the host
-    if spec.runtime.torch_adam:
-        t = t + where(whole, n_tensors * spec.runtime.optimizer_tensor_us * 1e-6, 0.0)
-    return where(plan.optimizer_off_gpu, 0.0, t)
-
-
-def offload_seconds(spec: Spec, plan: Plan, n):
-    """Optimizer offload: fp32 gradients down and b16 parameters up over PCIe, and
-    DeepSpeedCPUAdam on the host (ZeRO-Offload, Ren et al. 2021)."""
-    local = n / plan.dp
-    pcie = spec.cluster.gpu.pcie_gbps * 1e9
-    transfer = local * (FP32_BYTES + plan.param_bytes) / pcie
-    return where(plan.optimizer_off_gpu, transfer + local / spec.runtime.host_adam_params_per_s,
-                 0.0)
-
-
 # ------------------------------------------------------------------------------ step time
 
-def stage_micro_batch_seconds(spec: Spec, plan: Plan, stage: Stage):
+def stage_micro_batch_seconds(spec: Spec, plan: Plan, stage: Stage,
+                              backend: Backend = DEEPSPEED):
     """(GPU compute, host dispatch) of one micro-batch on one stage."""
     gpu = stage.n_layers * block_forward_backward_seconds(spec, plan) \
         + stage.has_head * head_seconds(spec, plan)
-    return gpu, host_seconds_per_micro_batch(spec, plan, stage)
+    return gpu, host_seconds_per_micro_batch(spec, plan, stage, backend)
 
 
-def step_time_for_order(spec: Spec, plan: Plan, order) -> StepTime:
+def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSPEED) -> StepTime:
     """The step on the slowest stage: m micro-batch slots, the bubble, the exposed
     data-parallel traffic, the optimizer and offload."""
     worst = None
     for stage in stages_to_check(spec.model, plan.pp, plan.grad_accum):
-        gpu, host = stage_micro_batch_seconds(spec, plan, stage)
+        gpu, host = stage_micro_batch_seconds(spec, plan, stage, backend)
         comp = np.maximum(host, gpu + spec.runtime.host_sync_fraction * host)
         tp_t = tp_seconds_per_micro_batch(spec, plan, stage, order)
         pp_t = pp_seconds_per_micro_batch(spec, plan, order)
-        per_step, per_micro = dp_traffic_seconds(spec, plan, stage, order)
+        per_step, per_micro = backend.dp_traffic_seconds(spec, plan, stage, order)
         n = stage_params(spec.model, stage, plan.tp)
         here = dict(slot=comp + tp_t + pp_t, comp=comp, tp=tp_t, pp=pp_t, per_step=per_step,
                     per_micro=per_micro, n=n, layers=stage.n_layers,
@@ -325,17 +240,18 @@ def step_time_for_order(spec: Spec, plan: Plan, order) -> StepTime:
     # and the last reduction (one block's share) stay exposed
     hidden = np.maximum(0.0, worst["per_micro"] - worst["comp"]) \
         + worst["per_micro"] / np.maximum(1, worst["layers"])
-    exposed_micro = where(overlap_on(spec, plan), hidden, worst["per_micro"])
+    exposed_micro = where(backend.overlaps_dp(spec, plan), hidden, worst["per_micro"])
     bubble = (plan.pp - 1) / spec.runtime.virtual_stages * worst["slot"]
     return StepTime(compute=m * worst["comp"], tp_comm=m * worst["tp"], pp_comm=m * worst["pp"],
                     bubble=bubble, dp_comm=m * exposed_micro + worst["per_step"],
-                    optimizer=optimizer_seconds(spec, plan, worst["n"], worst["tensors"]),
-                    offload=offload_seconds(spec, plan, worst["n"]), placement=",".join(order))
+                    optimizer=backend.optimizer_seconds(spec, plan, worst["n"],
+                                                        worst["tensors"]),
+                    offload=backend.offload_seconds(spec, plan, worst["n"]), placement=",".join(order))
 
 
-def step_time(spec: Spec, plan: Plan) -> StepTime:
+def step_time(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> StepTime:
     """The faster of the rank placements worth trying (elementwise for a batch)."""
-    times = [step_time_for_order(spec, plan, order) for order in ORDERS]
+    times = [step_time_for_order(spec, plan, order, backend) for order in ORDERS]
     if not isinstance(plan.dp, np.ndarray):
         return min(times, key=lambda st: st.total)
     best = times[0]
@@ -354,9 +270,9 @@ class Throughput:
     hfu: float  #: the same with recompute's extra forward counted
 
 
-def throughput(spec: Spec, plan: Plan) -> Throughput:
+def throughput(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> Throughput:
     """Step time, tokens/s and utilisation; arrays for a PlanBatch."""
-    st = step_time(spec, plan)
+    st = step_time(spec, plan, backend)
     flops = step_flops(spec.model, plan, spec.global_batch_sequences)
     denom = st.total * plan.world_size * peak_flops(spec, plan)
     return Throughput(st, flops.tokens / st.total, flops.model / denom, flops.hardware / denom)

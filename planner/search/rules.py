@@ -1,39 +1,21 @@
-"""DeepSpeed's rules (and the arithmetic ones) as predicates: a plan passes or gets a Rejected
-value naming the rule and the operands.  Each rule cites where DeepSpeed enforces it.
+"""The rules every plan must pass whatever runs it (degrees against the model and the cluster, the
+GPU's precisions, the batch arithmetic), and how they combine with a backend's own
+(planner/backends/): a plan passes or gets a Rejected value naming the rule and the operands.
 
-A rule is a pair: ``fails(spec, p)``, which takes a Plan or a PlanBatch (then it returns a mask),
-and ``why(spec, p)``, the one-line reason for one plan.
+A rule is a pair (planner/plan/rule.py): ``fails(spec, p)``, which takes a Plan or a PlanBatch
+(then it returns a mask), and ``why(spec, p)``, the one-line reason for one plan.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
+from planner.backends.base import Backend
+from planner.backends.deepspeed import DEEPSPEED
+from planner.plan.rule import Rejected, Rule, check_rules, first_failing
 from planner.plan.strategy import PRECISIONS, Plan, PlanBatch
 from planner.spec.spec import Spec
-from planner.spec.units import Optimizer, ZeroStage
-
-CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
-
-
-@dataclass(frozen=True)
-class Rejected:
-    plan: Plan
-    rule: str  #: short, stable key used to count rejections by reason
-    reason: str  #: one line with the operands
-
-
-@dataclass(frozen=True)
-class Rule:
-    key: str
-    fails: Callable  #: (spec, Plan | PlanBatch) -> bool | mask
-    why: Callable[[Spec, Plan], str]
-
-
-def _world_size(spec, p):
-    return p.world_size != spec.cluster.world_size
 
 
 def _tp_heads(spec, p):
@@ -54,38 +36,6 @@ def _tp_node(spec, p):
     return (p.tp > g) | (g % p.tp != 0)
 
 
-def _pipeline_zero(spec, p):
-    """deepspeed/runtime/pipe/engine.py:76: 'ZeRO-2 and ZeRO-3 are incompatible with pipeline
-    parallelism'."""
-    return (p.pp > 1) & (p.zero >= ZeroStage.GRADIENTS)
-
-
-def _pipeline_offload(spec, p):
-    """The pipeline engine runs ZeRO-1 at most and nothing in it drives offload (pipe/engine.py
-    has no offload path); we do not emit the combination."""
-    return (p.pp > 1) & p.optimizer_off_gpu
-
-
-def _offload_stage(spec, p):
-    """offload_optimizer needs ZeRO >= 1; parameter and NVMe offload exist only in ZeRO-3
-    (zero/config.py; stage_1_and_2.py:220 silently turns NVMe into CPU offload)."""
-    zero0 = p.optimizer_off_gpu & (p.zero == ZeroStage.NONE)
-    needs3 = (p.params_off_gpu | p.uses_nvme) & (p.zero != ZeroStage.PARAMETERS)
-    return zero0 | needs3
-
-
-def _offload_stage_why(spec, p):
-    if p.zero == ZeroStage.NONE and not (p.params_off_gpu or p.uses_nvme):
-        return f"offload ({p.offload.value}) needs ZeRO 1-3, not 0"
-    return f"offload ({p.offload.value}) needs ZeRO-3, not {int(p.zero)}"
-
-
-def _offload_optimizer(spec, p):
-    """engine.py:2384-2399: offload swaps in DeepSpeed's CPU optimizers (Adam, AdamW, Adagrad,
-    Lion); another optimizer with offload raises ZeRORuntimeException."""
-    return p.optimizer_off_gpu & (spec.training.optimizer not in CPU_OPTIMIZERS)
-
-
 def _precision(spec, p):
     supported = np.array([spec.cluster.gpu.supports(p) for p in PRECISIONS])
     if isinstance(p, PlanBatch):
@@ -102,23 +52,22 @@ def _sequence_parallel(spec, p):
     return p.sequence_parallel & (p.tp == 1)
 
 
-#: checked in this order; the first failing rule is the reason
-RULES: tuple[Rule, ...] = (
-    Rule("world size", _world_size, lambda s, p: (
-        f"dp({p.dp}) * tp({p.tp}) * pp({p.pp}) != world size ({s.cluster.world_size})")),
+def _world_size(spec, p):
+    return p.world_size != spec.cluster.world_size
+
+
+#: degrees against the model and the cluster: checked first
+DEGREE_RULES: tuple[Rule, ...] = (
+    Rule("world size", _world_size, lambda s, p: p.degrees.mismatch(s.cluster.world_size)),
     Rule("tp vs heads", _tp_heads, _tp_heads_why),
     Rule("tp beyond node", _tp_node, lambda s, p: (
         f"tp ({p.tp}) does not fit inside a node of {s.cluster.gpus_per_node} GPUs")),
     Rule("pp vs layers", lambda s, p: p.pp > s.model.n_layers, lambda s, p: (
         f"pp ({p.pp}) exceeds n_layers ({s.model.n_layers})")),
-    Rule("pipeline needs ZeRO 0/1", _pipeline_zero, lambda s, p: (
-        f"pipeline parallelism (pp={p.pp}) needs ZeRO 0 or 1, not {int(p.zero)}")),
-    Rule("pipeline with offload", _pipeline_offload, lambda s, p: (
-        f"pipeline parallelism (pp={p.pp}) does not combine with offload ({p.offload.value})")),
-    Rule("offload vs ZeRO stage", _offload_stage, _offload_stage_why),
-    Rule("offload vs optimizer", _offload_optimizer, lambda s, p: (
-        f"offload ({p.offload.value}) needs a DeepSpeed CPU optimizer (adam, adamw), not "
-        f"{s.training.optimizer.value}")),
+)
+
+#: the hardware's precisions and the batch arithmetic: checked after the backend's rules
+RESOURCE_RULES: tuple[Rule, ...] = (
     Rule("precision unsupported", _precision, lambda s, p: (
         f"{s.cluster.gpu.name} has no {p.precision.value} support")),
     Rule("batch not divisible", _batch, lambda s, p: (
@@ -129,17 +78,22 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def check(spec: Spec, plan: Plan) -> Optional[Rejected]:
-    for rule in RULES:
-        if rule.fails(spec, plan):
-            return Rejected(plan, rule.key, rule.why(spec, plan))
-    return None
+def rules_for(backend: Backend = DEEPSPEED, *, executable: bool = False) -> tuple[Rule, ...]:
+    """Every rule a plan must pass, in the order the first failure is reported; with
+    ``executable`` the backend's executor rules too (what ``plan --execute`` may pick)."""
+    return (DEGREE_RULES + backend.rules + RESOURCE_RULES
+            + (backend.executor_rules if executable else ()))
 
 
-def first_failure(spec: Spec, plans: PlanBatch) -> np.ndarray:
-    """Index into RULES of the first rule each plan fails, -1 where it passes them all."""
-    out = np.full(len(plans), -1)
-    for i, rule in enumerate(RULES):
-        fails = np.broadcast_to(rule.fails(spec, plans), out.shape)
-        out = np.where((out < 0) & fails, i, out)
-    return out
+#: the rules of the default backend, for plain planning
+RULES = rules_for()
+
+
+def check(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED, *,
+          executable: bool = False) -> Optional[Rejected]:
+    return check_rules(rules_for(backend, executable=executable), spec, plan)
+
+
+def first_failure(spec: Spec, plans: PlanBatch, rules: tuple[Rule, ...] = RULES) -> np.ndarray:
+    """Index into ``rules`` of the first rule each plan fails, -1 where it passes them all."""
+    return first_failing(rules, spec, plans)

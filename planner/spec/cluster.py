@@ -9,7 +9,7 @@ from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, Valid
 
 from planner.spec.catalog import GPU_NAME_KEYS, find_gpu, gpu_catalog
 from planner.spec.base import Frozen as _Frozen
-from planner.spec.units import Precision
+from planner.spec.units import GiB, Precision
 
 
 LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
@@ -76,7 +76,12 @@ class GpuSpec(_Frozen):
 
     @property
     def memory_bytes(self) -> float:
-        return self.memory_gib * 2**30
+        return self.memory_gib * GiB
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        """What memory-bound kernels achieve: the HBM bandwidth at the catalog's efficiency."""
+        return self.hbm_gbps * 1e9 * self.efficiency.hbm
 
 
 class IntraNodeSpec(_Frozen):

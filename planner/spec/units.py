@@ -9,7 +9,7 @@ from enum import Enum, IntEnum
 
 GiB = 2**30
 MiB = 2**20
-TERA = 1e12
+TERA = 1e12  #: FLOP/s per TFLOP/s
 
 
 class ZeroStage(IntEnum):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pretrain.cli import main
-from planner.estimate.memory import TERMS
+from planner.model.memory_terms import TERMS
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_7B = ROOT / "specs" / "7b_on_64xA100.yaml"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from planner.plan.strategy import where
-from planner.estimate.topology import Link
+from planner.network.topology import Link
 
 
 def all_reduce(size, link: Link, efficiency: float, count=1):

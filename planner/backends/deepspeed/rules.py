@@ -1,0 +1,77 @@
+"""DeepSpeed's rules as predicates (each cites where DeepSpeed enforces it), and the layouts this
+project's executor cannot run with DeepSpeed yet.  Same form as planner/search/rules.py."""
+from __future__ import annotations
+
+from planner.plan.rule import Rule
+from planner.spec.units import Optimizer, ZeroStage
+
+CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
+
+
+def _pipeline_zero(spec, p):
+    """deepspeed/runtime/pipe/engine.py:76: 'ZeRO-2 and ZeRO-3 are incompatible with pipeline
+    parallelism'."""
+    return (p.pp > 1) & (p.zero >= ZeroStage.GRADIENTS)
+
+
+def _pipeline_offload(spec, p):
+    """The pipeline engine runs ZeRO-1 at most and nothing in it drives offload (pipe/engine.py
+    has no offload path); we do not emit the combination."""
+    return (p.pp > 1) & p.optimizer_off_gpu
+
+
+def _offload_stage(spec, p):
+    """offload_optimizer needs ZeRO >= 1; parameter and NVMe offload exist only in ZeRO-3
+    (zero/config.py; stage_1_and_2.py:220 silently turns NVMe into CPU offload)."""
+    zero0 = p.optimizer_off_gpu & (p.zero == ZeroStage.NONE)
+    needs3 = (p.params_off_gpu | p.uses_nvme) & (p.zero != ZeroStage.PARAMETERS)
+    return zero0 | needs3
+
+
+def _offload_stage_why(spec, p):
+    if p.zero == ZeroStage.NONE and not (p.params_off_gpu or p.uses_nvme):
+        return f"offload ({p.offload.value}) needs ZeRO 1-3, not 0"
+    return f"offload ({p.offload.value}) needs ZeRO-3, not {int(p.zero)}"
+
+
+def _offload_optimizer(spec, p):
+    """engine.py:2384-2399: offload swaps in DeepSpeed's CPU optimizers (Adam, AdamW, Adagrad,
+    Lion); another optimizer with offload raises ZeRORuntimeException."""
+    return p.optimizer_off_gpu & (spec.training.optimizer not in CPU_OPTIMIZERS)
+
+
+
+#: DeepSpeed refuses these plans (or, for offload, has no path that runs them)
+RULES: tuple[Rule, ...] = (
+    Rule("pipeline needs ZeRO 0/1", _pipeline_zero, lambda s, p: (
+        f"pipeline parallelism (pp={p.pp}) needs ZeRO 0 or 1, not {int(p.zero)}")),
+    Rule("pipeline with offload", _pipeline_offload, lambda s, p: (
+        f"pipeline parallelism (pp={p.pp}) does not combine with offload ({p.offload.value})")),
+    Rule("offload vs ZeRO stage", _offload_stage, _offload_stage_why),
+    Rule("offload vs optimizer", _offload_optimizer, lambda s, p: (
+        f"offload ({p.offload.value}) needs a DeepSpeed CPU optimizer (adam, adamw), not "
+        f"{s.training.optimizer.value}")),
+)
+
+
+def _autotp_with_pipeline(spec, p):
+    """executor/parallel.py shards tensors with DeepSpeed's AutoTP, which deepspeed.initialize
+    applies to a plain module; the pipeline engine builds its own PipelineModule, so the two do
+    not combine."""
+    return (p.tp > 1) & (p.pp > 1)
+
+
+def _autotp_sequence_parallel(spec, p):
+    """AutoTP has no sequence parallelism (module_inject/layers.py splits weights only)."""
+    return p.sequence_parallel & (p.tp > 1)
+
+
+#: what this project's DeepSpeed executor (executor/) cannot run yet
+EXECUTOR_RULES: tuple[Rule, ...] = (
+    Rule("executor: tp with pp", _autotp_with_pipeline, lambda s, p: (
+        f"tp ({p.tp}) with pp ({p.pp}): AutoTP does not combine with DeepSpeed's pipeline "
+        f"engine; pin search.tp or search.pp to 1")),
+    Rule("executor: sequence parallel", _autotp_sequence_parallel, lambda s, p: (
+        "sequence parallelism is not available with AutoTP; pin search.sequence_parallel: "
+        "false")),
+)
