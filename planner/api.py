@@ -1,7 +1,7 @@
 """The Python API; the CLI is a thin layer over these."""
 from __future__ import annotations
 
-from planner.search.advice import nearest_fix
+from planner.capacity.advice import nearest_fix
 from planner.capacity.budget import BudgetResult, plan_budget
 from planner.estimate.predict import Estimate, estimate
 from planner.capacity.inverse import Answer, fewest_gpus, largest_micro_batch, largest_model, largest_seq_len

@@ -61,9 +61,11 @@ def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]
         "step_time_breakdown_s": t.step.as_dict(),
         "placement": t.step.placement,
     }
-    return {**timing, 
+    return {**timing,
         "strategy": e.plan.to_dict(),
         "label": e.plan.label,
+        "executable": not e.not_executable,
+        "not_executable_reason": e.not_executable or None,
         "memory_gib": {k: round(v, 4) for k, v in e.memory.as_gib().items()},
         "peak_moment": e.memory.moment,
         "peak_stage": e.memory.stage,
@@ -95,6 +97,9 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
                      "steps": tokens / best.flops.tokens if best else None},
         "scaling": chinchilla_summary(spec, tokens),
         "runtime": spec.runtime.model_dump(),
+        "backend": result.backend.name,
+        "executable_only": result.executable,
+        "execute_pick_rank": result.first_executable if best else None,
         "evaluated": result.evaluated,
         "feasible": len(result.feasible),
         "best": estimate_json(best, tokens) if best else None,
@@ -145,7 +150,8 @@ def _alternatives_table(result: SearchResult, tokens: float) -> str:
     for i, e in enumerate(result.feasible[:result.spec.search.top + 1]):
         st = e.time.step
         comm = st.tp_comm + st.pp_comm + st.dp_comm
-        rows.append([i + 1, e.plan.label, f"{st.total:.3g}", f"{st.compute:.3g}", f"{comm:.3g}",
+        label = e.plan.label + (" *" if e.not_executable else "")
+        rows.append([i + 1, label, f"{st.total:.3g}", f"{st.compute:.3g}", f"{comm:.3g}",
                      f"{st.bubble:.3g}", f"{st.optimizer + st.offload:.3g}",
                      f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}", f"{e.days_to_train(tokens):,.1f}",
                      f"{e.memory.total / GiB:.1f}", f"{e.free_bytes / GiB:.1f}"])
@@ -166,6 +172,19 @@ def _time_table(e: Estimate) -> str:
     return tabulate(rows, headers=["step time", "s", "share"], colalign=("left", "right", "right"))
 
 
+def _execute_lines(result: SearchResult) -> list[str]:
+    """What ``plan --execute`` would do, when it is not the best plan."""
+    best = result.best
+    if not best.not_executable:
+        return []
+    pick = result.best_executable
+    then = (f"it would run #{result.first_executable + 1}, {pick.plan.label} "
+            f"({pick.step_time_s:.3g} s/step)" if pick is not None
+            else "no ranked plan is one it can run")
+    return [f"execute    plan --execute cannot run this plan with {result.backend.name} "
+            f"({best.not_executable}); {then}"]
+
+
 def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
     spec = result.spec
     lines = _header(spec, source)
@@ -183,6 +202,7 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
             f"speed      {best.step_time_s:.3g} s/step, {best.tokens_per_s:,.0f} tokens/s, "
             f"MFU {best.mfu:.1%}; {best.days_to_train(tokens):,.1f} days for {steps:,.0f} steps "
             f"on {best.plan.world_size} GPUs (ranks placed {best.time.step.placement})",
+            *_execute_lines(result),
             f"FLOPs      {best.flops.hardware:.3e} per step (model {best.flops.model:.3e}, "
             f"6ND {best.flops.six_nd:.3e}); {best.flops.hardware * steps:.3e} in total",
             "",
@@ -196,6 +216,10 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
             lines.append(f"host RAM for offload: {best.host_bytes_per_node / GiB:.1f} GiB per node "
                          f"of {best.host_capacity_bytes / GiB:.0f}")
         lines += ["", "top plans (seconds per step):", _alternatives_table(result, tokens)]
+        blocked = [e for e in result.feasible[:spec.search.top + 1] if e.not_executable]
+        if blocked:
+            lines.append(f"* plan --execute cannot run the plans marked * with {result.backend.name}: "
+                         f"{blocked[0].not_executable}")
     if result.rejected:
         lines += ["", f"rejected {len(result.rejected)} of {result.evaluated} candidates:"]
         rows = [[n, key, result.examples[key]] for key, n in result.by_reason.most_common()]

@@ -20,7 +20,7 @@ def _fail(message: str, verbose: bool) -> None:
 
 
 def _infeasible_line(result, fixes: list[str]) -> str:
-    from planner.search.advice import why_infeasible
+    from planner.search.engine import why_infeasible
     fix = "; ".join(fixes) if fixes else "no relaxation of the search space or cluster size fits"
     return f"{why_infeasible(result)}; nearest fix: {fix}"
 
@@ -79,7 +79,7 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
         elif spec.training.budget is not None:
             ok = _budget(spec, spec_path, as_json)
         else:
-            result = _plan(spec, spec_path, as_json and not execute, verbose)
+            result = _plan(spec, spec_path, as_json and not execute, verbose, executable=execute)
             ok = result.best is not None
             if ok and execute:
                 sys.exit(_execute(spec, spec_path, result.best.plan, verbose, run_options))
@@ -114,12 +114,14 @@ def _execute(spec, spec_path: str, plan, verbose: bool, options: dict) -> int:
                    hosts=hosts.split(",") if hosts else None, verbose=verbose, **options)
 
 
-def _plan(spec, spec_path: str, as_json: bool, verbose: bool):
-    from planner.search.advice import nearest_fix
+def _plan(spec, spec_path: str, as_json: bool, verbose: bool, executable: bool = False):
+    """The report; with ``executable`` (``--execute``) only plans the backend's executor can run
+    are ranked."""
+    from planner.capacity.advice import nearest_fix
     from planner.report import to_json, to_text
     from planner.search.engine import search
-    result = search(spec)
-    fixes = nearest_fix(spec) if result.best is None else []
+    result = search(spec, executable=executable)
+    fixes = nearest_fix(spec, executable=executable) if result.best is None else []
     if as_json:
         click.echo(json.dumps(to_json(result, fixes, spec_path), indent=2))
     elif result.best is not None or verbose:

@@ -15,11 +15,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from planner.search.advice import why_infeasible
 from planner.errors import SpecError
-from planner.estimate.predict import SECONDS_PER_DAY, Estimate
+from planner.estimate.predict import SECONDS_PER_DAY, Estimate, usable_bytes
 from planner.capacity.scaling import ScalingLaw, law_of, model_flops_per_token
-from planner.search.engine import SearchResult, search
+from planner.search.engine import SearchResult, search, why_infeasible
 from planner.model.shape import param_counts
 from planner.spec.spec import BudgetSpec, ModelSpec, Spec
 from planner.spec.units import GiB, OPTIMIZER_STATE_BYTES, Activation, Offload
@@ -147,7 +146,7 @@ def evaluate(spec: Spec, candidate: Candidate, law: ScalingLaw) -> Candidate:
     """Search one candidate: its best plan, the tokens the budget buys with it, the loss."""
     model, n = candidate.model, candidate.params
     states = states_lower_bound_bytes(spec, n)
-    usable = spec.cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
+    usable = usable_bytes(spec)
     if states > usable and not _offload_allowed(spec):
         ws = spec.cluster.world_size
         over = f"sharded over all {ws} GPUs" if ws > 1 else "on its one GPU"

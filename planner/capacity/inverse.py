@@ -22,14 +22,13 @@ from typing import Callable, Optional
 
 import sympy
 
-from planner.search.advice import why_infeasible
 from planner.capacity.budget import Candidate, evaluate, family_shape
 from planner.errors import InfeasibleError, SpecError
-from planner.estimate.predict import Estimate, estimate
+from planner.estimate.predict import Estimate, estimate, usable_bytes
 from planner.plan.strategy import Plan
 from planner.search.rules import check
 from planner.capacity.scaling import law_of
-from planner.search.engine import divisors, search
+from planner.search.engine import divisors, search, why_infeasible
 from planner.model.shape import param_counts
 from planner.spec.spec import Spec, spec_from_dict, spec_to_dict
 from planner.spec.units import AttentionKernel, GiB
@@ -214,10 +213,6 @@ def _best_plan(spec: Spec, plan: Optional[Plan]) -> Plan:
     return result.best.plan
 
 
-def _usable(spec: Spec) -> float:
-    return spec.cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
-
-
 def largest_micro_batch(spec: Spec, plan: Optional[Plan] = None) -> Answer:
     """The largest micro-batch that fits with the plan's other choices (default: the best plan);
     gradient accumulation follows from the global batch, as in the search."""
@@ -230,7 +225,7 @@ def largest_micro_batch(spec: Spec, plan: Optional[Plan] = None) -> Answer:
 
     var = _Variable("micro_batch", list(range(1, share + 1)), 1, build,
                     f"the global batch: {gb} sequences over dp {plan.dp} leave {share} per rank")
-    return _solve("largest micro-batch", var, _usable(spec))
+    return _solve("largest micro-batch", var, usable_bytes(spec))
 
 
 def seq_len_values(spec: Spec, multiple_of: int, cap: int) -> list[int]:
@@ -264,7 +259,7 @@ def largest_seq_len(spec: Spec, plan: Optional[Plan] = None, multiple_of: int = 
     degree = 2 if spec.model.attention is AttentionKernel.EAGER else 1
     values = seq_len_values(spec, multiple_of, cap)
     var = _Variable("seq_len", values, degree, build, f"the largest value considered ({cap})")
-    return _solve("largest seq_len", var, _usable(spec))
+    return _solve("largest seq_len", var, usable_bytes(spec))
 
 
 def _layouts(spec: Spec):
@@ -280,24 +275,28 @@ def _on(spec: Spec, nodes: int, per_node: int) -> Spec:
                                    "search": spec.search.model_copy(update={"dp": "auto"})})
 
 
-def fewest_gpus(spec: Spec) -> Answer:
+def fewest_gpus(spec: Spec, *, executable: bool = False) -> Answer:
     """The fewest GPUs (part of one node, else whole nodes) on which the spec's search space has a
-    feasible plan: doubling, then bisection (assumes more GPUs never hurt)."""
+    feasible plan (with ``executable``, one the backend's executor can run): doubling over the
+    node counts that are powers of two (other counts rarely divide the global batch), then
+    bisection between the last probe that failed and the first that fit."""
     layouts = list(_layouts(spec))
     results: dict[int, object] = {}
 
     def ok(i: int) -> bool:
         if i not in results:
-            results[i] = search(_on(spec, *layouts[i]))
+            results[i] = search(_on(spec, *layouts[i]), executable=executable)
         return results[i].best is not None
 
-    hi = 0
-    while not ok(hi):
-        if hi == len(layouts) - 1:
-            return Answer("fewest GPUs", None, f"nothing fits on {MAX_NODES} nodes: "
-                          f"{why_infeasible(results[hi])}", "bisection")
-        hi = min(2 * hi + 1, len(layouts) - 1)
-    lo = (hi - 1) // 2 if hi else -1  # the last probe that failed
+    probes = [i for i, (nodes, _) in enumerate(layouts) if nodes & (nodes - 1) == 0]
+    lo = -1
+    for hi in probes:
+        if ok(hi):
+            break
+        lo = hi
+    else:
+        return Answer("fewest GPUs", None, f"nothing fits on up to {MAX_NODES} nodes: "
+                      f"{why_infeasible(results[probes[-1]])}", "bisection")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid, hi)

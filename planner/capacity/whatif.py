@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-from planner.search.advice import why_infeasible
+from planner.search.engine import why_infeasible
 from planner.capacity.budget import plan_budget
 from planner.errors import SpecError
 from planner.estimate.predict import Estimate

@@ -29,6 +29,8 @@ class Estimate:
     host_capacity_bytes: float
     flops: StepFlops
     time: Optional[Throughput]  #: None when estimated with_time=False (memory questions)
+    #: why the backend's executor cannot run this plan ("" when it can); set by the search
+    not_executable: str = ""
 
     @property
     def step_time_s(self) -> float:
@@ -83,7 +85,14 @@ def reserved_bytes(spec: Spec, peak):
     return peak * (1 + spec.runtime.allocator_fragmentation)
 
 
+def required_bytes(spec: Spec, peak):
+    """What a plan with this allocated peak needs of the GPU: the allocator's reservation plus
+    the CUDA context outside it (compared with ``usable_bytes``)."""
+    return reserved_bytes(spec, peak) + spec.runtime.cuda_context_gib * GiB
+
+
 def usable_bytes(spec: Spec) -> float:
+    """GPU capacity less the headroom the spec keeps free: the one formula every fit check uses."""
     return spec.cluster.gpu.memory_bytes * (1 - spec.search.memory_headroom)
 
 

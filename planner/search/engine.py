@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from planner.estimate.predict import Estimate, estimate, reserved_bytes, usable_bytes
+from planner.backends.base import Backend
+from planner.backends.deepspeed import DEEPSPEED
+from planner.estimate.predict import Estimate, estimate, required_bytes, usable_bytes
 from planner.estimate.memory import host_offload_bytes, peak_bytes
 from planner.plan.strategy import Plan, PlanBatch, column
-from planner.search.rules import RULES, Rejected, check, first_failure
+from planner.plan.rule import Rejected, check_rules, first_failing
+from planner.search.rules import first_failure, rules_for
 from planner.spec.spec import SearchSpec, Spec
 from planner.estimate.timing import throughput
 from planner.spec.units import GiB, AttentionKernel, Offload, Precision, Recompute, ZeroStage
@@ -128,44 +131,77 @@ class SearchResult:
     evaluated: int = 0
     by_reason: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)  #: reason -> first rejected plan's line
+    backend: Backend = DEEPSPEED
+    executable: bool = False  #: only plans the backend's executor can run were ranked
+    #: rank (index into feasible) of the first plan the executor can run; None: none can
+    first_executable: Optional[int] = 0
 
     @property
     def best(self) -> Union[Estimate, None]:
         return self.feasible[0] if len(self.feasible) else None
 
+    @property
+    def best_executable(self) -> Union[Estimate, None]:
+        """What ``plan --execute`` would run: the best plan the backend's executor can run."""
+        if self.first_executable is None or not len(self.feasible):
+            return None
+        return self.feasible[self.first_executable]
 
-def search(spec: Spec) -> SearchResult:
-    """All candidates as one batch: rules, then peak memory, then step time for what fits,
-    ranked fastest first (ties: more free memory)."""
+
+def search(spec: Spec, *, backend: Backend = DEEPSPEED, executable: bool = False) -> SearchResult:
+    """All candidates as one batch: the rules (the backend's included; with ``executable``, its
+    executor's too), then peak memory, then step time for what fits, ranked fastest first (ties:
+    more free memory).  Without ``executable``, a ranked plan the executor cannot run carries the
+    reason in ``Estimate.not_executable``."""
+    rules = rules_for(backend, executable=executable)
     batch = candidate_batch(spec)
-    failed = first_failure(spec, batch)
+    failed = first_failure(spec, batch, rules)
     passed = np.flatnonzero(failed < 0)
     ok = batch.take(passed)
     cluster = spec.cluster
-    required = reserved_bytes(spec, peak_bytes(spec, ok)) + spec.runtime.cuda_context_gib * GiB
-    host = host_offload_bytes(spec, ok) * cluster.gpus_per_node
+    required = required_bytes(spec, peak_bytes(spec, ok, backend))
+    host = host_offload_bytes(spec, ok, backend) * cluster.gpus_per_node
     fits = (required <= usable_bytes(spec)) & (host <= cluster.host_memory_gib * GiB)
     fit_index = passed[fits]
-    step = throughput(spec, ok.take(fits)).step.total if len(fit_index) else np.zeros(0)
+    step = throughput(spec, ok.take(fits), backend).step.total if len(fit_index) \
+        else np.zeros(0)
     ranked = fit_index[np.lexsort((required[fits], np.round(step, 9)))]
     rejected_index = np.flatnonzero(~np.isin(np.arange(len(batch)), fit_index))
+    blocked = first_failing(backend.executor_rules, spec, batch.take(ranked))
+    runnable = np.flatnonzero(blocked < 0)
+
+    def ranked_estimate(i: int) -> Estimate:
+        plan = batch.plan(int(ranked[i]))
+        est = estimate(spec, plan, backend=backend)
+        if blocked[i] < 0:
+            return est
+        return replace(est, not_executable=backend.executor_rules[blocked[i]].why(spec, plan))
 
     def rejection(i: int) -> Rejected:
         plan = batch.plan(int(rejected_index[i]))
-        why = check(spec, plan)
-        return why or Rejected(plan, OOM, estimate(spec, plan, with_time=False).oom_reason())
+        why = check_rules(rules, spec, plan)
+        return why or Rejected(plan, OOM, estimate(spec, plan, with_time=False,
+                                                   backend=backend).oom_reason())
 
-    reasons = np.array([RULES[f].key if f >= 0 else OOM for f in failed[rejected_index]])
+    reasons = np.array([rules[f].key if f >= 0 else OOM for f in failed[rejected_index]])
     by_reason = Counter(reasons.tolist())
     examples = {}
     for key in by_reason:
         r = rejection(int(np.flatnonzero(reasons == key)[0]))
         examples[key] = f"{r.plan.label}: {r.reason}"
     return SearchResult(
-        spec, _Lazy(len(ranked), lambda i: estimate(spec, batch.plan(int(ranked[i])))),
-        _Lazy(len(rejected_index), rejection), len(batch), by_reason, examples)
+        spec, _Lazy(len(ranked), ranked_estimate), _Lazy(len(rejected_index), rejection),
+        len(batch), by_reason, examples, backend, executable,
+        int(runnable[0]) if len(runnable) else None)
 
 
 OOM = "out of memory"
 
-__all__ = ["search", "candidates", "candidate_batch", "SearchResult", "SearchSpec", "OOM"]
+
+def why_infeasible(result: SearchResult) -> str:
+    """One line: how many candidates each rule (or memory) rejected, most common first."""
+    reasons = ", ".join(f"{key}: {n}" for key, n in result.by_reason.most_common(3))
+    return f"no feasible plan among {result.evaluated} candidates ({reasons})"
+
+__all__ = ["search", "candidates", "candidate_batch", "SearchResult", "SearchSpec", "OOM",
+           "why_infeasible"]

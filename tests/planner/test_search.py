@@ -1,6 +1,7 @@
 """Plan search: the candidates the axes generate, rejection counting, ranking, and the nearest
 fix for specs with no feasible plan."""
-from planner.search.advice import min_gpus, nearest_fix
+from planner.capacity.advice import nearest_fix
+from planner.capacity.inverse import fewest_gpus
 from planner.search.engine import candidates, micro_batches, parallel_degrees, search
 from planner.spec.spec import load_spec, spec_from_dict
 from planner.spec.units import Recompute, ZeroStage
@@ -65,16 +66,17 @@ def test_nearest_fix_names_the_stage_and_recompute_that_fit():
     assert any("ZeRO-" in f for f in fixes)
 
 
-def test_min_gpus_for_a_model_that_needs_more_nodes():
-    """Llama-2-70B with ZeRO-1 and no tensor/pipeline parallelism: 16 bytes/param of model
-    states would need ~1.1 TB per GPU without sharding; with ZeRO-3 on one 8-GPU node it fits."""
+def test_nearest_fix_counts_gpus_with_the_one_fewest_gpus_algorithm():
+    """Llama-2-70B pinned to ZeRO-3 without tensor/pipeline parallelism on one node: 16
+    bytes/param of model states over 8 GPUs is ~129 GiB each.  The fix's GPU count is
+    fewest_gpus's answer, and that many GPUs (dp free) do have a plan."""
     s = spec(model="llama2-70b", nodes=1, per_node=8, zero=3, tp=1, pp=1, micro_batch=1,
              recompute="full")
-    n = min_gpus(s) if search(s).best is None else 8
-    assert n is not None and n % 8 == 0
-    bigger = s.model_copy(update={"cluster": s.cluster.model_copy(update={"nodes": n // 8})})
+    assert search(s).best is None
+    answer = fewest_gpus(s)
+    assert answer.value is not None and answer.value > 8
+    assert f"needs at least {answer.value} GPUs" in nearest_fix(s)[-1]
+    nodes = answer.value // 8
+    bigger = s.model_copy(update={"cluster": s.cluster.model_copy(update={"nodes": nodes}),
+                                  "search": s.search.model_copy(update={"dp": "auto"})})
     assert search(bigger).best is not None
-    if n > 8:
-        smaller = s.model_copy(update={"cluster": s.cluster.model_copy(
-            update={"nodes": n // 8 - 1})})
-        assert search(smaller).best is None
