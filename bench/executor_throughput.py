@@ -41,7 +41,9 @@ def main() -> int:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     from executor.report import WARMUP_STEP_FRACTION
-    from executor.run import RunDir, execute
+    from executor.ds_config import tokens_per_step
+    from executor.run import ExecuteRequest, execute
+    from executor.rundir import RunDir
     from executor.train import plain_training
     from planner.search.engine import search
     from planner.spec.spec import load_spec
@@ -51,7 +53,7 @@ def main() -> int:
         training = spec.training.model_copy(update={
             "global_batch_sequences": args.global_batch_sequences, "global_batch_tokens": None})
         spec = spec.model_copy(update={"training": training})
-    best = search(spec).best
+    best = search(spec, executable=True).best
     if best is None:
         print("error: the spec has no feasible plan", file=sys.stderr)
         return 1
@@ -59,8 +61,8 @@ def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     workdir = Path(tempfile.mkdtemp(prefix="executor-bench-"))
     run = RunDir(args.keep or workdir / "run")
-    rc = execute(spec, plan, run.path, max_steps=args.steps, eval_every=10**9,
-                 checkpoint_every=10**9)
+    rc = execute(spec, plan, run.path, ExecuteRequest(max_steps=args.steps, eval_every=10**9,
+                                                      checkpoint_every=10**9))
     if rc != 0:
         print(f"error: the executor run failed (exit {rc}); see {run.log}", file=sys.stderr)
         return rc
@@ -70,7 +72,7 @@ def main() -> int:
     _, _, options = run.load()
     _, times = plain_training(spec, plan, run.shards_dir(), options, args.steps, device=device)
     timed = times[max(1, int(len(times) * WARMUP_STEP_FRACTION)):]
-    tokens = plan.dp * plan.micro_batch * plan.grad_accum * spec.model.seq_len
+    tokens = tokens_per_step(spec, plan)
     plain_tps = tokens / statistics.median(timed)
 
     result = {"spec": args.spec, "plan": plan.label, "device": device,

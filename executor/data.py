@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from planner.errors import PlannerError
+from .errors import ExecutorError
 
 from .tokenizer import EOT, Tokenizer
 
@@ -53,8 +53,8 @@ def _document(value: Any, where: str) -> str:
             if isinstance(value.get(field), str):
                 return value[field]
         keys = ", ".join(sorted(map(str, value))) or "none"
-        raise PlannerError(f"{where}: no 'story' or 'text' field (keys: {keys})")
-    raise PlannerError(f"{where}: expected an object with a 'story' or 'text' field, "
+        raise ExecutorError(f"{where}: no 'story' or 'text' field (keys: {keys})")
+    raise ExecutorError(f"{where}: expected an object with a 'story' or 'text' field, "
                        f"got {type(value).__name__}")
 
 
@@ -66,7 +66,7 @@ def _read_jsonl(path: Path) -> list[str]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PlannerError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+            raise ExecutorError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
         docs.append(_document(value, f"{path}:{n}"))
     return docs
 
@@ -76,7 +76,7 @@ def _read_json(path: Path) -> list[str]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise PlannerError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise ExecutorError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
     items = value if isinstance(value, list) else [value]
     return [_document(item, f"{path}[{i}]") for i, item in enumerate(items)]
 
@@ -88,19 +88,19 @@ def read_corpus_file(path: Path) -> list[str]:
         return _read_jsonl(path)
     if path.suffix == ".json":
         return _read_json(path)
-    raise PlannerError(f"{path}: unsupported corpus file (expected {', '.join(CORPUS_SUFFIXES)})")
+    raise ExecutorError(f"{path}: unsupported corpus file (expected {', '.join(CORPUS_SUFFIXES)})")
 
 
 def corpus_files(path: str | Path) -> list[Path]:
     """The file itself, or the corpus files under a directory (recursively, sorted)."""
     path = Path(path)
     if not path.exists():
-        raise PlannerError(f"{path}: no such corpus file or directory")
+        raise ExecutorError(f"{path}: no such corpus file or directory")
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
     if not files:
-        raise PlannerError(f"{path}: no corpus files in the directory "
+        raise ExecutorError(f"{path}: no corpus files in the directory "
                            f"(expected {', '.join(CORPUS_SUFFIXES)})")
     return files
 
@@ -109,7 +109,7 @@ def load_corpus(path: str | Path) -> list[str]:
     """Documents of a corpus file or directory, in file order; empty documents are dropped."""
     docs = [d for f in corpus_files(path) for d in read_corpus_file(f) if d.strip()]
     if not docs:
-        raise PlannerError(f"{path}: the corpus has no documents")
+        raise ExecutorError(f"{path}: the corpus has no documents")
     return docs
 
 
@@ -215,7 +215,7 @@ def build_shards(docs: Sequence[str], tokenizer: Tokenizer, cache_dir: str | Pat
     build is never mistaken for a cache hit and concurrent builders agree on one result.
     """
     if not docs:
-        raise PlannerError("no documents to tokenize")
+        raise ExecutorError("no documents to tokenize")
     cache_dir = Path(cache_dir)
     final = cache_dir / cache_key(docs, tokenizer, val_fraction, shard_tokens)
     if (final / META).is_file():
@@ -247,9 +247,9 @@ class TokenDataset:
     def __init__(self, directory: str | Path, split: str = "train"):
         directory = Path(directory)
         if not (directory / META).is_file():
-            raise PlannerError(f"{directory}: not a token shard directory (no {META})")
+            raise ExecutorError(f"{directory}: not a token shard directory (no {META})")
         if split not in SPLITS:
-            raise PlannerError(f"split: unknown split {split!r} (expected {' or '.join(SPLITS)})")
+            raise ExecutorError(f"split: unknown split {split!r} (expected {' or '.join(SPLITS)})")
         self.directory, self.split = directory, split
         self.meta = json.loads((directory / META).read_text())
         dtype = np.dtype(self.meta["dtype"])
@@ -299,7 +299,7 @@ class BatchSampler:
     def __init__(self, dataset: TokenDataset, seq_len: int, micro_batch: int, dp_rank: int = 0,
                  dp_size: int = 1, seed: int = 0):
         if not 0 <= dp_rank < dp_size:
-            raise PlannerError(f"dp_rank ({dp_rank}) must be in [0, dp_size ({dp_size}))")
+            raise ExecutorError(f"dp_rank ({dp_rank}) must be in [0, dp_size ({dp_size}))")
         self.dataset, self.seq_len, self.micro_batch = dataset, seq_len, micro_batch
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.epoch, self.draw = 0, 0
@@ -307,7 +307,7 @@ class BatchSampler:
         self._offset = 0
         needed = micro_batch * dp_size * seq_len + seq_len + 1
         if len(dataset) < needed:
-            raise PlannerError(
+            raise ExecutorError(
                 f"{dataset.split} split has {len(dataset)} tokens; one batch of micro_batch "
                 f"({micro_batch}) x dp ({dp_size}) windows of seq_len ({seq_len}) needs {needed}")
 
@@ -348,7 +348,7 @@ class BatchSampler:
         for key in ("seed", "seq_len", "micro_batch", "dp_size", "dp_rank", "tokens"):
             mine = self.state_dict()[key]
             if state[key] != mine:
-                raise PlannerError(f"data sampler: checkpoint has {key}={state[key]}, "
+                raise ExecutorError(f"data sampler: checkpoint has {key}={state[key]}, "
                                    f"this run has {key}={mine}")
         self.epoch, self.draw = state["epoch"], state["draw"]
         self._order = None  # the order is a function of (seed, epoch): recomputed on the next draw

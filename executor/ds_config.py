@@ -11,11 +11,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional
 
-from planner.errors import PlannerError
+from .errors import ExecutorError
 from planner.plan.strategy import Plan
+from planner.model.flops import tokens_per_step as planned_tokens_per_step
 from planner.model.shape import param_counts
 from planner.spec.spec import ModelSpec, Spec
-from planner.spec.units import Offload, Optimizer, Precision, Recompute
+from planner.spec.units import Offload, Optimizer, Precision, Recompute, ZeroStage
 
 #: DeepSpeed prints a line every ``steps_per_print`` steps; the executor reports progress itself.
 QUIET_STEPS_PER_PRINT = 2**30
@@ -54,14 +55,14 @@ def training_tokens(spec: Spec) -> float:
     from planner.capacity.scaling import training_tokens as planned_tokens
     tokens = planned_tokens(spec)
     if tokens is None:
-        raise PlannerError("training.budget: a budget-mode spec has no token count yet; execute "
+        raise ExecutorError("training.budget: a budget-mode spec has no token count yet; execute "
                            "the spec the budget search resolved (its model and tokens)")
     return tokens
 
 
 def tokens_per_step(spec: Spec, plan: Plan) -> int:
-    """Tokens one optimizer step consumes: dp * micro_batch * grad_accum sequences."""
-    return plan.dp * plan.micro_batch * plan.grad_accum * spec.model.seq_len
+    """Tokens one optimizer step consumes (the planner's count: planner/model/flops.py)."""
+    return planned_tokens_per_step(spec.model, spec.global_batch_sequences)
 
 
 def default_peak_lr(m: ModelSpec) -> float:
@@ -106,7 +107,7 @@ def offload_section(plan: Plan, nvme_path: Optional[str]) -> dict:
     if plan.offload is Offload.NONE:
         return {}
     if plan.offload.uses_nvme and not nvme_path:
-        raise PlannerError(f"offload {plan.offload.value} needs an NVMe directory (--nvme-path)")
+        raise ExecutorError(f"offload {plan.offload.value} needs an NVMe directory (--nvme-path)")
     device = "nvme" if plan.offload.uses_nvme else "cpu"
     target = {"device": device, **({"nvme_path": str(nvme_path)} if device == "nvme" else {})}
     out = {"offload_optimizer": dict(target)}
@@ -125,7 +126,7 @@ def zero_section(spec: Spec, plan: Plan, nvme_path: Optional[str]) -> dict:
     }
     if rt.overlap_comm is not None:  # None keeps DeepSpeed's stage-dependent default
         zero["overlap_comm"] = rt.overlap_comm
-    if plan.zero == 3:
+    if plan.zero == ZeroStage.PARAMETERS:
         zero.update({
             "stage3_prefetch_bucket_size": rt.stage3_prefetch_bucket_size,
             "stage3_max_live_parameters": rt.stage3_max_live_parameters,
@@ -186,7 +187,8 @@ def optimizer_section(spec: Spec, plan: Plan, lr: LRSchedule) -> dict:
     if kind is Optimizer.SGD:
         return {"optimizer": {"type": "SGD", "params": {
             "lr": lr.peak_lr, "momentum": lr.momentum, "weight_decay": lr.weight_decay}},
-            **({"zero_allow_untested_optimizer": True} if plan.zero > 0 else {})}
+            **({"zero_allow_untested_optimizer": True}
+               if plan.zero >= ZeroStage.OPTIMIZER else {})}
     params: dict[str, Any] = {"lr": lr.peak_lr, "betas": [lr.beta1, lr.beta2], "eps": lr.eps,
                               "weight_decay": lr.weight_decay}
     if kind is Optimizer.ADAM:

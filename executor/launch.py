@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-from planner.errors import PlannerError
+from .errors import ExecutorError
 from planner.plan.strategy import Plan
 from planner.spec.spec import Spec
 
@@ -143,7 +143,7 @@ def launch_command(spec: Spec, plan: Plan, run_dirs: Sequence[Path], *, device: 
     env = rank_env(per_node, device)
     if launcher == "torchrun":
         if nodes > 1:
-            raise PlannerError(f"the plan spans {nodes} nodes: use --launcher deepspeed with "
+            raise ExecutorError(f"the plan spans {nodes} nodes: use --launcher deepspeed with "
                                f"--hosts, or --launcher slurm")
         return Launch(torchrun_argv(plan.world_size, port, run_dirs, extra), env)
     if launcher == "deepspeed":
@@ -151,7 +151,7 @@ def launch_command(spec: Spec, plan: Plan, run_dirs: Sequence[Path], *, device: 
             return Launch(deepspeed_argv(spec, port, run_dirs, hostfile=None, master_addr=None,
                                          extra=extra), env)
         if not hosts or len(hosts) != nodes:
-            raise PlannerError(f"the plan spans {nodes} nodes: --hosts must name {nodes} hosts "
+            raise ExecutorError(f"the plan spans {nodes} nodes: --hosts must name {nodes} hosts "
                                f"(got {len(hosts or [])})")
         hostfile = Path(run_dirs[0]) / "hostfile"
         return Launch(deepspeed_argv(spec, port, run_dirs, hostfile=hostfile,
@@ -161,7 +161,7 @@ def launch_command(spec: Spec, plan: Plan, run_dirs: Sequence[Path], *, device: 
         script = Path(run_dirs[0]) / "sbatch.sh"
         return Launch(["sbatch", str(script)], {},
                       sbatch=sbatch_script(spec, run_dirs, port, env, extra))
-    raise PlannerError(f"launcher: unknown launcher {launcher!r} (auto, torchrun, deepspeed, "
+    raise ExecutorError(f"launcher: unknown launcher {launcher!r} (auto, torchrun, deepspeed, "
                        f"slurm)")
 
 

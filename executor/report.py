@@ -9,13 +9,13 @@ from typing import Any, Optional
 from tabulate import tabulate
 
 from planner.estimate.predict import estimate
-from planner.model.flops import step_flops
+from planner.model.flops import step_flops, utilisation
 from planner.plan.strategy import Plan
 from planner.spec.spec import Spec
-from planner.spec.units import GiB
+from planner.spec.units import TERA, GiB
 
 from .ds_config import tokens_per_step
-from .run import RunDir
+from .rundir import RunDir
 
 NOT_PREDICTED = "not predicted yet"
 NOT_MEASURED = "not measured"
@@ -58,7 +58,7 @@ def measured(spec: Spec, plan: Plan, run: RunDir) -> dict[str, Any]:
     peak_tflops = spec.cluster.gpu.peak_tflops.get(plan.precision.value)
     if step_s and peak_tflops:
         model_flops = step_flops(spec.model, plan, spec.global_batch_sequences).model
-        out["mfu"] = model_flops / (step_s * plan.world_size * peak_tflops * 1e12)
+        out["mfu"] = utilisation(model_flops, step_s, plan.world_size, peak_tflops * TERA)
     memory = actual.get("peak_memory")
     if memory:
         out["peak_memory_per_rank"] = [m["max_allocated"] for m in memory]

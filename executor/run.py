@@ -1,9 +1,9 @@
-"""``execute(spec, plan, run_dir)``: check that the plan can run here, prepare the run directory
-(spec, plan, options, DeepSpeed config, tokenizer, token shards), launch the ranks, stream rank 0's
-progress, then write the plan-vs-actual report.
+"""``execute(spec, plan, run_dir, request)``: check that the plan can run, prepare the run
+directory (spec, plan, options, DeepSpeed config, tokenizer, token shards), launch the ranks,
+stream rank 0's progress, then write the plan-vs-actual report.
 
-The run directory is the contract between this parent and ``executor.train`` (``RunDir`` names
-its files).  User errors raise PlannerError with one line, before anything is written.
+The run directory (executor/rundir.py) is the contract between this parent and
+``executor.train``.  User errors raise ExecutorError with one line, before anything is written.
 """
 from __future__ import annotations
 
@@ -11,134 +11,62 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from planner.errors import PlannerError
 from planner.plan.strategy import Plan
-from planner.spec.spec import Spec, spec_from_dict
-from planner.spec.units import Offload, Precision, Recompute, ZeroStage
+from planner.search.rules import check
+from planner.spec.spec import Spec
+from planner.spec.units import Precision
 
 from .ds_config import LRSchedule, default_lr_schedule, to_deepspeed_config
+from .errors import ExecutorError
+from .rundir import RunDir, RunOptions, check_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-COMPLETE = "executor_complete.json"
 DEFAULT_CACHE = Path(os.environ.get("PRETRAIN_PLANNER_CACHE",
                                     Path.home() / ".cache" / "pretrain-planner"))
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """What the executor needs beyond the spec and the plan (saved in run.json)."""
+class ExecuteRequest:
+    """How to run a plan: the flags of ``plan SPEC --execute`` (docs/executor.md)."""
 
-    seed: int = 1234
-    eval_every: int = 50  #: optimizer steps between evaluations (and always at the end)
-    eval_batches: int = 4  #: validation micro-batches per rank per evaluation
-    checkpoint_every: int = 200  #: optimizer steps between checkpoints (and always at the end)
-    keep_checkpoints: int = 2
-    stories: int = 20_000  #: generated stories when no corpus is given
-    val_fraction: float = 0.05
-    data: Optional[str] = None  #: corpus file or directory; None: generated stories
-    tokenizer: Optional[str] = None  #: None: BPE trained on the corpus; "byte"; or a saved one
-    nvme_path: Optional[str] = None
-    max_steps: Optional[int] = None  #: stop after this step (a --max-steps flag overrides it)
-    lr: dict = field(default_factory=dict)  #: LRSchedule fields
-
-
-class RunDir:
-    """The files of one run directory."""
-
-    def __init__(self, path: str | Path):
-        self.path = p = Path(path)
-        self.run_file = p / "run.json"  #: spec, plan and options
-        self.ds_config = p / "ds_config.json"
-        self.data = p / "data.json"  #: corpus, shard directory, token counts
-        self.tokenizer = p / "tokenizer"
-        self.checkpoints = p / "checkpoints"  #: DeepSpeed's, plus per-rank data/RNG state
-        self.export = p / "export"  #: pytorch_model.bin, fp32
-        self.metrics = p / "metrics.jsonl"  #: one record per step and per evaluation
-        self.actual = p / "actual.json"  #: measured memory, device, versions
-        self.log = p / "train.log"  #: everything the ranks printed
-        self.report_json, self.report_txt = p / "report.json", p / "report.txt"
-        self.loss_png = p / "loss.png"
-        self.launch_file = p / "launch.json"
-
-    def load(self) -> tuple[Spec, Plan, RunOptions]:
-        try:
-            saved = json.loads(self.run_file.read_text())
-            return (spec_from_dict(saved["spec"]), Plan.from_dict(saved["plan"]),
-                    RunOptions(**saved["options"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise PlannerError(f"{self.run_file}: not a readable run file ({exc})") from None
-
-    def save(self, spec: Spec, plan: Plan, options: RunOptions, ds_config: dict) -> None:
-        self.run_file.write_text(json.dumps({"spec": spec.model_dump(mode="json"),
-                                             "plan": plan.to_dict(), "options": asdict(options)},
-                                            indent=1) + "\n")
-        self.ds_config.write_text(json.dumps(ds_config, indent=1) + "\n")
-
-    def shards_dir(self) -> Path:
-        return Path(json.loads(self.data.read_text())["shards"])
+    resume: bool = False  #: continue the run in run_dir from its last complete checkpoint
+    dry_run: bool = False  #: print the DeepSpeed config, hostfile and argv; write nothing
+    max_steps: Optional[int] = None  #: stop after this step (the LR schedule keeps its length)
+    data: Optional[str] = None  #: corpus file or directory (default: generated stories)
+    tokenizer: Optional[str] = None  #: "byte", a saved tokenizer directory, or None (BPE)
+    nvme_path: Optional[str] = None  #: directory for NVMe offload
+    launcher: str = "auto"  #: auto, torchrun, deepspeed or slurm
+    hosts: Optional[Sequence[str]] = None  #: one per node, for a multi-node launch
+    master_addr: Optional[str] = None
+    seed: Optional[int] = None
+    eval_every: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    learning_rate: Optional[float] = None  #: peak learning rate
+    warmup_steps: Optional[int] = None
+    stories: Optional[int] = None  #: generated stories when no corpus is given
+    cache_dir: Optional[str] = None  #: token shards (default ~/.cache/pretrain-planner)
+    verbose: bool = False  #: echo every line the ranks print
 
 
-# ------------------------------------------------------------------------------- checkpoints
+# -------------------------------------------------------------------------- pre-launch checks
 
-def _step(tag: str) -> int:
-    return int(tag.removeprefix("global_step")) if tag.removeprefix("global_step").isdigit() else -1
-
-
-def complete_checkpoints(run: RunDir) -> list[str]:
-    """Tags every rank finished writing, oldest first."""
-    if not run.checkpoints.is_dir():
-        return []
-    tags = [d.name for d in run.checkpoints.iterdir()
-            if (d / COMPLETE).is_file() and _step(d.name) >= 0]
-    return sorted(tags, key=_step)
+def plan_problem(spec: Spec, plan: Plan) -> Optional[str]:
+    """Why the backend cannot run ``plan`` at all, wherever it runs: the backend's own rules and
+    its executor's (planner/backends/), the very rules ``plan --execute`` ranks by."""
+    rejected = check(spec, plan, executable=True)
+    return None if rejected is None else rejected.reason
 
 
-def mark_complete(run: RunDir, tag: str, step: int, world_size: int) -> None:
-    (run.checkpoints / tag / COMPLETE).write_text(json.dumps({"step": step,
-                                                              "world_size": world_size}) + "\n")
-
-
-def check_checkpoint(run: RunDir) -> str:
-    """The tag a resume will load, after checking its files are whole (torch.save files are zip
-    archives whose directory sits at the end: a truncated file fails to open)."""
-    tags = complete_checkpoints(run)
-    if not tags:
-        raise PlannerError(f"{run.checkpoints}: no complete checkpoint to resume from")
-    tag_dir = run.checkpoints / tags[-1]
-    saved = json.loads((tag_dir / COMPLETE).read_text())
-    ranks = sorted(tag_dir.glob("executor_rank*.pt"))
-    if len(ranks) != saved["world_size"]:
-        raise PlannerError(f"{tag_dir}: checkpoint is corrupt ({len(ranks)} of "
-                           f"{saved['world_size']} rank files)")
-    for f in sorted(tag_dir.glob("*.pt")):
-        try:
-            with zipfile.ZipFile(f) as z:
-                z.namelist()
-        except (zipfile.BadZipFile, OSError):
-            raise PlannerError(f"{f}: checkpoint file is corrupt (not a readable torch "
-                               f"file)") from None
-    return tags[-1]
-
-
-# ------------------------------------------------------------------------------ realisability
-
-def unrealisable(spec: Spec, plan: Plan, device: str, nvme_path: Optional[str]) -> Optional[str]:
-    """Why this executor cannot run ``plan`` here, or None."""
+def machine_problem(spec: Spec, plan: Plan, device: str, nvme_path: Optional[str]) -> Optional[str]:
+    """Why ``plan`` cannot start on the machine at hand, or None."""
     if plan.precision is Precision.FP16 and device == "cpu":
         return ("fp16 cannot run on CPU (DeepSpeed: 'Type fp16 is not supported on your "
                 "device'); plan with precision bf16 or fp32")
-    if plan.tp > 1 and plan.pp > 1:
-        return (f"tp ({plan.tp}) with pp ({plan.pp}): AutoTP does not combine with DeepSpeed's "
-                f"pipeline engine; pin search.tp or search.pp to 1")
-    if plan.sequence_parallel:
-        return ("sequence parallelism is not available with AutoTP; pin "
-                "search.sequence_parallel: false")
     if plan.offload.uses_nvme:
         if not nvme_path:
             return f"offload {plan.offload.value} needs an NVMe directory: pass --nvme-path"
@@ -150,6 +78,12 @@ def unrealisable(spec: Spec, plan: Plan, device: str, nvme_path: Optional[str]) 
         if plan.world_size > visible:
             return f"the plan needs {plan.world_size} GPUs on this node; {visible} are visible"
     return None
+
+
+def prelaunch_problem(spec: Spec, plan: Plan, device: str,
+                      nvme_path: Optional[str]) -> Optional[str]:
+    """Every check before anything is written: the plan, then the machine."""
+    return plan_problem(spec, plan) or machine_problem(spec, plan, device, nvme_path)
 
 
 def current_device() -> str:
@@ -187,7 +121,7 @@ def prepare_data(spec: Spec, plan: Plan, options: RunOptions, cache_dir: Path):
 
 def check_vocab(tokens: int, spec: Spec) -> None:
     if tokens > spec.model.vocab_size:
-        raise PlannerError(f"model.vocab_size: the tokenizer has {tokens} tokens but the model's "
+        raise ExecutorError(f"model.vocab_size: the tokenizer has {tokens} tokens but the model's "
                            f"vocabulary is {spec.model.vocab_size}")
 
 
@@ -223,57 +157,51 @@ def make_options(spec: Spec, plan: Plan, *, data=None, tokenizer=None, nvme_path
 
 # ----------------------------------------------------------------------------------- execute
 
-def execute(spec: Spec, plan: Plan, run_dir: str | Path, *, resume: bool = False,
-            dry_run: bool = False, max_steps: Optional[int] = None, data: Optional[str] = None,
-            tokenizer: Optional[str] = None, nvme_path: Optional[str] = None,
-            launcher: str = "auto", hosts: Optional[Sequence[str]] = None,
-            master_addr: Optional[str] = None, seed: Optional[int] = None,
-            eval_every: Optional[int] = None, checkpoint_every: Optional[int] = None,
-            learning_rate: Optional[float] = None, warmup_steps: Optional[int] = None,
-            stories: Optional[int] = None, cache_dir: Optional[str | Path] = None,
-            verbose: bool = False) -> int:
+def execute(spec: Spec, plan: Plan, run_dir: str | Path,
+            request: ExecuteRequest = ExecuteRequest()) -> int:
     """Run ``plan`` for ``spec`` in ``run_dir``; returns the job's exit code (0 done, 3 stopped on
-    a non-finite loss, 1 crashed).  Raises PlannerError for anything the user can fix."""
+    a non-finite loss, 1 crashed).  Raises ExecutorError for anything the user can fix."""
     from .launch import launch_command
     from .report import write_report
 
     run = RunDir(run_dir)
     device = current_device()
-    if resume:
+    r = request
+    if r.resume:
         spec, plan, options = resume_checks(run, spec, plan)
     else:
         if run.path.exists():
-            raise PlannerError(f"run directory {run.path} exists; pass --resume or choose another")
-        if data is not None and not Path(data).exists():
-            raise PlannerError(f"data path {data} does not exist")
-        if tokenizer not in (None, "byte") and not Path(tokenizer).is_dir():
-            raise PlannerError(f"tokenizer directory {tokenizer} does not exist")
-        options = make_options(spec, plan, data=data, tokenizer=tokenizer, nvme_path=nvme_path,
-                               seed=seed, stories=stories, eval_every=eval_every,
-                               checkpoint_every=checkpoint_every, learning_rate=learning_rate,
-                               warmup_steps=warmup_steps)
-    reason = unrealisable(spec, plan, device, options.nvme_path)
+            raise ExecutorError(f"run directory {run.path} exists; pass --resume or choose another")
+        if r.data is not None and not Path(r.data).exists():
+            raise ExecutorError(f"data path {r.data} does not exist")
+        if r.tokenizer not in (None, "byte") and not Path(r.tokenizer).is_dir():
+            raise ExecutorError(f"tokenizer directory {r.tokenizer} does not exist")
+        options = make_options(spec, plan, data=r.data, tokenizer=r.tokenizer,
+                               nvme_path=r.nvme_path, seed=r.seed, stories=r.stories,
+                               eval_every=r.eval_every, checkpoint_every=r.checkpoint_every,
+                               learning_rate=r.learning_rate, warmup_steps=r.warmup_steps)
+    reason = prelaunch_problem(spec, plan, device, options.nvme_path)
     if reason:
-        raise PlannerError(reason)
-    extra = ["--resume"] if resume else []
-    extra += ["--max-steps", str(max_steps)] if max_steps else []
-    launch = launch_command(spec, plan, [run.path.resolve()], device=device, launcher=launcher,
-                            hosts=hosts, master_addr=master_addr, extra=extra)
-    if dry_run:
+        raise ExecutorError(reason)
+    extra = ["--resume"] if r.resume else []
+    extra += ["--max-steps", str(r.max_steps)] if r.max_steps else []
+    launch = launch_command(spec, plan, [run.path.resolve()], device=device, launcher=r.launcher,
+                            hosts=r.hosts, master_addr=r.master_addr, extra=extra)
+    if r.dry_run:
         ds_config = to_deepspeed_config(spec, plan, lr_schedule=LRSchedule(**options.lr),
                                         nvme_path=options.nvme_path)
         sys.stdout.write(launch.describe(ds_config))
         return 0
-    if not resume:
+    if not r.resume:
         prepare_run_dir(spec, plan, run.path, options,
-                        cache_dir=Path(cache_dir) if cache_dir else DEFAULT_CACHE)
+                        cache_dir=Path(r.cache_dir) if r.cache_dir else DEFAULT_CACHE)
     run.launch_file.write_text(json.dumps({"argv": launch.argv, "env": launch.env}, indent=1)
                                + "\n")
     if launch.hostfile is not None:
         (run.path / "hostfile").write_text(launch.hostfile)
     if launch.sbatch is not None:
         return submit_slurm(run, launch)
-    rc = stream(launch.argv, launch.env, run, verbose=verbose)
+    rc = stream(launch.argv, launch.env, run, verbose=r.verbose)
     if run.metrics.exists():
         text = write_report(spec, plan, run)
         print(text)
@@ -284,18 +212,18 @@ def resume_checks(run: RunDir, spec: Spec, plan: Plan) -> tuple[Spec, Plan, RunO
     from .tokenizer import load_tokenizer
 
     if not run.run_file.is_file():
-        raise PlannerError(f"{run.path}: nothing to resume (no run.json; start it without "
+        raise ExecutorError(f"{run.path}: nothing to resume (no run.json; start it without "
                            f"--resume)")
     saved_spec, saved_plan, options = run.load()
     if saved_plan != plan:
-        raise PlannerError(f"{run.path} was started with plan {saved_plan.label}; this plan is "
+        raise ExecutorError(f"{run.path} was started with plan {saved_plan.label}; this plan is "
                            f"{plan.label} (a resume needs the same plan)")
     if saved_spec.model != spec.model:
-        raise PlannerError(f"{run.path} was started with another model (model section differs)")
+        raise ExecutorError(f"{run.path} was started with another model (model section differs)")
     check_checkpoint(run)
     check_vocab(load_tokenizer(run.tokenizer).vocab_size, saved_spec)
     if not run.shards_dir().is_dir():
-        raise PlannerError(f"{run.shards_dir()}: the run's token shards are gone (rebuild them "
+        raise ExecutorError(f"{run.shards_dir()}: the run's token shards are gone (rebuild them "
                            f"by starting a new run on the same data)")
     return saved_spec, saved_plan, options
 
@@ -305,7 +233,7 @@ def submit_slurm(run: RunDir, launch) -> int:
     script = Path(launch.argv[-1])
     script.write_text(launch.sbatch)
     if shutil.which("sbatch") is None:
-        raise PlannerError(f"sbatch not found; the job script is {script}")
+        raise ExecutorError(f"sbatch not found; the job script is {script}")
     return subprocess.run(launch.argv, check=False).returncode
 
 
@@ -365,5 +293,5 @@ def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool =
     return exit_code if rc != 0 and exit_code is not None else rc
 
 
-__all__ = ["execute", "RunDir", "RunOptions", "prepare_run_dir", "make_options", "unrealisable",
-           "complete_checkpoints", "check_checkpoint"]
+__all__ = ["execute", "ExecuteRequest", "prepare_run_dir", "make_options", "prelaunch_problem",
+           "plan_problem", "machine_problem"]

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from planner.errors import PlannerError
+from .errors import ExecutorError
 
-from .run import RunDir
+from .rundir import RunDir
 
 
 def load_exported(run_dir: str | Path):
@@ -22,7 +22,7 @@ def load_exported(run_dir: str | Path):
     run = RunDir(run_dir)
     weights = run.export / "pytorch_model.bin"
     if not weights.is_file():
-        raise PlannerError(f"{weights}: no fp32 export (the run has not finished)")
+        raise ExecutorError(f"{weights}: no fp32 export (the run has not finished)")
     spec, _, _ = run.load()
     model = GPT(spec.model)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -53,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         text = generate(args.run_dir, args.prompt, max_new_tokens=args.tokens,
                         temperature=args.temperature, top_k=args.top_k or None, seed=args.seed)
-    except PlannerError as exc:
+    except ExecutorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(text)

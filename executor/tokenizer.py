@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from planner.errors import PlannerError
+from .errors import ExecutorError
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = (EOT,)
@@ -88,7 +88,7 @@ class ByteTokenizer:
     def load(cls, directory: str | Path) -> "ByteTokenizer":
         data = _read_json(Path(directory) / FILENAME)
         if data.get("kind") != BYTE_KIND:
-            raise PlannerError(f"{Path(directory) / FILENAME}: not a byte tokenizer")
+            raise ExecutorError(f"{Path(directory) / FILENAME}: not a byte tokenizer")
         return cls(data["special_tokens"])
 
 
@@ -100,7 +100,7 @@ class BPETokenizer:
         self.vocab_size = tokenizer.get_vocab_size()
         eot = tokenizer.token_to_id(EOT)
         if eot is None:
-            raise PlannerError(f"BPE tokenizer has no {EOT} token")
+            raise ExecutorError(f"BPE tokenizer has no {EOT} token")
         self.eot_id = eot
 
     def encode(self, text: str) -> list[int]:
@@ -129,7 +129,7 @@ class BPETokenizer:
         try:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
-            raise PlannerError(f"{path}: cannot load the BPE tokenizer ({exc})") from None
+            raise ExecutorError(f"{path}: cannot load the BPE tokenizer ({exc})") from None
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int) -> BPETokenizer:
@@ -139,7 +139,7 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> BPETokenizer:
 
     floor = 256 + len(SPECIAL_TOKENS)
     if vocab_size < floor:
-        raise PlannerError(f"BPE vocab_size ({vocab_size}) must be at least {floor} "
+        raise ExecutorError(f"BPE vocab_size ({vocab_size}) must be at least {floor} "
                            f"(256 bytes + {len(SPECIAL_TOKENS)} special token)")
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -153,11 +153,11 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> BPETokenizer:
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise PlannerError(f"{path}: no tokenizer file (a saved tokenizer has {FILENAME})")
+        raise ExecutorError(f"{path}: no tokenizer file (a saved tokenizer has {FILENAME})")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise PlannerError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise ExecutorError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
 def load_tokenizer(directory: str | Path) -> ByteTokenizer | BPETokenizer:
@@ -167,7 +167,7 @@ def load_tokenizer(directory: str | Path) -> ByteTokenizer | BPETokenizer:
         return ByteTokenizer.load(directory)
     if data.get("model", {}).get("type") == "BPE":
         return BPETokenizer.load(directory)
-    raise PlannerError(f"{Path(directory) / FILENAME}: neither a byte nor a BPE tokenizer")
+    raise ExecutorError(f"{Path(directory) / FILENAME}: neither a byte nor a BPE tokenizer")
 
 
 __all__ = ["Tokenizer", "ByteTokenizer", "BPETokenizer", "train_bpe", "load_tokenizer", "EOT"]

@@ -28,12 +28,13 @@ import torch
 
 from planner.plan.strategy import Plan
 from planner.spec.spec import Spec
+from planner.spec.units import Precision, ZeroStage
 
 from .data import BatchSampler, TokenDataset
 from .ds_config import LRSchedule, tokens_per_step
 from .model import GPT
 from .parallel import parallelize, pipeline_param_names
-from .run import RunDir, RunOptions, complete_checkpoints, mark_complete
+from .rundir import RunDir, RunOptions, complete_checkpoints, mark_complete
 
 EXIT_OK, EXIT_CRASH, EXIT_NONFINITE = 0, 1, 3
 
@@ -197,7 +198,7 @@ def export_fp32(engine, spec: Spec, plan: Plan, run: RunDir, tag: str, rank: int
     engine computes with, gathered (AutoTP shards, pipeline stages) and upcast."""
     import deepspeed.comm as dist
     out = run.export / "pytorch_model.bin"
-    if plan.pp == 1 and plan.tp == 1 and plan.zero >= 1:
+    if plan.pp == 1 and plan.tp == 1 and plan.zero >= ZeroStage.OPTIMIZER:
         if rank == 0:
             from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
             convert_zero_checkpoint_to_fp32_state_dict(str(run.checkpoints), str(run.export),
@@ -363,7 +364,6 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
     Returns (losses, step seconds): the reference for equivalence tests and the throughput bench."""
     from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
 
-    from planner.spec.units import Precision
 
     from .ds_config import to_deepspeed_config
 

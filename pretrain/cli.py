@@ -9,7 +9,11 @@ import traceback
 
 import click
 
+from executor.errors import ExecutorError
 from planner.errors import PlannerError
+
+#: problems the user can fix: one line, exit code 1
+USER_ERRORS = (PlannerError, ExecutorError)
 
 
 def _fail(message: str, verbose: bool) -> None:
@@ -83,7 +87,7 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
             ok = result.best is not None
             if ok and execute:
                 sys.exit(_execute(spec, spec_path, result.best.plan, verbose, run_options))
-    except PlannerError as exc:
+    except USER_ERRORS as exc:
         _fail(str(exc), verbose)
         return
     except Exception as exc:  # an internal error still gets one line unless --verbose
@@ -106,12 +110,13 @@ def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
 def _execute(spec, spec_path: str, plan, verbose: bool, options: dict) -> int:
     from pathlib import Path
 
-    from executor.run import execute
+    from executor.run import ExecuteRequest, execute
     run_dir = options.pop("run_dir") or str(Path("runs") / Path(spec_path).stem)
     hosts = options.pop("hosts")
-    return execute(spec, plan, run_dir, data=options.pop("data_path"),
-                   learning_rate=options.pop("lr"),
-                   hosts=hosts.split(",") if hosts else None, verbose=verbose, **options)
+    request = ExecuteRequest(data=options.pop("data_path"), learning_rate=options.pop("lr"),
+                             hosts=tuple(hosts.split(",")) if hosts else None, verbose=verbose,
+                             **options)
+    return execute(spec, plan, run_dir, request)
 
 
 def _plan(spec, spec_path: str, as_json: bool, verbose: bool, executable: bool = False):

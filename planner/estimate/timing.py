@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from planner.network import collectives as coll
-from planner.model.flops import step_flops
+from planner.model.flops import step_flops, utilisation
 from planner.plan.strategy import PRECISIONS, Plan, where
 from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
 from planner.spec.spec import Spec
@@ -274,8 +274,10 @@ def throughput(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> Throughp
     """Step time, tokens/s and utilisation; arrays for a PlanBatch."""
     st = step_time(spec, plan, backend)
     flops = step_flops(spec.model, plan, spec.global_batch_sequences)
-    denom = st.total * plan.world_size * peak_flops(spec, plan)
-    return Throughput(st, flops.tokens / st.total, flops.model / denom, flops.hardware / denom)
+    peak = peak_flops(spec, plan)
+    return Throughput(st, flops.tokens / st.total,
+                      utilisation(flops.model, st.total, plan.world_size, peak),
+                      utilisation(flops.hardware, st.total, plan.world_size, peak))
 
 
 __all__ = ["StepTime", "Throughput", "step_time", "throughput"]

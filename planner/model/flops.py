@@ -55,9 +55,21 @@ class StepFlops:
         return self.hardware / world_size
 
 
+def tokens_per_step(m: ModelSpec, global_batch_sequences: int) -> int:
+    """Tokens one optimizer step trains on: the global batch in sequences times their length (for
+    a plan that passes the batch rule, dp x micro_batch x grad_accum sequences)."""
+    return global_batch_sequences * m.seq_len
+
+
+def utilisation(flops_per_step: float, step_time_s, gpus, peak_flops_per_gpu):
+    """Share of the GPUs' dense peak a step achieves: MFU with the model FLOPs (no recompute),
+    HFU with the hardware FLOPs (Chowdhery et al. 2022, "PaLM", appendix B)."""
+    return flops_per_step / (step_time_s * gpus * peak_flops_per_gpu)
+
+
 def step_flops(m: ModelSpec, plan: Plan, global_batch_sequences: int) -> StepFlops:
     """For a PlanBatch, ``hardware`` is an array."""
-    tokens = global_batch_sequences * m.seq_len
+    tokens = tokens_per_step(m, global_batch_sequences)
     model = 3.0 * forward_flops_per_token(m) * tokens  # floats: a 1T model overflows int64
     extra = float(tokens) * where(plan.is_recompute(Recompute.FULL),
                            float(recompute_flops_per_token(m, Recompute.FULL)),

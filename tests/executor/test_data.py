@@ -14,7 +14,7 @@ from executor.data import (BatchSampler, TokenDataset, build_shards, load_corpus
 from executor.stories import PLOTS, generate_stories  # noqa: E402
 from executor.tokenizer import (EOT, BPETokenizer, ByteTokenizer, load_tokenizer,  # noqa: E402
                                 train_bpe)
-from planner.errors import PlannerError  # noqa: E402
+from executor.errors import ExecutorError  # noqa: E402
 
 STORIES = generate_stories(120, seed=0)
 
@@ -83,15 +83,15 @@ def test_plain_txt_is_one_document(tmp_path):
 def test_bad_corpus_raises_planner_error(tmp_path, files, fragment):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    with pytest.raises(PlannerError, match=re.escape(fragment)):
+    with pytest.raises(ExecutorError, match=re.escape(fragment)):
         load_corpus(tmp_path)
 
 
 def test_missing_or_unsupported_path(tmp_path):
-    with pytest.raises(PlannerError, match=re.escape(f"{tmp_path / 'nope'}: no such corpus")):
+    with pytest.raises(ExecutorError, match=re.escape(f"{tmp_path / 'nope'}: no such corpus")):
         load_corpus(tmp_path / "nope")
     (tmp_path / "data.csv").write_text("a,b")
-    with pytest.raises(PlannerError, match="data.csv: unsupported corpus file"):
+    with pytest.raises(ExecutorError, match="data.csv: unsupported corpus file"):
         load_corpus(tmp_path / "data.csv")
 
 
@@ -125,12 +125,12 @@ def test_bpe_train_save_load(tmp_path):
 
 
 def test_tokenizer_errors(tmp_path):
-    with pytest.raises(PlannerError, match="at least 257"):
+    with pytest.raises(ExecutorError, match="at least 257"):
         train_bpe(STORIES, vocab_size=100)
-    with pytest.raises(PlannerError, match="no tokenizer file"):
+    with pytest.raises(ExecutorError, match="no tokenizer file"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"kind": "sentencepiece"}')
-    with pytest.raises(PlannerError, match="neither a byte nor a BPE"):
+    with pytest.raises(ExecutorError, match="neither a byte nor a BPE"):
         load_tokenizer(tmp_path)
 
 
@@ -196,7 +196,7 @@ def test_large_vocab_shards_are_uint32(tmp_path):
 
 
 def test_bad_shard_directory(tmp_path):
-    with pytest.raises(PlannerError, match="not a token shard directory"):
+    with pytest.raises(ExecutorError, match="not a token shard directory"):
         TokenDataset(tmp_path)
 
 
@@ -261,10 +261,10 @@ def test_resume_continues_with_the_same_batches(counting, k):
 
 def test_sampler_errors(counting):
     sampler = BatchSampler(counting, seq_len=16, micro_batch=4, dp_size=2)
-    with pytest.raises(PlannerError, match="checkpoint has micro_batch=8, this run has "
+    with pytest.raises(ExecutorError, match="checkpoint has micro_batch=8, this run has "
                                            "micro_batch=4"):
         sampler.load_state_dict({**sampler.state_dict(), "micro_batch": 8})
-    with pytest.raises(PlannerError, match=r"dp_rank \(2\) must be in \[0, dp_size \(2\)\)"):
+    with pytest.raises(ExecutorError, match=r"dp_rank \(2\) must be in \[0, dp_size \(2\)\)"):
         BatchSampler(counting, 16, 4, dp_rank=2, dp_size=2)
-    with pytest.raises(PlannerError, match="train split has 2040 tokens"):
+    with pytest.raises(ExecutorError, match="train split has 2040 tokens"):
         BatchSampler(counting, seq_len=256, micro_batch=4, dp_size=2)

@@ -21,7 +21,7 @@ from deepspeed.runtime.zero.config import ZERO_OPTIMIZATION  # noqa: E402
 from executor.ds_config import (LRSchedule, default_lr_schedule, default_peak_lr,  # noqa: E402
                                 deepspeed_batch_world, to_deepspeed_config)
 from executor.parallel import autotp_partition_config  # noqa: E402
-from planner.errors import PlannerError  # noqa: E402
+from executor.errors import ExecutorError  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.search.rules import check  # noqa: E402
 from planner.search.engine import candidates  # noqa: E402
@@ -159,7 +159,7 @@ def test_nvme_offload_needs_a_path():
     spec = lab_spec()
     plan = Plan(8, 1, 1, ZeroStage.PARAMETERS, Precision.BF16, 2, 1, Recompute.NONE,
                 Offload.PARAMS_NVME)
-    with pytest.raises(PlannerError, match="NVMe directory"):
+    with pytest.raises(ExecutorError, match="NVMe directory"):
         to_deepspeed_config(spec, plan)
 
 

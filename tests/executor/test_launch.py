@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("deepspeed")
 
 from executor.launch import launch_command, rank_env  # noqa: E402
-from executor.run import execute  # noqa: E402
-from planner.errors import PlannerError  # noqa: E402
+from executor.run import ExecuteRequest, execute  # noqa: E402
+from executor.errors import ExecutorError  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.spec.spec import spec_from_dict  # noqa: E402
 from planner.spec.units import Precision, Recompute, ZeroStage  # noqa: E402
@@ -100,10 +100,10 @@ def test_slurm_script(tmp_path):
 
 
 def test_multi_node_without_hosts_is_refused_by_torchrun():
-    with pytest.raises(PlannerError, match="spans 2 nodes"):
+    with pytest.raises(ExecutorError, match="spans 2 nodes"):
         launch_command(spec(nodes=2, per_node=8), plan(dp=16), [RUN], device="cuda",
                        launcher="torchrun")
-    with pytest.raises(PlannerError, match="must name 2 hosts"):
+    with pytest.raises(ExecutorError, match="must name 2 hosts"):
         launch_command(spec(nodes=2, per_node=8), plan(dp=16), [RUN], device="cuda",
                        launcher="deepspeed", hosts=["only-one"])
 
@@ -116,7 +116,8 @@ def test_dry_run_prints_config_hostfile_and_command_and_writes_nothing(tmp_path,
         "training": {"tokens": 1e6, "global_batch_sequences": 32}})
     p = Plan(2, 1, 1, ZeroStage.GRADIENTS, Precision.FP32, 16, 1, Recompute.NONE)
     run = tmp_path / "run"
-    assert execute(s, p, run, dry_run=True, launcher="deepspeed", hosts=["h1", "h2"]) == 0
+    request = ExecuteRequest(dry_run=True, launcher="deepspeed", hosts=("h1", "h2"))
+    assert execute(s, p, run, request) == 0
     out = capsys.readouterr().out
     config = out.split("# DeepSpeed config\n")[1].split("\n# hostfile")[0]
     assert json.loads(config)["zero_optimization"]["stage"] == 2

@@ -22,9 +22,9 @@ pytest.importorskip("deepspeed")
 torch = pytest.importorskip("torch")
 
 from executor.launch import launch_command  # noqa: E402
-from executor.run import (RunDir, complete_checkpoints, execute, make_options,  # noqa: E402
-                          prepare_run_dir)
-from planner.errors import PlannerError  # noqa: E402
+from executor.rundir import RunDir, complete_checkpoints  # noqa: E402
+from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir  # noqa: E402
+from executor.errors import ExecutorError  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.search.engine import search  # noqa: E402
 from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402
@@ -221,7 +221,7 @@ def test_resume_continues_the_trajectory_exactly(matrix):
     runs = matrix[0]
     run = runs["interrupted"]
     spec, p, _ = run.load()
-    assert execute(spec, p, run.path, resume=True, max_steps=12) == 0
+    assert execute(spec, p, run.path, ExecuteRequest(resume=True, max_steps=12)) == 0
     assert losses(run) == losses(runs["uninterrupted"])
     assert len(losses(run)) == 12
 
@@ -233,7 +233,8 @@ def test_tiny_cpu_spec_learns_and_reports(tmp_path, cache):
     spec = load_spec(ROOT / "specs" / "tiny_cpu.yaml")
     best = search(spec).best.plan
     run = RunDir(tmp_path / "tiny")
-    assert execute(spec, best, run.path, max_steps=36, eval_every=12, cache_dir=cache) == 0
+    request = ExecuteRequest(max_steps=36, eval_every=12, cache_dir=cache)
+    assert execute(spec, best, run.path, request) == 0
     evals = losses(run, "eval")
     assert len(evals) == 3 and evals[0] > evals[1] > evals[2]
     assert evals[-1] < evals[0] - 0.5, evals
@@ -288,7 +289,7 @@ def finished(matrix, tmp_path) -> RunDir:
 def test_existing_run_dir_without_resume(finished):
     spec, p, _ = finished.load()
     before = snapshot(finished.path)
-    with pytest.raises(PlannerError, match="exists; pass --resume or choose another"):
+    with pytest.raises(ExecutorError, match="exists; pass --resume or choose another"):
         execute(spec, p, finished.path)
     assert snapshot(finished.path) == before
 
@@ -296,8 +297,8 @@ def test_existing_run_dir_without_resume(finished):
 def test_resume_without_checkpoint(finished):
     spec, p, _ = finished.load()
     shutil.rmtree(finished.checkpoints)
-    with pytest.raises(PlannerError, match="no complete checkpoint"):
-        execute(spec, p, finished.path, resume=True)
+    with pytest.raises(ExecutorError, match="no complete checkpoint"):
+        execute(spec, p, finished.path, ExecuteRequest(resume=True))
 
 
 def test_resume_from_corrupt_checkpoint(finished):
@@ -306,33 +307,35 @@ def test_resume_from_corrupt_checkpoint(finished):
     victim = next(tag_dir.glob("*optim_states.pt"))
     victim.write_bytes(victim.read_bytes()[:100])
     before = snapshot(finished.path)
-    with pytest.raises(PlannerError, match="corrupt"):
-        execute(spec, p, finished.path, resume=True)
+    with pytest.raises(ExecutorError, match="corrupt"):
+        execute(spec, p, finished.path, ExecuteRequest(resume=True))
     assert snapshot(finished.path) == before
 
 
 def test_resume_with_another_plan(finished):
     spec, _, _ = finished.load()
-    with pytest.raises(PlannerError, match="a resume needs the same plan"):
-        execute(spec, plan(zero=3), finished.path, resume=True)
+    with pytest.raises(ExecutorError, match="a resume needs the same plan"):
+        execute(spec, plan(zero=3), finished.path, ExecuteRequest(resume=True))
 
 
 def test_resume_of_nothing(tmp_path):
-    with pytest.raises(PlannerError, match="nothing to resume"):
-        execute(tiny_spec(), plan(), tmp_path, resume=True)
+    with pytest.raises(ExecutorError, match="nothing to resume"):
+        execute(tiny_spec(), plan(), tmp_path, ExecuteRequest(resume=True))
 
 
 def test_missing_data_path(tmp_path):
-    with pytest.raises(PlannerError, match="data path .* does not exist"):
-        execute(tiny_spec(), plan(), tmp_path / "run", data=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(ExecutorError, match="data path .* does not exist"):
+        execute(tiny_spec(), plan(), tmp_path / "run",
+                ExecuteRequest(data=str(tmp_path / "nope.jsonl")))
     assert not (tmp_path / "run").exists()
 
 
 def test_tokenizer_larger_than_the_model_vocabulary(tmp_path, cache):
     spec = tiny_spec()
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"vocab_size": 200})})
-    with pytest.raises(PlannerError, match="model.vocab_size: the tokenizer has 257 tokens"):
-        execute(spec, plan(), tmp_path / "run", tokenizer="byte", stories=50, cache_dir=cache)
+    with pytest.raises(ExecutorError, match="model.vocab_size: the tokenizer has 257 tokens"):
+        execute(spec, plan(), tmp_path / "run",
+                ExecuteRequest(tokenizer="byte", stories=50, cache_dir=cache))
     assert not (tmp_path / "run").exists()
 
 
@@ -342,10 +345,16 @@ def test_tokenizer_larger_than_the_model_vocabulary(tmp_path, cache):
     (plan(zero=3, offload="params_nvme"), "needs an NVMe directory: pass --nvme-path"),
 ], ids=["fp16-on-cpu", "tp-with-pp", "nvme-without-path"])
 def test_unrealisable_plan(tmp_path, p, words):
+    """Each is refused before anything is written: fp16 by the machine check (the spec's GPU has
+    fp16, this CPU does not), tp with pp by the backend's executor rule, NVMe without a path."""
     spec = tiny_spec()
+    if p.precision is Precision.FP16:
+        gpu = spec.cluster.gpu.model_copy(update={"peak_tflops": {**LAB_CPU["peak_tflops"],
+                                                                  "fp16": 0.1}})
+        spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"gpu": gpu})})
     if p.world_size != spec.cluster.world_size:
         spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(
             update={"gpus_per_node": p.world_size})})
-    with pytest.raises(PlannerError, match=words):
+    with pytest.raises(ExecutorError, match=words):
         execute(spec, p, tmp_path / "run")
     assert not (tmp_path / "run").exists()
