@@ -95,9 +95,20 @@ class Stage:
 
 
 def layers_per_stage(n_layers: int, pp: int) -> list[int]:
-    """Uniform split, the remainder going to the first stages (DeepSpeed partition_uniform)."""
+    """Uniform split, the remainder going to the first stages (DeepSpeed partition_uniform):
+    the first stage has the most blocks, the last the fewest."""
     base, extra = divmod(n_layers, pp)
     return [base + (1 if i < extra else 0) for i in range(pp)]
+
+
+def first_stage_layers(n_layers: int, pp):
+    """Blocks on stage 0 of ``layers_per_stage`` (elementwise for an array of pp)."""
+    return -(-n_layers // pp)
+
+
+def last_stage_layers(n_layers: int, pp):
+    """Blocks on the last stage of ``layers_per_stage`` (elementwise for an array of pp)."""
+    return n_layers // pp
 
 
 def stages_to_check(m: ModelSpec, pp, grad_accum) -> list[Stage]:
@@ -107,15 +118,15 @@ def stages_to_check(m: ModelSpec, pp, grad_accum) -> list[Stage]:
     alive (Narayanan et al. 2021, section 2.2); middle stages are dominated by the first.  For a
     batch both are returned for every candidate (identical when pp = 1).
     """
+    first_layers, last_layers = first_stage_layers(m.n_layers, pp), last_stage_layers(m.n_layers, pp)
     if isinstance(pp, np.ndarray):
-        first = Stage(0, -(-m.n_layers // pp), True, pp == 1, np.minimum(pp, grad_accum))
-        last = Stage(pp - 1, m.n_layers // pp, pp == 1, True, np.ones_like(pp))
+        first = Stage(0, first_layers, True, pp == 1, np.minimum(pp, grad_accum))
+        last = Stage(pp - 1, last_layers, pp == 1, True, np.ones_like(pp))
         return [first, last]
-    counts = layers_per_stage(m.n_layers, pp)
-    first = Stage(0, counts[0], True, pp == 1, min(pp, grad_accum))
+    first = Stage(0, first_layers, True, pp == 1, min(pp, grad_accum))
     if pp == 1:
         return [first]
-    return [first, Stage(pp - 1, counts[-1], False, True, 1)]
+    return [first, Stage(pp - 1, last_layers, False, True, 1)]
 
 
 def stage_params(m: ModelSpec, stage: Stage, tp):

@@ -46,6 +46,21 @@ def _lookup(table: dict[str, dict[str, Any]], name: str) -> tuple[str, dict[str,
     return None
 
 
+def over_entry(data: dict, key: str, found: tuple[str, dict[str, Any]],
+               drop: tuple[str, ...] = (), nested: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the user wrote over the catalog entry ``data[key]`` names: the entry's fields (less
+    its name keys and ``drop``) are defaults, the user's keys win (``nested`` mappings are merged
+    key by key), ``key`` becomes the canonical name, and so does ``name`` unless the user set it.
+    The one place a preset, a GPU or a scaling law is resolved."""
+    canonical, entry = found
+    base = {k: v for k, v in entry.items() if k not in (*GPU_NAME_KEYS, *drop)}
+    merged = {**base, "name": canonical, **data, key: canonical}
+    for field in nested:
+        if isinstance(data.get(field), dict) and isinstance(base.get(field), dict):
+            merged[field] = {**base[field], **data[field]}
+    return merged
+
+
 def find_gpu(name: str) -> tuple[str, dict[str, Any]] | None:
     """Catalog entry by name or alias (case-insensitive), or None."""
     return _lookup(gpu_catalog(), name)

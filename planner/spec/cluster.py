@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
                       model_validator)
 
-from planner.spec.catalog import GPU_NAME_KEYS, find_gpu, gpu_catalog
+from planner.spec.catalog import find_gpu, gpu_catalog, over_entry
 from planner.spec.base import Frozen as _Frozen
 from planner.spec.units import GiB, Precision
 
@@ -58,13 +58,7 @@ class GpuSpec(_Frozen):
         if isinstance(data, dict) and "name" in data:
             found = find_gpu(str(data["name"]))
             if found is not None:
-                canonical, entry = found
-                base = {k: v for k, v in entry.items() if k not in GPU_NAME_KEYS}
-                merged = {**base, **data, "name": canonical}
-                for nested in ("efficiency", "peak_tflops"):  # override keys, keep the rest
-                    if isinstance(data.get(nested), dict) and isinstance(base.get(nested), dict):
-                        merged[nested] = {**base[nested], **data[nested]}
-                data = merged
+                data = over_entry(data, "name", found, nested=("efficiency", "peak_tflops"))
             elif not CUSTOM_GPU_FIELDS <= set(data):
                 known = ", ".join(gpu_catalog())
                 raise ValueError(f"name: unknown GPU {data['name']!r}; known GPUs: {known} (a GPU "

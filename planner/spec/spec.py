@@ -14,7 +14,8 @@ import yaml
 from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt,
                       PrivateAttr, ValidationError, field_validator, model_validator)
 
-from planner.spec.catalog import PRESET_META_KEYS, find_preset, find_scaling_law, model_presets, scaling_laws
+from planner.spec.catalog import (PRESET_META_KEYS, find_preset, find_scaling_law, model_presets,
+                                  over_entry, scaling_laws)
 from planner.spec.cluster import (ClusterSpec, EfficiencySpec, GpuSpec, InterNodeSpec,  # noqa: F401 (API)
                       IntraNodeSpec)
 from planner.errors import SpecError
@@ -75,9 +76,7 @@ class ModelSpec(_Frozen):
             if found is None:
                 known = ", ".join(model_presets())
                 raise ValueError(f"preset: unknown preset {preset!r}; known presets: {known}")
-            canonical, entry = found
-            base = {k: v for k, v in entry.items() if k not in PRESET_META_KEYS}
-            data = {**base, "name": canonical, **data, "preset": canonical}
+            data = over_entry(data, "preset", found, drop=PRESET_META_KEYS)
         try:
             arch = Arch(data.get("arch", Arch.GPT2))
         except ValueError:
@@ -140,9 +139,7 @@ class ScalingLawSpec(_Frozen):
             if found is None:
                 known = ", ".join(scaling_laws())
                 raise ValueError(f"preset: unknown scaling law {data['preset']!r}; known: {known}")
-            canonical, entry = found
-            base = {k: v for k, v in entry.items() if k != "aliases"}
-            data = {**base, "name": canonical, **data, "preset": canonical}
+            data = over_entry(data, "preset", found)
         return data
 
 
