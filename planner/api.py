@@ -13,9 +13,10 @@ from planner.spec.spec import Spec, load_spec, spec_from_dict
 from planner.capacity.whatif import SweepRow, edit, sweep, what_if
 
 
-def plan(spec: Spec) -> SearchResult:
-    """Every strategy the spec allows, checked, estimated and ranked (best first)."""
-    return search(spec)
+def plan(spec: Spec, *, executable: bool = False) -> SearchResult:
+    """Every strategy the spec allows, checked, estimated and ranked (best first); with
+    ``executable``, only those the backend's executor can run (what ``plan --execute`` picks)."""
+    return search(spec, executable=executable)
 
 
 __all__ = ["load_spec", "spec_from_dict", "plan", "estimate", "nearest_fix", "what_if", "edit",
