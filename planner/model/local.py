@@ -12,6 +12,7 @@ pipeline stage are per stage: ``planner.model.shape.stages_to_check``.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,26 @@ class LocalDims:
         return self.micro_batch * self.seq
 
 
+#: the last few (model, plan) -> LocalDims, by identity: the estimators ask for the same batch's
+#: shape dozens of times in one search (PlanBatch columns are arrays, so it cannot be hashed)
+_RECENT: OrderedDict = OrderedDict()
+_RECENT_SIZE = 8
+
+
 def local_dims(m: ModelSpec, plan) -> LocalDims:
+    """The rank's shape under ``plan`` (a Plan or a PlanBatch); computed once per pair."""
+    key = (id(m), id(plan))
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0] is m and hit[1] is plan:
+        return hit[2]
+    dims = _local_dims(m, plan)
+    _RECENT[key] = (m, plan, dims)  # holding both keeps their ids from being reused
+    if len(_RECENT) > _RECENT_SIZE:
+        _RECENT.popitem(last=False)
+    return dims
+
+
+def _local_dims(m: ModelSpec, plan) -> LocalDims:
     tp = plan.tp
     return LocalDims(seq=m.seq_len, micro_batch=plan.micro_batch, d_model=m.d_model,
                      heads=m.n_heads / tp, kv_heads=m.n_kv_heads / tp, head_dim=m.head_dim,
