@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from planner.model import activations as act
+from planner.model.local import local_dims
 from planner.model.memory_terms import (AnyPlan, MemoryBreakdown, cublas_workspace_bytes,
                                         parameter_bytes)
 from planner.model.shape import Stage, TensorStats, layer_params, stage_params, stages_to_check, tensor_stats
@@ -173,8 +174,8 @@ def pipeline_buffer_bytes(spec: Spec, plan: AnyPlan, stage: Stage):
     """A non-last pipeline stage keeps each in-flight micro-batch's output for backward plus a
     gradient receive buffer (pipe/engine.py pipe_buffers)."""
     m = spec.model
-    size = (stage.in_flight + 1) * plan.activation_bytes * m.seq_len * plan.micro_batch \
-        * m.d_model / plan.tp
+    ld = local_dims(m, plan)
+    size = (stage.in_flight + 1) * plan.activation_bytes * ld.tokens * ld.d_model / ld.tp
     return where((plan.pp == 1) | stage.has_head, 0.0, size)
 
 
@@ -231,11 +232,12 @@ def _hook_buffers(plan: AnyPlan, rt: RuntimeSpec, st: _StageState):
 def last_block_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageState):
     """Backward through the last block; without ZeRO an untied head's gradient exists already."""
     m = spec.model
+    ld = local_dims(m, plan)
     head_grads = 0.0
     if not m.tied_embeddings:
         head_grads = where(stage.has_head & _is(wrapper(plan), Wrapper.PLAIN,
                                                 Wrapper.FP16_OPTIMIZER),
-                           plan.grad_bytes * m.vocab_size * m.d_model / plan.tp, 0.0)
+                           plan.grad_bytes * ld.vocab * ld.d_model, 0.0)
     return MemoryBreakdown(**st.base, gradients=st.resident_grads + st.carried + head_grads,
                            activations=st.stored + act.block_backward_transient_bytes(m, plan),
                            deepspeed_buffers=_hook_buffers(plan, spec.runtime, st),
