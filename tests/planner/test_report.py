@@ -4,6 +4,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from planner.search.engine import search
+from planner.spec.spec import load_spec
 from pretrain.cli import main
 
 from ..conftest import ROOT
@@ -47,3 +49,43 @@ def test_text_report_shows_time_breakdown():
     for needle in ("s/step", "tokens/s", "MFU", "step time", "data-parallel traffic (exposed)",
                    "pipeline bubble", "top plans (seconds per step)"):
         assert needle in out
+
+
+# Llama-2-70B on 512 H100s pinned to ZeRO-1 and pp 4: every plan that fits needs tp > 1, which
+# this project's DeepSpeed executor (AutoTP) cannot combine with a pipeline
+PINNED = [str(ROOT / "specs" / "70b_on_512xH100.yaml"), "--set", "search.zero=1", "--set",
+          "search.pp=4"]
+
+
+def test_report_marks_plans_the_executor_cannot_run():
+    out = CliRunner().invoke(main, PINNED).stdout
+    assert "best plan  dp32·tp4·pp4 z1" in out
+    assert "plan --execute cannot run this plan with deepspeed (tp (4) with pp (4)" in out
+    assert "no ranked plan is one it can run" in out
+    marked = [line for line in out.splitlines() if line.rstrip().endswith(" *")
+              or "rc=full *" in line]
+    assert marked and "* plan --execute cannot run the plans marked *" in out
+    report = json.loads(CliRunner().invoke(main, PINNED + ["--json"]).stdout)
+    assert report["best"]["executable"] is False and report["execute_pick_rank"] is None
+    assert "AutoTP" in report["best"]["not_executable_reason"]
+
+
+def test_execute_ranks_only_runnable_plans_and_names_the_fix():
+    result = CliRunner().invoke(main, PINNED + ["--execute", "--dry-run"])
+    assert result.exit_code == 1
+    assert "executor: tp with pp" in result.stderr
+    assert "nearest fix: fits with pp=16 (dp32·tp1·pp16" in result.stderr
+
+
+@pytest.mark.parametrize("path", ["specs/70b_on_512xH100.yaml", "bench/specs/1t_on_4096xH100.yaml"])
+def test_report_names_what_execute_would_run_instead(path):
+    """The plain report's execute_pick_rank points at the plan the executable search ranks
+    first, and every plan ranked above it is marked (the 1T spec's first 78 use sequence
+    parallelism, which AutoTP lacks)."""
+    spec = load_spec(ROOT / path)
+    plain, executable = search(spec), search(spec, executable=True)
+    rank = plain.first_executable
+    assert rank is not None and executable.best is not None
+    assert plain.feasible[rank].plan == executable.best.plan
+    assert all(e.not_executable for e in plain.feasible[:rank])
+    assert not executable.best.not_executable
