@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from planner.validate.calibration import load_measurements
 from planner.estimate.predict import estimate
 from planner.spec.units import GiB
+from planner.validate.calibration import load_measurements
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = [ROOT.parent / "shared/calibration/h200_deepspeed_runs.jsonl",

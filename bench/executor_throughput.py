@@ -40,8 +40,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-    from executor.report import WARMUP_STEP_FRACTION
     from executor.ds_config import tokens_per_step
+    from executor.report import WARMUP_STEP_FRACTION
     from executor.run import ExecuteRequest, execute
     from executor.rundir import RunDir
     from executor.train import plain_training

@@ -12,8 +12,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from planner.estimate.predict import estimate
-from planner.search.rules import check
 from planner.search.engine import candidate_batch, search
+from planner.search.rules import check
 from planner.spec.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from planner.validate.published import error, load_published
 from planner.estimate.timing import throughput
+from planner.validate.published import error, load_published
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = [ROOT.parent / "shared/calibration/published_runs_sample.yaml",

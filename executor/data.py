@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from .errors import ExecutorError
-
 from .tokenizer import EOT, Tokenizer
 
 CORPUS_SUFFIXES = (".txt", ".json", ".jsonl")

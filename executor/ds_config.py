@@ -11,12 +11,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional
 
-from .errors import ExecutorError
-from planner.plan.strategy import Plan
 from planner.model.flops import tokens_per_step as planned_tokens_per_step
 from planner.model.shape import param_counts
+from planner.plan.strategy import Plan
 from planner.spec.spec import ModelSpec, Spec
 from planner.spec.units import Offload, Optimizer, Precision, Recompute, ZeroStage
+
+from .errors import ExecutorError
 
 #: DeepSpeed prints a line every ``steps_per_print`` steps; the executor reports progress itself.
 QUIET_STEPS_PER_PRINT = 2**30

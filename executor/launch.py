@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-from .errors import ExecutorError
 from planner.plan.strategy import Plan
 from planner.spec.spec import Spec
+
+from .errors import ExecutorError
 
 Launcher = Literal["auto", "torchrun", "deepspeed", "slurm"]
 TRAIN_MODULE = "executor.train"

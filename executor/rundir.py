@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import ExecutorError
 from planner.plan.strategy import Plan
 from planner.spec.spec import Spec, spec_from_dict
+
+from .errors import ExecutorError
 
 COMPLETE = "executor_complete.json"
 

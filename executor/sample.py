@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import ExecutorError
-
 from .rundir import RunDir
 
 

@@ -135,7 +135,8 @@ class BPETokenizer:
 def train_bpe(texts: Sequence[str], vocab_size: int) -> BPETokenizer:
     """Train a byte-level BPE on ``texts``: 256 byte symbols, ``<|endoftext|>``, then merges up to
     ``vocab_size`` (fewer when the corpus runs out of pairs).  Deterministic for the same texts."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     floor = 256 + len(SPECIAL_TOKENS)
     if vocab_size < floor:

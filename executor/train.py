@@ -364,7 +364,6 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
     Returns (losses, step seconds): the reference for equivalence tests and the throughput bench."""
     from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
 
-
     from .ds_config import to_deepspeed_config
 
     lr = LRSchedule(**options.lr)

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from planner.capacity.advice import nearest_fix
 from planner.capacity.budget import BudgetResult, plan_budget
-from planner.estimate.predict import Estimate, estimate
-from planner.capacity.inverse import Answer, fewest_gpus, largest_micro_batch, largest_model, largest_seq_len
+from planner.capacity.inverse import (Answer, fewest_gpus, largest_micro_batch, largest_model,
+                                      largest_seq_len)
 from planner.capacity.lawfit import fit_law
-from planner.plan.strategy import Plan
 from planner.capacity.scaling import ScalingLaw, law_of, preset_law
+from planner.capacity.whatif import SweepRow, edit, sweep, what_if
+from planner.estimate.predict import Estimate, estimate
+from planner.plan.strategy import Plan
 from planner.search.engine import SearchResult, search
 from planner.spec.spec import Spec, load_spec, spec_from_dict
-from planner.capacity.whatif import SweepRow, edit, sweep, what_if
 
 
 def plan(spec: Spec, *, executable: bool = False) -> SearchResult:

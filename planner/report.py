@@ -7,14 +7,14 @@ from typing import Any, Optional
 from tabulate import tabulate
 
 from planner.capacity.budget import BudgetResult, Candidate, budget_seconds
+from planner.capacity.scaling import chinchilla_summary, training_tokens
+from planner.capacity.whatif import SweepRow
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate
 from planner.model.memory_terms import TERMS
-from planner.capacity.scaling import chinchilla_summary, training_tokens
-from planner.search.engine import SearchResult
 from planner.model.shape import param_counts
+from planner.search.engine import SearchResult
 from planner.spec.spec import Spec
 from planner.spec.units import GiB
-from planner.capacity.whatif import SweepRow
 
 TERM_LABELS = {
     "parameters": "parameters",

@@ -98,8 +98,8 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
 
 
 def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
-    from planner.spec.spec import load_spec
     from planner.capacity.whatif import edit, parse_assignment
+    from planner.spec.spec import load_spec
     spec = load_spec(spec_path)
     overrides = dict(parse_assignment(text) for text in sets)
     if top is not None:
@@ -153,8 +153,8 @@ def _budget(spec, spec_path: str, as_json: bool) -> bool:
 
 
 def _sweep(spec, sweep_arg: str, as_json: bool) -> bool:
-    from planner.report import sweep_json, sweep_text
     from planner.capacity.whatif import parse_assignment, parse_value, sweep
+    from planner.report import sweep_json, sweep_text
     path, _ = parse_assignment(sweep_arg)
     values = [parse_value(v.strip()) for v in sweep_arg.partition("=")[2].split(",")]
     rows = sweep(spec, path, values)

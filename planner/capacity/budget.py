@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from planner.capacity.scaling import ScalingLaw, law_of, model_flops_per_token
 from planner.errors import SpecError
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate, usable_bytes
-from planner.capacity.scaling import ScalingLaw, law_of, model_flops_per_token
-from planner.search.engine import SearchResult, search, why_infeasible
 from planner.model.shape import param_counts
+from planner.search.engine import SearchResult, search, why_infeasible
 from planner.spec.spec import BudgetSpec, ModelSpec, Spec
-from planner.spec.units import GiB, OPTIMIZER_STATE_BYTES, Activation, Offload
+from planner.spec.units import OPTIMIZER_STATE_BYTES, Activation, GiB, Offload
 
 #: widths of the candidates, ~60M to ~800B parameters with a 32k vocabulary
 D_MODEL_LADDER = (512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 7168, 8192,

@@ -23,16 +23,16 @@ from typing import Callable, Optional
 import sympy
 
 from planner.capacity.budget import Candidate, evaluate, family_shape
+from planner.capacity.scaling import law_of
+from planner.capacity.whatif import set_path
 from planner.errors import InfeasibleError, SpecError
 from planner.estimate.predict import Estimate, estimate, usable_bytes
-from planner.plan.strategy import Plan
-from planner.search.rules import check
-from planner.capacity.scaling import law_of
-from planner.search.engine import divisors, search, why_infeasible
 from planner.model.shape import param_counts
+from planner.plan.strategy import Plan
+from planner.search.engine import divisors, search, why_infeasible
+from planner.search.rules import check
 from planner.spec.spec import Spec, spec_from_dict, spec_to_dict
 from planner.spec.units import AttentionKernel, GiB
-from planner.capacity.whatif import set_path
 
 #: valid values above the memory boundary that are still checked one by one: memory need not be
 #: monotone (the micro-batch that ends gradient accumulation drops the carried gradients; fewer

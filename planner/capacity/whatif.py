@@ -14,13 +14,12 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-from planner.search.engine import why_infeasible
 from planner.capacity.budget import plan_budget
+from planner.capacity.scaling import law_of, training_tokens
 from planner.errors import SpecError
 from planner.estimate.predict import Estimate
-from planner.capacity.scaling import law_of, training_tokens
-from planner.search.engine import SearchResult, search
 from planner.model.shape import param_counts
+from planner.search.engine import SearchResult, search, why_infeasible
 from planner.spec.spec import Spec, _SpecLoader, spec_from_dict, spec_to_dict
 from planner.spec.units import GiB
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from planner.model.flops import StepFlops, step_flops
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
 from planner.estimate.memory import host_offload_bytes, peak_memory
+from planner.estimate.timing import Throughput, throughput
+from planner.model.flops import StepFlops, step_flops
 from planner.model.memory_terms import MemoryBreakdown
 from planner.plan.strategy import Plan
 from planner.spec.spec import Spec
-from planner.estimate.timing import Throughput, throughput
 from planner.spec.units import GiB
 
 SECONDS_PER_DAY = 86400.0

@@ -9,19 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from planner.network import collectives as coll
-from planner.model.flops import step_flops, utilisation
-from planner.plan.strategy import PRECISIONS, Plan, where
-from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
-from planner.spec.spec import Spec
-from planner.network.topology import group_link
-from planner.model.local import local_dims
-from planner.plan.degrees import ORDERS
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
-from planner.spec.units import TERA, Activation, AttentionKernel, Norm, Position, Precision, \
-    Recompute, ZeroStage
-
+from planner.model.flops import step_flops, utilisation
+from planner.model.local import local_dims
+from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
+from planner.network import collectives as coll
+from planner.network.topology import group_link
+from planner.plan.degrees import ORDERS
+from planner.plan.strategy import PRECISIONS, Plan, where
+from planner.spec.spec import Spec
+from planner.spec.units import (TERA, Activation, AttentionKernel, Norm, Position, Precision,
+                                Recompute, ZeroStage)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from planner.model.local import local_dims
 from planner.plan.strategy import Plan, where
 from planner.spec.spec import ModelSpec
 from planner.spec.units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel, Norm,
-                    Position, Precision, Recompute)
+                                Position, Precision, Recompute)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.plan.strategy import Plan, where
 from planner.model.shape import mlp_matrices, param_counts
+from planner.plan.strategy import Plan, where
 from planner.spec.spec import ModelSpec
 from planner.spec.units import Recompute
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.plan.strategy import where
 from planner.network.topology import Link
+from planner.plan.strategy import where
 
 
 def all_reduce(size, link: Link, efficiency: float, count=1):

@@ -11,14 +11,14 @@ import numpy as np
 
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
-from planner.estimate.predict import Estimate, estimate, required_bytes, usable_bytes
 from planner.estimate.memory import host_offload_bytes, peak_bytes
-from planner.plan.strategy import Plan, PlanBatch, column
+from planner.estimate.predict import Estimate, estimate, required_bytes, usable_bytes
+from planner.estimate.timing import throughput
 from planner.plan.rule import Rejected, check_rules, first_failing
+from planner.plan.strategy import Plan, PlanBatch, column
 from planner.search.rules import first_failure, rules_for
 from planner.spec.spec import SearchSpec, Spec
-from planner.estimate.timing import throughput
-from planner.spec.units import GiB, AttentionKernel, Offload, Precision, Recompute, ZeroStage
+from planner.spec.units import AttentionKernel, GiB, Offload, Precision, Recompute, ZeroStage
 
 MAX_AUTO_MICRO_BATCH = 256
 

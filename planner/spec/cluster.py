@@ -7,10 +7,9 @@ from typing import Any, Literal
 from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
                       model_validator)
 
-from planner.spec.catalog import find_gpu, gpu_catalog, over_entry
 from planner.spec.base import Frozen as _Frozen
+from planner.spec.catalog import find_gpu, gpu_catalog, over_entry
 from planner.spec.units import GiB, Precision
-
 
 LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
 

@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt,
-                      PrivateAttr, ValidationError, field_validator, model_validator)
+from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, PrivateAttr,
+                      ValidationError, field_validator, model_validator)
 
-from planner.spec.catalog import (PRESET_META_KEYS, find_preset, find_scaling_law, model_presets,
-                                  over_entry, scaling_laws)
-from planner.spec.cluster import (ClusterSpec, EfficiencySpec, GpuSpec, InterNodeSpec,  # noqa: F401 (API)
-                      IntraNodeSpec)
 from planner.errors import SpecError
 from planner.spec.base import Frozen as _Frozen
-from planner.spec.units import (Activation, Arch, AttentionKernel, Norm, Offload, Optimizer, Position,
-                    Precision, Recompute, ZeroStage)
-
+from planner.spec.catalog import (PRESET_META_KEYS, find_preset, find_scaling_law, model_presets,
+                                  over_entry, scaling_laws)
+from planner.spec.cluster import (ClusterSpec, EfficiencySpec, GpuSpec,  # noqa: F401 (API)
+                                  InterNodeSpec, IntraNodeSpec)
+from planner.spec.units import (Activation, Arch, AttentionKernel, Norm, Offload, Optimizer,
+                                Position, Precision, Recompute, ZeroStage)
 
 # --------------------------------------------------------------------------------------- model
 

@@ -12,7 +12,8 @@ from executor.model import GPT  # noqa: E402
 from planner.model import activations as act  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.spec.spec import ModelSpec  # noqa: E402
-from planner.spec.units import AttentionKernel, Position, Precision, Recompute, ZeroStage  # noqa: E402
+from planner.spec.units import (AttentionKernel, Position, Precision, Recompute,  # noqa: E402
+                                ZeroStage)
 
 MB = 2
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}

@@ -11,10 +11,10 @@ pytest.importorskip("tokenizers")
 
 from executor.data import (BatchSampler, TokenDataset, build_shards, load_corpus,  # noqa: E402
                            token_dtype)
+from executor.errors import ExecutorError  # noqa: E402
 from executor.stories import PLOTS, generate_stories  # noqa: E402
 from executor.tokenizer import (EOT, BPETokenizer, ByteTokenizer, load_tokenizer,  # noqa: E402
                                 train_bpe)
-from executor.errors import ExecutorError  # noqa: E402
 
 STORIES = generate_stories(120, seed=0)
 

@@ -18,13 +18,13 @@ from deepspeed.runtime import lr_schedules  # noqa: E402
 from deepspeed.runtime.activation_checkpointing.config import ACT_CHKPT  # noqa: E402
 from deepspeed.runtime.zero.config import ZERO_OPTIMIZATION  # noqa: E402
 
-from executor.ds_config import (LRSchedule, default_lr_schedule, default_peak_lr,  # noqa: E402
-                                deepspeed_batch_world, to_deepspeed_config)
-from executor.parallel import autotp_partition_config  # noqa: E402
+from executor.ds_config import (LRSchedule, deepspeed_batch_world,  # noqa: E402
+                                default_lr_schedule, default_peak_lr, to_deepspeed_config)
 from executor.errors import ExecutorError  # noqa: E402
+from executor.parallel import autotp_partition_config  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
-from planner.search.rules import check  # noqa: E402
 from planner.search.engine import candidates  # noqa: E402
+from planner.search.rules import check  # noqa: E402
 from planner.spec.spec import load_spec, spec_from_dict  # noqa: E402
 from planner.spec.units import Offload, Optimizer, Precision, Recompute, ZeroStage  # noqa: E402
 
@@ -167,9 +167,10 @@ def test_nvme_offload_needs_a_path():
 def test_autotp_rules_match_the_model(model):
     """Each rule names parameters the executor's GPT really has, and the fused QKV's sub-widths
     add up to its output width (a renamed layer would silently stay replicated otherwise)."""
+    import re
+
     from executor.model import GPT
     from planner.spec.spec import ModelSpec
-    import re
     m = ModelSpec.model_validate({"preset": model, "n_layers": 1, "vocab_size": 64})
     names = {n: p.shape for n, p in GPT(m).named_parameters()}
     for rule in autotp_partition_config(m)["layer_specs"]:

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("deepspeed")
 
+from executor.errors import ExecutorError  # noqa: E402
 from executor.launch import launch_command, rank_env  # noqa: E402
 from executor.run import ExecuteRequest, execute  # noqa: E402
-from executor.errors import ExecutorError  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.spec.spec import spec_from_dict  # noqa: E402
 from planner.spec.units import Precision, Recompute, ZeroStage  # noqa: E402

@@ -11,8 +11,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from executor.model import GPT, Block, RMSNorm, causal_lm_loss, rope  # noqa: E402
-from planner.spec.catalog import model_presets  # noqa: E402
 from planner.model.shape import layer_params, layer_tensor_sizes, param_counts  # noqa: E402
+from planner.spec.catalog import model_presets  # noqa: E402
 from planner.spec.spec import ModelSpec  # noqa: E402
 
 PRESETS = sorted(model_presets())

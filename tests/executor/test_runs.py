@@ -21,10 +21,10 @@ import pytest
 pytest.importorskip("deepspeed")
 torch = pytest.importorskip("torch")
 
-from executor.launch import launch_command  # noqa: E402
-from executor.rundir import RunDir, complete_checkpoints  # noqa: E402
-from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir  # noqa: E402
 from executor.errors import ExecutorError  # noqa: E402
+from executor.launch import launch_command  # noqa: E402
+from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir  # noqa: E402
+from executor.rundir import RunDir, complete_checkpoints  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.search.engine import search  # noqa: E402
 from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from planner.estimate.memory import host_offload_bytes, peak_bytes, peak_memory
-from planner.plan.strategy import PlanBatch
-from planner.search.rules import RULES, check, first_failure
-from planner.search.engine import candidate_batch, candidates, search
-from planner.spec.spec import load_spec, spec_from_dict
 from planner.estimate.timing import throughput
+from planner.plan.strategy import PlanBatch
+from planner.search.engine import candidate_batch, candidates, search
+from planner.search.rules import RULES, check, first_failure
+from planner.spec.spec import load_spec, spec_from_dict
 
 from ..conftest import ROOT
 

@@ -7,13 +7,13 @@ import pytest
 from click.testing import CliRunner
 
 from planner.capacity.budget import (budget_seconds, family_shape, family_shapes, plan_budget,
-                            planned_spec, states_lower_bound_bytes)
-from pretrain.cli import main
-from planner.errors import SpecError
+                                     planned_spec, states_lower_bound_bytes)
 from planner.capacity.scaling import model_flops_per_token
-from planner.search.engine import search
+from planner.errors import SpecError
 from planner.model.shape import param_counts
+from planner.search.engine import search
 from planner.spec.spec import ModelSpec, load_spec, spec_from_dict
+from pretrain.cli import main
 
 from ..conftest import ROOT
 

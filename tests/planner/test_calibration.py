@@ -5,8 +5,8 @@ import statistics
 
 import pytest
 
-from planner.validate.calibration import load_measurements
 from planner.estimate.predict import estimate
+from planner.validate.calibration import load_measurements
 
 from ..conftest import calibration_path
 

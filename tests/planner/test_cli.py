@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pretrain.cli import main
 from planner.model.memory_terms import TERMS
+from pretrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_7B = ROOT / "specs" / "7b_on_64xA100.yaml"

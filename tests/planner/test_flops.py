@@ -2,8 +2,8 @@
 import pytest
 
 from planner.model.flops import forward_flops_per_token, recompute_flops_per_token, step_flops
-from planner.plan.strategy import Plan
 from planner.model.shape import param_counts
+from planner.plan.strategy import Plan
 from planner.spec.spec import ModelSpec
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 

@@ -7,17 +7,17 @@ import pytest
 import sympy
 
 from planner.capacity.budget import Candidate, evaluate, family_shape
+from planner.capacity.inverse import (WIDTHS, fewest_gpus, largest_micro_batch, largest_model,
+                                      largest_seq_len, seq_len_values)
+from planner.capacity.scaling import law_of
+from planner.capacity.whatif import edit
 from planner.errors import SpecError
 from planner.estimate.predict import estimate
-from planner.capacity.inverse import (WIDTHS, fewest_gpus, largest_micro_batch, largest_model,
-                             largest_seq_len, seq_len_values)
-from planner.search.rules import check
-from planner.capacity.scaling import law_of
-from planner.search.engine import search
 from planner.model.shape import param_counts
+from planner.search.engine import search
+from planner.search.rules import check
 from planner.spec.spec import load_spec, spec_from_dict
 from planner.spec.units import GiB
-from planner.capacity.whatif import edit
 
 ROOT = Path(__file__).resolve().parents[2]
 

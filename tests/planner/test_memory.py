@@ -3,16 +3,16 @@ with dp > 1.  The expected values are written out from the formulas in docs/memo
 not computed with the planner's own helpers."""
 import pytest
 
-from planner.model import activations as act
 from planner.backends.deepspeed.memory import (Wrapper, accumulated_gradient_bytes,
                                                ipg_bucket_bytes, master_weight_bytes,
                                                optimizer_state_bytes, optimizer_step_bytes,
                                                resident_gradient_bytes, stage_moments, wrapper,
                                                zero3_gathered_bytes)
 from planner.estimate.memory import peak_memory
+from planner.model import activations as act
 from planner.model.memory_terms import MemoryBreakdown, cublas_workspace_bytes, parameter_bytes
-from planner.plan.strategy import Plan
 from planner.model.shape import stage_params, stage_tensor_sizes, stages_to_check, tensor_stats
+from planner.plan.strategy import Plan
 from planner.spec.spec import spec_from_dict
 from planner.spec.units import MiB, Offload, Precision, Recompute, ZeroStage
 

@@ -6,8 +6,8 @@ import statistics
 import pytest
 
 from planner.estimate.predict import estimate
-from planner.validate.published import error, load_published
 from planner.estimate.timing import throughput
+from planner.validate.published import error, load_published
 
 from ..conftest import published_path
 

@@ -4,14 +4,14 @@ rounded constants, the lab fit, and the spec's scaling_law field."""
 import numpy as np
 import pytest
 
-from planner.spec.catalog import scaling_laws
+from planner.capacity.lawfit import fit_law
+from planner.capacity.scaling import (ScalingLaw, law_of, model_flops_per_token, preset_law,
+                                      training_flops, training_tokens)
 from planner.errors import SpecError
 from planner.model.flops import step_flops
-from planner.capacity.lawfit import fit_law
-from planner.plan.strategy import Plan
-from planner.capacity.scaling import (ScalingLaw, law_of, model_flops_per_token, preset_law,
-                             training_flops, training_tokens)
 from planner.model.shape import param_counts
+from planner.plan.strategy import Plan
+from planner.spec.catalog import scaling_laws
 from planner.spec.spec import spec_from_dict
 from planner.spec.units import Precision, Recompute, ZeroStage
 

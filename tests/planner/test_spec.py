@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from planner.spec.catalog import gpu_catalog, model_presets
 from planner.errors import SpecError
 from planner.model.shape import param_counts
+from planner.spec.catalog import gpu_catalog, model_presets
 from planner.spec.spec import GpuSpec, ModelSpec, Spec, load_spec, spec_from_dict
 from planner.spec.units import Activation, Norm, Position
 

@@ -2,17 +2,17 @@
 efficiency, attention, data-parallel volumes per ZeRO stage, and the calibration runs."""
 import pytest
 
-from planner.network import collectives as coll
-from planner.validate.calibration import load_measurements
-from planner.plan.strategy import Plan
-from planner.model.shape import stages_to_check
-from planner.spec.spec import spec_from_dict
 from planner.backends.deepspeed.timing import dp_traffic_seconds
 from planner.estimate.timing import (attention_seconds, gemm_efficiency, step_time_for_order,
                                      throughput)
+from planner.model.shape import stages_to_check
+from planner.network import collectives as coll
 from planner.network.topology import Link, group_link
 from planner.plan.degrees import Degrees
+from planner.plan.strategy import Plan
+from planner.spec.spec import spec_from_dict
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
+from planner.validate.calibration import load_measurements
 
 from ..conftest import calibration_path
 

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pretrain.cli import main
+from planner.capacity.whatif import edit, parse_assignment, sweep, what_if
 from planner.errors import SpecError
 from planner.search.engine import search
 from planner.spec.spec import load_spec, spec_from_dict, spec_to_dict
-from planner.capacity.whatif import edit, parse_assignment, sweep, what_if
+from pretrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILES = sorted((ROOT / "specs").glob("*.yaml"))

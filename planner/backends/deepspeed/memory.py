@@ -26,7 +26,8 @@ from planner.model import activations as act
 from planner.model.local import local_dims
 from planner.model.memory_terms import (AnyPlan, MemoryBreakdown, cublas_workspace_bytes,
                                         parameter_bytes)
-from planner.model.shape import Stage, TensorStats, layer_params, stage_params, stages_to_check, tensor_stats
+from planner.model.shape import (Stage, TensorStats, layer_params, stage_params, stages_to_check,
+                                 tensor_stats)
 from planner.plan.strategy import where
 from planner.spec.spec import RuntimeSpec, Spec
 from planner.spec.units import FP32_BYTES, OPTIMIZER_STATE_BYTES, Precision, ZeroStage
