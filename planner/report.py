@@ -218,7 +218,8 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
         lines += ["", "top plans (seconds per step):", _alternatives_table(result, tokens)]
         blocked = [e for e in result.feasible[:spec.search.top + 1] if e.not_executable]
         if blocked:
-            lines.append(f"* plan --execute cannot run the plans marked * with {result.backend.name}: "
+            lines.append(f"* plan --execute cannot run the plans marked * with "
+                         f"{result.backend.name}: "
                          f"{blocked[0].not_executable}")
     if result.rejected:
         lines += ["", f"rejected {len(result.rejected)} of {result.evaluated} candidates:"]

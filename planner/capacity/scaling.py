@@ -2,8 +2,8 @@
 
 N counts all parameters (embeddings included, as Hoffmann et al. 2022 did), D training tokens, L
 is the loss in nats per token.  Compute is C = 6·N·D (Kaplan et al. 2020, section 2.1), the
-convention the laws were fitted under; the exact count from the shape (planner.model.flops) is reported
-beside it.
+convention the laws were fitted under; the exact count from the shape (planner.model.flops) is
+reported beside it.
 
 Compute-optimal split (Hoffmann et al. 2022, section 3.3 and appendix D.2, eq. 4).  With
 D = C / (6N) the loss along the compute budget is  L(N) = E + A N^-α + B (C/6)^-β N^β, and

@@ -1,1 +1,2 @@
-"""Estimates of one plan: memory at the peak moment, step time over the cluster topology, the combined Estimate."""
+"""Estimates of one plan under a backend: memory at the peak moment, step time over the cluster
+topology, and the combined Estimate."""

@@ -245,7 +245,8 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
                     bubble=bubble, dp_comm=m * exposed_micro + worst["per_step"],
                     optimizer=backend.optimizer_seconds(spec, plan, worst["n"],
                                                         worst["tensors"]),
-                    offload=backend.offload_seconds(spec, plan, worst["n"]), placement=",".join(order))
+                    offload=backend.offload_seconds(spec, plan, worst["n"]),
+                    placement=",".join(order))
 
 
 def step_time(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> StepTime:

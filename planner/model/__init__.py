@@ -1,1 +1,2 @@
-"""What the model is, per rank: parameter counts, FLOPs and activation bytes from the shape; no framework."""
+"""What the model is, per rank: parameter counts, FLOPs, activation bytes and framework-free
+memory terms from the shape, and the per-rank local shape.  No framework."""

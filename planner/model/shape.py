@@ -118,7 +118,8 @@ def stages_to_check(m: ModelSpec, pp, grad_accum) -> list[Stage]:
     alive (Narayanan et al. 2021, section 2.2); middle stages are dominated by the first.  For a
     batch both are returned for every candidate (identical when pp = 1).
     """
-    first_layers, last_layers = first_stage_layers(m.n_layers, pp), last_stage_layers(m.n_layers, pp)
+    first_layers = first_stage_layers(m.n_layers, pp)
+    last_layers = last_stage_layers(m.n_layers, pp)
     if isinstance(pp, np.ndarray):
         first = Stage(0, first_layers, True, pp == 1, np.minimum(pp, grad_accum))
         last = Stage(pp - 1, last_layers, pp == 1, True, np.ones_like(pp))

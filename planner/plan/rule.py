@@ -1,6 +1,7 @@
-"""The form every rule takes, wherever it is stated (the arithmetic rules in planner/search/rules.py,
-a backend's own in planner/backends/): a predicate over a Plan or a PlanBatch, and the one-line
-reason, with its operands, for one plan.  A plan that fails is a value, ``Rejected``."""
+"""The form every rule takes, wherever it is stated (the arithmetic rules in
+planner/search/rules.py, a backend's own in planner/backends/): a predicate over a Plan or a
+PlanBatch, and the one-line reason, with its operands, for one plan.  A plan that fails is a
+value, ``Rejected``."""
 from __future__ import annotations
 
 from dataclasses import dataclass

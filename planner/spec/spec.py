@@ -117,7 +117,8 @@ class ModelSpec(_Frozen):
 
 class ScalingLawSpec(_Frozen):
     """L(N, D) = E + A/N^alpha + B/D^beta in nats per token (planner/scaling.py): a preset name
-    (planner/spec/data/scaling_laws.yaml) or the five constants, e.g. from planner.capacity.lawfit.fit_law."""
+    (planner/spec/data/scaling_laws.yaml) or the five constants, e.g. from
+    planner.capacity.lawfit.fit_law."""
 
     preset: Optional[str] = Field(None, description="name of a shipped scaling law")
     name: str = Field("custom", description="label used in reports")

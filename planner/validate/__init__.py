@@ -1,1 +1,2 @@
-"""Loaders that turn measured and published runs into (Spec, Plan) pairs to check estimates against."""
+"""Loaders that turn measured and published runs into (Spec, Plan) pairs to check estimates
+against."""

@@ -1,11 +1,13 @@
-"""DeepSpeed's memory mechanisms: which optimizer wrapper a plan runs under, the buffers it allocates,
-and the moments of its step where the peak can fall (planner/estimate/memory.py takes the largest).
+"""DeepSpeed's memory mechanisms: which optimizer wrapper a plan runs under, the buffers it
+allocates, and the moments of its step where the peak can fall (planner/estimate/memory.py takes
+the largest).
 
 Mechanisms mirror DeepSpeed 0.19.8 (file:line references in docs/memory-model.md):
 - ZeRO-0 mixed precision runs FP16_(Unfused)Optimizer: a dummy step at init creates the Adam
   states; gradients are autograd tensors freed after every step (engine.py:2321,
   fp16/unfused_optimizer.py:412-433).
-- bf16 with pipeline parallelism runs BF16_Optimizer: a full fp32 gradient buffer (bf16_optimizer.py:191).
+- bf16 with pipeline parallelism runs BF16_Optimizer: a full fp32 gradient buffer
+  (bf16_optimizer.py:191).
 - ZeRO-1/2 (stage_1_and_2.py): flat lp params, fp32 master partition, lazy Adam states, an ipg
   bucket of reduce_bucket_size elements allocated at the first gradient hook and freed at the end
   of backward (3256-3280, 924-932); ZeRO-2 keeps a P/dp gradient partition (2192) that also
