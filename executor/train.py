@@ -72,14 +72,15 @@ def seed_everything(seed: int) -> None:
 
 def data_parallel_coords(engine, plan: Plan, rank: int) -> tuple[int, int]:
     """(dp_rank, dp_size) of this process.  Pipeline: the engine's grid (ranks are
-    [pipe][data]); AutoTP: tensor-parallel groups are consecutive ranks, so dp_rank = rank // tp
-    (deepspeed.utils.groups._init_tp_mesh_device)."""
+    [pipe][data]); AutoTP: tensor-parallel groups are consecutive ranks
+    (deepspeed.utils.groups._init_tp_mesh_device), the planner's tp-innermost placement, so the
+    rank's data-parallel coordinate comes from the plan's Degrees."""
     if plan.pp > 1:
         return engine.grid.get_data_parallel_id(), engine.grid.get_data_parallel_world_size()
     if engine.dp_world_size != plan.dp:
         raise RuntimeError(f"DeepSpeed's data-parallel size ({engine.dp_world_size}) is not the "
                            f"plan's dp ({plan.dp})")
-    return rank // plan.tp, plan.dp
+    return plan.degrees.coords(rank)["dp"], plan.dp
 
 
 def reset_deepspeed_globals() -> None:
