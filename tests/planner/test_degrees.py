@@ -86,3 +86,4 @@ def test_one_layer_split(n, pp):
     assert first_stage_layers(n, pp) == split[0] and last_stage_layers(n, pp) == split[-1]
     arrays = first_stage_layers(n, np.array([pp])), last_stage_layers(n, np.array([pp]))
     assert (arrays[0][0], arrays[1][0]) == (split[0], split[-1])
+
