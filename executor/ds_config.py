@@ -80,24 +80,13 @@ def default_lr_schedule(spec: Spec, plan: Plan, **overrides: Any) -> LRSchedule:
     return LRSchedule(**values)
 
 
-def deepspeed_batch_world(plan: Plan) -> int:
-    """The world size DeepSpeed's batch check multiplies by (DeepSpeedConfig._batch_assertion).
-
-    With a pipeline the engine passes the PipelineModule's grid as ``mpu``, whose data-parallel
-    size is dp.  AutoTP passes no mpu, so the check counts every process (dp * tp) even though the
-    tensor-parallel ranks of a group read the same micro-batch; the engine's dp_world_size, which
-    averages the gradients, is dp all the same.
-    """
-    if plan.pp > 1:
-        return plan.dp
-    return plan.dp * plan.tp
-
-
 # ----------------------------------------------------------------------------------- sections
 
 def batch_section(plan: Plan) -> dict:
     return {
-        "train_batch_size": plan.micro_batch * plan.grad_accum * deepspeed_batch_world(plan),
+        # DeepSpeed multiplies by its data-parallel size: dp, since a pipeline or tensor
+        # parallelism hands it the plan's process grid (DeepSpeedConfig._batch_assertion)
+        "train_batch_size": plan.micro_batch * plan.grad_accum * plan.dp,
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "gradient_accumulation_steps": plan.grad_accum,
     }
@@ -172,14 +161,6 @@ def pipeline_section(plan: Plan) -> dict:
                          "use_reentrant": False}}
 
 
-def tensor_parallel_section(spec: Spec, plan: Plan) -> dict:
-    if plan.tp == 1:
-        return {}
-    from .parallel import autotp_partition_config  # parameter names are the model's business
-    return {"tensor_parallel": {"autotp_size": plan.tp,
-                                "partition_config": autotp_partition_config(spec.model)}}
-
-
 def optimizer_section(spec: Spec, plan: Plan, lr: LRSchedule) -> dict:
     """Adam(W): DeepSpeed picks FusedAdam, or DeepSpeedCPUAdam under offload, unless
     ``torch_adam`` asks for PyTorch's (engine.py get_optimizer_configuration).  "Adam" means AdamW
@@ -224,11 +205,10 @@ def to_deepspeed_config(spec: Spec, plan: Plan, *, lr_schedule: Optional[LRSched
         **precision_section(plan),
         **recompute_section(spec, plan),
         **pipeline_section(plan),
-        **tensor_parallel_section(spec, plan),
         **optimizer_section(spec, plan, lr),
         **scheduler_section(lr),
     }
 
 
-__all__ = ["to_deepspeed_config", "LRSchedule", "default_lr_schedule", "deepspeed_batch_world",
+__all__ = ["to_deepspeed_config", "LRSchedule", "default_lr_schedule",
            "tokens_per_step", "training_tokens"]

@@ -7,9 +7,10 @@ views, RoPE as new q/k tensors, ``scaled_dot_product_attention`` (or the eager s
 GELU MLP or a fused gate/up SwiGLU, LayerNorm or Llama's RMSNorm, logits upcast before the loss.
 
 It knows nothing of DeepSpeed.  Parallelism is applied to it from outside: ``pipeline_layers()``
-hands the layers to a ``PipelineModule``; AutoTP may column-shard ``qkv``/``fc``/``w13`` and
-row-shard ``proj``/``fc2``/``w2`` (the attention follows the local width of ``qkv``);
-activation checkpointing wraps the entries of ``blocks``.
+hands the layers to a ``PipelineModule``; executor/tensor_parallel.py column-shards
+``qkv``/``fc``/``w13``, row-shards ``proj``/``fc2``/``w2`` and splits the token table and the
+head over the vocabulary (the attention follows the local width of ``qkv``; ``loss_fn`` becomes
+the vocab-parallel loss); activation checkpointing wraps the entries of ``blocks``.
 """
 from __future__ import annotations
 
@@ -78,7 +79,6 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 class CausalSelfAttention(nn.Module):
     def __init__(self, m: ModelSpec):
         super().__init__()
-        # not named n_heads/num_heads: AutoTP rewrites attributes of those names
         self.h, self.kv, self.hd = m.n_heads, m.n_kv_heads, m.head_dim
         self.rope = m.position is Position.ROPE
         self.flash = m.attention is AttentionKernel.FLASH
@@ -159,6 +159,30 @@ class EmbeddingLayer(nn.Module):
         return x
 
 
+class TokenTable(nn.Module):
+    """The token table alone (ids -> vectors, or with ``logits`` vectors -> logits): what a
+    pipeline ties between its first and last stage, so the last holds no position table."""
+
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        self.wte = nn.Embedding(m.vocab_size, m.d_model)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.wte(idx)
+
+
+class PositionLayer(nn.Module):
+    """Adds the learned position table to token vectors (a pipeline's first stage, after the
+    tied token table)."""
+
+    def __init__(self, wpe: nn.Embedding):
+        super().__init__()
+        self.wpe = wpe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.wpe(torch.arange(x.shape[1], device=x.device))
+
+
 class HeadLayer(nn.Module):
     """Hidden states -> logits: the final norm and the LM head.  ``lm_head=False`` keeps only the
     norm, for a pipeline whose logits come from the tied token table (see ``tied_logits``)."""
@@ -173,10 +197,10 @@ class HeadLayer(nn.Module):
         return self.head(x) if self.head is not None else x
 
 
-def tied_logits(embedding: EmbeddingLayer, x: torch.Tensor) -> torch.Tensor:
+def tied_logits(table: TokenTable, x: torch.Tensor) -> torch.Tensor:
     """Logits from the token table: the ``forward_fn`` of a pipeline's second TiedLayerSpec of
-    ``EmbeddingLayer`` (Megatron-DeepSpeed's ``_logits_helper`` pattern)."""
-    return F.linear(x, embedding.wte.weight)
+    ``TokenTable`` (Megatron-DeepSpeed's ``_logits_helper`` pattern)."""
+    return F.linear(x, table.wte.weight)
 
 
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor,
@@ -185,6 +209,16 @@ def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor,
     if loss_dtype == "fp32":
         logits = logits.float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+class CausalLMLoss:
+    """``causal_lm_loss`` with the model's loss dtype bound (picklable, unlike a lambda)."""
+
+    def __init__(self, loss_dtype: str = "fp32"):
+        self.loss_dtype = loss_dtype
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(logits, targets, self.loss_dtype)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -202,6 +236,8 @@ class GPT(nn.Module):
     def __init__(self, m: ModelSpec):
         super().__init__()
         self.spec = m
+        #: (logits, targets) -> loss; tensor parallelism swaps in its vocab-parallel loss
+        self.loss_fn = CausalLMLoss(m.loss_dtype)
         self.embed = EmbeddingLayer(m)
         self.blocks = nn.ModuleList(Block(m) for _ in range(m.n_layers))
         self.final = HeadLayer(m)
@@ -224,7 +260,7 @@ class GPT(nn.Module):
         logits = self.final(x)
         if targets is None:
             return logits
-        return causal_lm_loss(logits, targets, self.spec.loss_dtype)
+        return self.loss_fn(logits, targets)
 
     def pipeline_layers(self) -> list[nn.Module]:
         """[EmbeddingLayer, *blocks, HeadLayer]: each forward maps one tensor to the next, the last
@@ -259,5 +295,6 @@ class GPT(nn.Module):
         return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
-__all__ = ["GPT", "Block", "EmbeddingLayer", "HeadLayer", "RMSNorm", "causal_lm_loss",
-           "tied_logits", "init_weights"]
+__all__ = ["GPT", "Block", "EmbeddingLayer", "TokenTable", "PositionLayer", "HeadLayer", "RMSNorm",
+           "causal_lm_loss",
+           "CausalLMLoss", "tied_logits", "init_weights"]

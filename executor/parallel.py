@@ -1,24 +1,27 @@
 """Parallelism applied to a GPT from outside (torchtitan's ``parallelize_llama(model, ...)``):
-activation recomputation, the pipeline module, and AutoTP's partition rules.
+Megatron-style tensor parallelism (executor/tensor_parallel.py), activation recomputation and
+the pipeline module, over one process layout: DeepSpeed's PipeModelDataParallelTopology, whose
+rank order (tensor-parallel ranks adjacent, then data, then pipeline) is the planner's
+``Degrees`` order ("tp", "dp", "pp").
 
-``executor/model.py`` knows nothing of DeepSpeed; this module knows the model's layer and
-parameter names.  torch and DeepSpeed are imported inside the functions that need them, so
-``autotp_partition_config`` stays importable by the config writer without them.
+``executor/model.py`` knows nothing of DeepSpeed; this module knows the model's layer names.
+torch and DeepSpeed are imported inside the functions that need them.
 """
 from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from planner.plan.strategy import Plan
 from planner.spec.spec import ModelSpec
-from planner.spec.units import Activation, Recompute
+from planner.spec.units import Position, Recompute
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
 
     from .model import GPT
+    from .tensor_parallel import TPGroup
 
 #: the pipeline balances blocks over stages (the planner's layers_per_stage: uniform, the
 #: remainder on the first stages); embedding and head weigh nothing in the split
@@ -26,26 +29,25 @@ PIPELINE_PARTITION = "type:Block"
 TIED_KEY = "embed"
 
 
-def autotp_partition_config(m: ModelSpec) -> dict:
-    """AutoTP rules for executor.model's parameter names (DeepSpeed's configurable AutoTP,
-    module_inject/autotp_config.py).  Megatron-LM's split: QKV and the MLP's input matrices are
-    column-parallel, the attention output and the MLP's output row-parallel.  The fused QKV holds
-    [q | k | v] of unequal widths under GQA, so each part is split on its own; the fused SwiGLU
-    [gate | up] likewise.  Embedding, norms and the LM head stay replicated."""
-    q, kv = m.n_heads * m.head_dim, m.kv_dim
-    specs = [
-        {"patterns": [r".*\.attn\.qkv\.weight$"], "partition_type": "column",
-         "shape": [[q, kv, kv], -1], "partition_dim": 0},
-        {"patterns": [r".*\.attn\.proj\.weight$"], "partition_type": "row"},
-    ]
-    if m.activation is Activation.SWIGLU:
-        specs += [{"patterns": [r".*\.mlp\.w13\.weight$"], "partition_type": "column",
-                   "shape": [2, -1], "partition_dim": 0},
-                  {"patterns": [r".*\.mlp\.w2\.weight$"], "partition_type": "row"}]
-    else:
-        specs += [{"patterns": [r".*\.mlp\.fc\.weight$"], "partition_type": "column"},
-                  {"patterns": [r".*\.mlp\.fc2\.weight$"], "partition_type": "row"}]
-    return {"use_default_specs": False, "layer_specs": specs}
+def topology(plan: Plan):
+    """DeepSpeed's process layout for the plan: axes pipe, data, model (model innermost)."""
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+    return PipeModelDataParallelTopology(num_pp=plan.pp, num_mp=plan.tp, num_dp=plan.dp)
+
+
+def process_grid(plan: Plan):
+    """The process groups of the plan's layout (data, tensor and pipeline groups), as the
+    ``mpu`` DeepSpeed takes; None without tensor parallelism (DeepSpeed's defaults serve)."""
+    if plan.tp == 1:
+        return None
+    from deepspeed.runtime.pipe.topology import PipelineParallelGrid
+    return PipelineParallelGrid(topology=topology(plan))
+
+
+def tp_group(grid) -> "TPGroup":
+    from .tensor_parallel import TPGroup
+    return TPGroup(grid.get_slice_parallel_rank(), grid.get_slice_parallel_world_size(),
+                   grid.get_slice_parallel_group())
 
 
 # ------------------------------------------------------------------------------ recomputation
@@ -80,14 +82,17 @@ def apply_recompute(model: "GPT", recompute: Recompute) -> "GPT":
 
 # ----------------------------------------------------------------------------------- pipeline
 
-def _pipeline_layers(model: "GPT") -> list:
-    """The model's own layer instances (so the pipeline starts from the same weights as the plain
-    model); with tied embeddings the token table is a TiedLayerSpec on the first and last stage,
-    loaded from the model's table, and the head stage computes logits from it (Megatron-DeepSpeed's
-    EmbeddingPipe pattern)."""
+def _pipeline_layers(model: "GPT", tp: Optional["TPGroup"]) -> list:
+    """The pipeline's layers: the model's own instances, so the pipeline starts from the same
+    weights as the plain model (``_layer_prefixes`` names their parameters in the plain GPT).
+    With tied embeddings the token table alone is a TiedLayerSpec on the first and last stage
+    (loaded from the model's table; the last stage computes logits from it: Megatron-DeepSpeed's
+    EmbeddingPipe pattern), and learned positions are a layer of their own on the first stage,
+    so the last stage holds exactly the table the planner counts there.  Under tensor
+    parallelism the table is vocab-parallel."""
     from deepspeed.pipe import TiedLayerSpec
 
-    from .model import EmbeddingLayer, HeadLayer, tied_logits
+    from .model import HeadLayer, PositionLayer, TokenTable, tied_logits
 
     m = model.spec
     embed, *blocks, final = model.pipeline_layers()
@@ -95,36 +100,42 @@ def _pipeline_layers(model: "GPT") -> list:
         return [embed, *blocks, final]
     norm_only = HeadLayer(m, lm_head=False)
     norm_only.norm.load_state_dict(final.norm.state_dict())
-    return [TiedLayerSpec(TIED_KEY, EmbeddingLayer, m, tied_weight_attr=["wte.weight"]),
-            *blocks, norm_only,
-            TiedLayerSpec(TIED_KEY, EmbeddingLayer, m, forward_fn=tied_logits,
-                          tied_weight_attr=["wte.weight"])]
+    if tp is None:
+        table, args, logits = TokenTable, (m,), tied_logits
+    else:
+        from .tensor_parallel import ShardedTokenTable, tied_logits_tp
+        table, args, logits = ShardedTokenTable, (m, tp), tied_logits_tp
+    first = [TiedLayerSpec(TIED_KEY, table, *args, tied_weight_attr=["wte.weight"])]
+    if embed.wpe is not None:
+        first.append(PositionLayer(embed.wpe))
+    last = TiedLayerSpec(TIED_KEY, table, *args, forward_fn=logits,
+                         tied_weight_attr=["wte.weight"])
+    return [*first, *blocks, norm_only, last]
 
 
-def build_pipeline(model: "GPT", plan: Plan, ds_config: dict) -> "nn.Module":
-    """A PipelineModule over [embedding, *blocks, head] with the causal-LM loss; the engine
-    checkpoints Block layers when the config's pipeline section asks for it."""
+def build_pipeline(model: "GPT", plan: Plan, ds_config: dict,
+                   tp: Optional["TPGroup"] = None) -> "nn.Module":
+    """A PipelineModule over [embedding, *blocks, head] with the model's loss (vocab-parallel
+    under tensor parallelism); the engine checkpoints Block layers when the config asks."""
     from deepspeed.pipe import PipelineModule
 
-    from .model import Block, causal_lm_loss
+    from .model import Block
 
-    layers = _pipeline_layers(model)
-    pipe = PipelineModule(layers=layers, num_stages=plan.pp,
-                          loss_fn=functools.partial(causal_lm_loss, loss_dtype=model.spec.loss_dtype),
+    layers = _pipeline_layers(model, tp)
+    pipe = PipelineModule(layers=layers, topology=topology(plan), loss_fn=model.loss_fn,
                           partition_method=PIPELINE_PARTITION,
                           activation_checkpoint_interval=ds_config.get("pipeline", {}).get(
                               "activation_checkpoint_interval", 0),
                           checkpointable_layers=[Block.__name__])
     if TIED_KEY in pipe.tied_modules:
-        pipe.tied_modules[TIED_KEY].load_state_dict(model.embed.state_dict())
+        pipe.tied_modules[TIED_KEY].wte.load_state_dict(model.embed.wte.state_dict())
     return pipe
 
 
 def pipeline_param_names(m: ModelSpec) -> Callable[[str], str | None]:
     """Map a PipelineModule parameter name to the plain GPT's (None: a duplicate to drop).
     Layers are registered under their index; tied ones under ``tied_modules.<key>``."""
-    n = m.n_layers
-    head_index = n + 1
+    prefixes = _layer_prefixes(m)
 
     def rename(name: str) -> str | None:
         if name.startswith(f"tied_modules.{TIED_KEY}."):
@@ -133,27 +144,35 @@ def pipeline_param_names(m: ModelSpec) -> Callable[[str], str | None]:
         if match is None:
             return None
         idx, rest = int(match.group(1)), match.group(2)
-        if idx == 0:
-            return "embed." + rest
-        if idx <= n:
-            return f"blocks.{idx - 1}.{rest}"
-        if idx == head_index:
-            return "final." + rest
-        return None
+        prefix = prefixes[idx] if idx < len(prefixes) else None
+        return None if prefix is None else f"{prefix}.{rest}"
 
     return rename
 
 
-def parallelize(model: "GPT", plan: Plan, ds_config: dict) -> "nn.Module":
-    """What deepspeed.initialize receives: the GPT with recomputation applied, or the pipeline
-    module.  Tensor parallelism is applied by deepspeed.initialize itself, from the config's
-    ``tensor_parallel`` section (AutoTP with ``autotp_partition_config``)."""
+def _layer_prefixes(m: ModelSpec) -> list:
+    """The plain GPT's name prefix of each pipeline layer, as ``_pipeline_layers`` lays them."""
+    blocks = [f"blocks.{i}" for i in range(m.n_layers)]
+    if not m.tied_embeddings:
+        return ["embed", *blocks, "final"]
+    positions = ["embed"] if m.position is Position.LEARNED else []
+    return ["embed", *positions, *blocks, "final", None]
+
+
+def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None) -> "nn.Module":
+    """What deepspeed.initialize receives: the GPT split over the tensor-parallel group of
+    ``grid`` (when tp > 1), with recomputation applied, or the pipeline module over it."""
+    tp = None
+    if plan.tp > 1:
+        from .tensor_parallel import shard_model
+        tp = tp_group(grid)
+        shard_model(model, tp)
     if plan.pp > 1:
         if plan.recompute is Recompute.SELECTIVE:
             apply_recompute(model, plan.recompute)
-        return build_pipeline(model, plan, ds_config)
+        return build_pipeline(model, plan, ds_config, tp)
     return apply_recompute(model, plan.recompute)
 
 
-__all__ = ["parallelize", "apply_recompute", "build_pipeline", "autotp_partition_config",
-           "pipeline_param_names"]
+__all__ = ["parallelize", "apply_recompute", "build_pipeline", "pipeline_param_names",
+           "topology", "process_grid", "tp_group"]

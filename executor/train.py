@@ -33,7 +33,8 @@ from planner.spec.units import Precision, ZeroStage
 from .data import BatchSampler, TokenDataset
 from .ds_config import LRSchedule, tokens_per_step
 from .model import GPT
-from .parallel import parallelize, pipeline_param_names
+from .tensor_parallel import unshard_state
+from .parallel import parallelize, pipeline_param_names, process_grid
 from .rundir import RunDir, RunOptions, complete_checkpoints, mark_complete
 
 EXIT_OK, EXIT_CRASH, EXIT_NONFINITE = 0, 1, 3
@@ -65,18 +66,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)  # every rank builds the same initial model (AutoTP shards it)
+    torch.manual_seed(seed)  # every rank builds the same initial model, then takes its shard
 
 
 # ------------------------------------------------------------------------------------ engine
 
 def data_parallel_coords(engine, plan: Plan, rank: int) -> tuple[int, int]:
-    """(dp_rank, dp_size) of this process.  Pipeline: the engine's grid (ranks are
-    [pipe][data]); AutoTP: tensor-parallel groups are consecutive ranks
-    (deepspeed.utils.groups._init_tp_mesh_device), the planner's tp-innermost placement, so the
-    rank's data-parallel coordinate comes from the plan's Degrees."""
-    if plan.pp > 1:
-        return engine.grid.get_data_parallel_id(), engine.grid.get_data_parallel_world_size()
+    """(dp_rank, dp_size) of this process: its data coordinate in the plan's layout, which is
+    DeepSpeed's PipeModelDataParallelTopology (tensor-parallel ranks adjacent, then data, then
+    pipeline); the ranks of one tensor-parallel group read the same micro-batches."""
     if engine.dp_world_size != plan.dp:
         raise RuntimeError(f"DeepSpeed's data-parallel size ({engine.dp_world_size}) is not the "
                            f"plan's dp ({plan.dp})")
@@ -109,10 +107,13 @@ def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int):
     reset_deepspeed_globals()
     seed_everything(seed)
     model = GPT(spec.model)
-    module = parallelize(model, plan, ds_config)
+    grid = process_grid(plan)
+    module = parallelize(model, plan, ds_config, grid)
+    # a pipeline hands DeepSpeed its own grid; tensor parallelism alone hands ours, so that ZeRO
+    # partitions over the data-parallel group and norms count a sharded tensor on every tp rank
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
-        config=ds_config)
+        config=ds_config, mpu=grid if plan.pp == 1 else None)
     return engine
 
 
@@ -196,7 +197,8 @@ def restore_checkpoint(engine, run: RunDir, sampler: BatchSampler, rank: int) ->
 def export_fp32(engine, spec: Spec, plan: Plan, run: RunDir, tag: str, rank: int) -> None:
     """``run.export/pytorch_model.bin``: a plain GPT state dict in fp32.  ZeRO 1-3 without model
     parallelism: DeepSpeed's zero_to_fp32 (the fp32 master weights).  Otherwise the weights the
-    engine computes with, gathered (AutoTP shards, pipeline stages) and upcast."""
+    engine computes with, gathered (tensor-parallel shards merged, pipeline stages joined, ZeRO-3
+    partitions gathered) and upcast."""
     import deepspeed.comm as dist
     out = run.export / "pytorch_model.bin"
     if plan.pp == 1 and plan.tp == 1 and plan.zero >= ZeroStage.OPTIMIZER:
@@ -217,29 +219,53 @@ def export_fp32(engine, spec: Spec, plan: Plan, run: RunDir, tag: str, rank: int
             torch.save(state, out)
 
 
+def _local_weights(engine, plan: Plan, rename) -> dict:
+    """This rank's parameters under their plain-GPT names, fp32 on the CPU (ZeRO-3 partitions
+    gathered over the data-parallel group first)."""
+    import contextlib
+
+    import deepspeed
+    params = list(engine.module.named_parameters())
+    gather = (deepspeed.zero.GatheredParameters([p for _, p in params])
+              if plan.zero == ZeroStage.PARAMETERS else contextlib.nullcontext())
+    with gather:
+        return {rename(n): p.detach().float().cpu().clone() for n, p in params
+                if rename(n) is not None}
+
+
 def gathered_state_dict(engine, spec: Spec, plan: Plan, rank: int) -> Optional[dict]:
+    """On rank 0, the whole model from every stage and tensor-parallel shard of data-parallel
+    replica 0 (None elsewhere)."""
     import deepspeed.comm as dist
-    if plan.tp > 1:
-        state = engine._consolidated_16bit_state_dict()  # AutoTP (and ZeRO-3) gather, rank 0
-        return {k: v.float() for k, v in state.items()} if rank == 0 else None
-    if plan.pp > 1:
-        rename = pipeline_param_names(spec.model)
+    if plan.pp == 1 and plan.tp == 1:
+        return {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
+    rename = pipeline_param_names(spec.model) if plan.pp > 1 else (lambda name: name)
+    mine = _local_weights(engine, plan, rename)
+    if plan.degrees.coords(rank)["dp"] != 0:
         mine = {}
-        if engine.grid.get_data_parallel_id() == 0:
-            for name, p in engine.module.named_parameters():
-                new = rename(name)
-                if new is not None:
-                    mine[new] = p.detach().float().cpu()
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mine)
-        if rank != 0:
-            return None
-        merged: dict = {}
-        for part in parts:  # ranks in stage order: the first stage's copy of the tied embedding
-            for k, v in part.items():  # wins (the last stage's position table is never used)
-                merged.setdefault(k, v)
-        return merged
-    return {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    if rank != 0:
+        return None
+    by_tp: list[dict] = [{} for _ in range(plan.tp)]
+    for r, part in enumerate(parts):  # ranks in stage order: the first stage's copy of a tied
+        shard = by_tp[plan.degrees.coords(r)["tp"]]  # table wins
+        for k, v in part.items():
+            shard.setdefault(k, v)
+    return unshard_state(by_tp, spec.model) if plan.tp > 1 else by_tp[0]
+
+
+def state_counts(engine) -> dict:
+    """Elements this rank holds: its parameters (its stage, its tensor-parallel shard; a tied
+    table once) and its optimizer states (the innermost torch optimizer's moments, whatever
+    DeepSpeed wrapper partitions them)."""
+    optimizer = engine.optimizer
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    states = sum(v.numel() for s in optimizer.state.values() for v in s.values()
+                 if torch.is_tensor(v) and v.dim() > 0)
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    return {"params": params, "optimizer_states": states}
 
 
 # -------------------------------------------------------------------------------------- loop
@@ -294,12 +320,15 @@ def finish(engine, run: RunDir, spec: Spec, plan: Plan, step: int, sampler: Batc
     """Measured memory, the final checkpoint, the fp32 export and actual.json."""
     import deepspeed.comm as dist
     memory = measured_memory(rank)  # before the export, which gathers whole tensors
+    counts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, {"rank": rank, **state_counts(engine)})
     if f"global_step{step}" not in complete_checkpoints(run):
         save_checkpoint(engine, run, step, sampler, rank, keep)
     export_fp32(engine, spec, plan, run, f"global_step{step}", rank)
     if rank == 0:
         actual = {"device": str(engine.device), "world_size": dist.get_world_size(),
-                  "last_step": step, "peak_memory": memory, "torch": torch.__version__,
+                  "last_step": step, "peak_memory": memory, "elements": counts,
+                  "torch": torch.__version__,
                   "deepspeed": _deepspeed_version()}
         run.actual.write_text(json.dumps(actual, indent=1) + "\n")
         emit("done", {"step": step, "export": str(run.export / "pytorch_model.bin")})

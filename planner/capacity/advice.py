@@ -8,7 +8,8 @@ from planner.search.engine import SearchResult, search
 from planner.spec.spec import Spec
 
 #: search axes a user can open up, in the order a fix is worth suggesting
-RELAXABLE = ("recompute", "zero", "micro_batch", "tp", "pp", "offload", "precision")
+RELAXABLE = ("recompute", "zero", "micro_batch", "tp", "pp", "offload", "precision",
+             "sequence_parallel")
 
 
 def _with_search(spec: Spec, **update) -> Spec:

@@ -18,10 +18,9 @@ from deepspeed.runtime import lr_schedules  # noqa: E402
 from deepspeed.runtime.activation_checkpointing.config import ACT_CHKPT  # noqa: E402
 from deepspeed.runtime.zero.config import ZERO_OPTIMIZATION  # noqa: E402
 
-from executor.ds_config import (LRSchedule, deepspeed_batch_world,  # noqa: E402
-                                default_lr_schedule, default_peak_lr, to_deepspeed_config)
+from executor.ds_config import (LRSchedule, default_lr_schedule, default_peak_lr,  # noqa: E402
+                                to_deepspeed_config)
 from executor.errors import ExecutorError  # noqa: E402
-from executor.parallel import autotp_partition_config  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.search.engine import candidates  # noqa: E402
 from planner.search.rules import check  # noqa: E402
@@ -54,12 +53,13 @@ def emitted(spec):
 
 
 def parse(cfg: dict, plan: Plan, monkeypatch) -> "ds_config_module.DeepSpeedConfig":
-    """DeepSpeedConfig as deepspeed.initialize builds it, without a process group: the pipeline
-    engine passes the PipelineModule's grid as mpu (its data-parallel size is dp); otherwise the
-    parser counts every process."""
+    """DeepSpeedConfig as deepspeed.initialize builds it, without a process group: with a
+    pipeline or tensor parallelism the engine gets the plan's grid as mpu (its data-parallel size
+    is dp); otherwise the parser counts every process, which is dp."""
     fake_dist = SimpleNamespace(get_rank=lambda: 0, get_world_size=lambda group=None: plan.world_size)
     monkeypatch.setattr(ds_config_module, "dist", fake_dist)
-    mpu = SimpleNamespace(get_data_parallel_world_size=lambda: plan.dp) if plan.pp > 1 else None
+    grid = plan.pp > 1 or plan.tp > 1  # the executor passes its process grid (executor/parallel.py)
+    mpu = SimpleNamespace(get_data_parallel_world_size=lambda: plan.dp) if grid else None
     return ds_config_module.DeepSpeedConfig(cfg, mpu=mpu)
 
 
@@ -73,9 +73,9 @@ def check_round_trip(spec, plan, cfg, ds) -> None:
     assert set(cfg) <= KNOWN_TOP_LEVEL, set(cfg) - KNOWN_TOP_LEVEL
     assert ds.train_micro_batch_size_per_gpu == plan.micro_batch
     assert ds.gradient_accumulation_steps == plan.grad_accum
-    # DeepSpeed's train_batch_size counts the ranks its check counts; the sequences one step
-    # really consumes are the spec's global batch
-    assert ds.train_batch_size // deepspeed_batch_world(plan) * plan.dp == spec.global_batch_sequences
+    # the executor hands DeepSpeed the plan's grid whenever tp or pp > 1: its batch check counts
+    # the data-parallel ranks, and one step consumes the spec's global batch
+    assert ds.train_batch_size == spec.global_batch_sequences
     assert ds.zero_optimization_stage == int(plan.zero)
     assert ds.bfloat16_config.enabled == (plan.precision is Precision.BF16)
     assert ds.float16_config.enabled == (plan.precision is Precision.FP16)
@@ -86,9 +86,7 @@ def check_round_trip(spec, plan, cfg, ds) -> None:
             Offload.OPTIMIZER_NVME: "nvme", Offload.PARAMS_NVME: "nvme"}[plan.offload]
     assert device(ds.zero_config.offload_optimizer) == want
     assert device(ds.zero_config.offload_param) == (want if plan.offload.params_off_gpu else None)
-    assert ds.tensor_parallel_config.autotp_size == (plan.tp if plan.tp > 1 else 0)
-    if plan.tp > 1:
-        assert ds.tensor_parallel_config.get_partition_config_object().layer_specs
+    assert ds.tensor_parallel_config.autotp_size == 0  # Megatron-style tp, not AutoTP
     if plan.pp > 1:
         assert ds.pipeline["stages"] == plan.pp
         assert ds.pipeline["activation_checkpoint_interval"] == int(plan.recompute is Recompute.FULL)
@@ -161,24 +159,6 @@ def test_nvme_offload_needs_a_path():
                 Offload.PARAMS_NVME)
     with pytest.raises(ExecutorError, match="NVMe directory"):
         to_deepspeed_config(spec, plan)
-
-
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt", "tinyllama-1.1b", "gpt2-124m"])
-def test_autotp_rules_match_the_model(model):
-    """Each rule names parameters the executor's GPT really has, and the fused QKV's sub-widths
-    add up to its output width (a renamed layer would silently stay replicated otherwise)."""
-    import re
-
-    from executor.model import GPT
-    from planner.spec.spec import ModelSpec
-    m = ModelSpec.model_validate({"preset": model, "n_layers": 1, "vocab_size": 64})
-    names = {n: p.shape for n, p in GPT(m).named_parameters()}
-    for rule in autotp_partition_config(m)["layer_specs"]:
-        hits = [n for n in names if any(re.match(pat, n) for pat in rule["patterns"])]
-        assert hits, rule["patterns"]
-        shape = rule.get("shape")
-        if shape and isinstance(shape[0], list):
-            assert all(sum(shape[0]) == names[n][0] for n in hits)
 
 
 def test_schedule_defaults():

@@ -51,30 +51,28 @@ def test_text_report_shows_time_breakdown():
         assert needle in out
 
 
-# Llama-2-70B on 512 H100s pinned to ZeRO-1 and pp 4: every plan that fits needs tp > 1, which
-# this project's DeepSpeed executor (AutoTP) cannot combine with a pipeline
-PINNED = [str(ROOT / "specs" / "70b_on_512xH100.yaml"), "--set", "search.zero=1", "--set",
-          "search.pp=4"]
+# Llama-2-70B on 512 H100s pinned to sequence parallelism: every ranked plan has tp > 1 with
+# it, which the executor's tensor parallelism does not implement yet
+PINNED = [str(ROOT / "specs" / "70b_on_512xH100.yaml"), "--set", "search.sequence_parallel=true"]
 
 
 def test_report_marks_plans_the_executor_cannot_run():
     out = CliRunner().invoke(main, PINNED).stdout
-    assert "best plan  dp32·tp4·pp4 z1" in out
-    assert "plan --execute cannot run this plan with deepspeed (tp (4) with pp (4)" in out
+    assert "+sp" in out.split("best plan", 1)[1].splitlines()[0]
+    assert "plan --execute cannot run this plan with deepspeed (the executor's tensor" in out
     assert "no ranked plan is one it can run" in out
-    marked = [line for line in out.splitlines() if line.rstrip().endswith(" *")
-              or "rc=full *" in line]
-    assert marked and "* plan --execute cannot run the plans marked *" in out
+    marked = [line for line in out.splitlines() if "+sp" in line and " * " in line]
+    assert marked and "* plan --execute cannot run the plans marked * with deepspeed" in out
     report = json.loads(CliRunner().invoke(main, PINNED + ["--json"]).stdout)
     assert report["best"]["executable"] is False and report["execute_pick_rank"] is None
-    assert "AutoTP" in report["best"]["not_executable_reason"]
+    assert "sequence parallelism" in report["best"]["not_executable_reason"]
 
 
 def test_execute_ranks_only_runnable_plans_and_names_the_fix():
     result = CliRunner().invoke(main, PINNED + ["--execute", "--dry-run"])
     assert result.exit_code == 1
-    assert "executor: tp with pp" in result.stderr
-    assert "nearest fix: fits with pp=16 (dp32·tp1·pp16" in result.stderr
+    assert "executor: sequence parallel" in result.stderr
+    assert "nearest fix: fits with sequence_parallel=False" in result.stderr
 
 
 @pytest.mark.parametrize("path", ["specs/70b_on_512xH100.yaml", "bench/specs/1t_on_4096xH100.yaml"])

@@ -54,24 +54,15 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _autotp_with_pipeline(spec, p):
-    """executor/parallel.py shards tensors with DeepSpeed's AutoTP, which deepspeed.initialize
-    applies to a plain module; the pipeline engine builds its own PipelineModule, so the two do
-    not combine."""
-    return (p.tp > 1) & (p.pp > 1)
-
-
-def _autotp_sequence_parallel(spec, p):
-    """AutoTP has no sequence parallelism (module_inject/layers.py splits weights only)."""
+def _sequence_parallel(spec, p):
+    """executor/tensor_parallel.py keeps the norm regions whole on every tp rank: it has no
+    sequence-parallel split of them yet."""
     return p.sequence_parallel & (p.tp > 1)
 
 
 #: what this project's DeepSpeed executor (executor/) cannot run yet
 EXECUTOR_RULES: tuple[Rule, ...] = (
-    Rule("executor: tp with pp", _autotp_with_pipeline, lambda s, p: (
-        f"tp ({p.tp}) with pp ({p.pp}): AutoTP does not combine with DeepSpeed's pipeline "
-        f"engine; pin search.tp or search.pp to 1")),
-    Rule("executor: sequence parallel", _autotp_sequence_parallel, lambda s, p: (
-        "sequence parallelism is not available with AutoTP; pin search.sequence_parallel: "
-        "false")),
+    Rule("executor: sequence parallel", _sequence_parallel, lambda s, p: (
+        "the executor's tensor parallelism has no sequence parallelism yet; pin "
+        "search.sequence_parallel: false")),
 )

@@ -1,0 +1,337 @@
+"""Megatron-style tensor parallelism applied to the executor's GPT from outside (Shoeybi et al.
+2019, "Megatron-LM", section 3; torchtitan's ``parallelize_llama`` shape).
+
+Every block's QKV projection and MLP input are column-parallel (each rank keeps its heads,
+key/value heads and FFN shard; the fused [q | k | v] and SwiGLU [gate | up] are split part by
+part), the attention output and MLP output projections row-parallel (an all-reduce after them).
+The token table is vocab-parallel (each rank holds V/tp rows; a lookup outside them is zero and
+the all-reduce fills it in), the LM head too, and the loss is a vocab-parallel cross-entropy that
+never gathers the logits (Megatron's ``_VocabParallelCrossEntropy``).  Norms, row-parallel biases
+and learned positions stay whole on every rank: exactly the split planner/model/shape.py counts.
+
+The whole model is built (same seed on every rank) and then sharded, so a tensor-parallel run
+starts from the weights of the unsharded one.  ``SHARDING`` is the one table of how each
+parameter is split; it also merges the shards back for the fp32 export.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from planner.spec.spec import ModelSpec
+from planner.spec.units import Activation
+
+from .model import GPT, Block, EmbeddingLayer, HeadLayer, TokenTable
+
+
+@dataclass(frozen=True)
+class TPGroup:
+    """This rank's place in its tensor-parallel group."""
+
+    rank: int
+    size: int
+    group: Any = None  #: a torch.distributed process group; None only when size is 1
+
+
+# ------------------------------------------------------------------------------ collectives
+
+def _all_reduce(x: torch.Tensor, tp: TPGroup, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if tp.size > 1:
+        dist.all_reduce(x, op=op, group=tp.group)
+    return x
+
+
+class _CopyToTP(torch.autograd.Function):
+    """Megatron's f: identity in forward, all-reduce of the gradient in backward."""
+
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad.contiguous(), ctx.tp), None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    """Megatron's g: all-reduce in forward, identity in backward."""
+
+    @staticmethod
+    def forward(ctx, x, tp):
+        return _all_reduce(x.contiguous(), tp)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def copy_to_tp(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    return _CopyToTP.apply(x, tp) if tp.size > 1 else x
+
+
+def reduce_from_tp(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    return _ReduceFromTP.apply(x, tp) if tp.size > 1 else x
+
+
+# ------------------------------------------------------------------------------- sharding
+
+#: how each parameter (by name suffix) is split over tp: "column" splits the output rows,
+#: "row" the input columns, "qkv" and "gate_up" split each fused part on its own, "vocab" the
+#: table rows; anything else is replicated
+SHARDING = {
+    "attn.qkv.weight": "qkv", "attn.qkv.bias": "qkv",
+    "attn.proj.weight": "row",
+    "mlp.fc.weight": "column", "mlp.fc.bias": "column", "mlp.fc2.weight": "row",
+    "mlp.w13.weight": "gate_up", "mlp.w13.bias": "gate_up", "mlp.w2.weight": "row",
+    "wte.weight": "vocab", "head.weight": "vocab",
+}
+
+
+def sharding_of(name: str) -> Optional[str]:
+    for suffix, kind in SHARDING.items():
+        if name == suffix or name.endswith("." + suffix):
+            return kind
+    return None
+
+
+def _parts(kind: str, m: ModelSpec) -> list[int]:
+    """Widths of the fused parts along dim 0 (one part for plain column/vocab splits)."""
+    if kind == "qkv":
+        return [m.n_heads * m.head_dim, m.kv_dim, m.kv_dim]
+    if kind == "gate_up":
+        return [m.d_ff, m.d_ff]
+    return []
+
+
+def shard(full: torch.Tensor, kind: str, m: ModelSpec, rank: int, size: int) -> torch.Tensor:
+    """This rank's shard of a full parameter."""
+    if kind == "row":
+        return full.chunk(size, dim=1)[rank]
+    parts = _parts(kind, m) or [full.shape[0]]
+    pieces = full.split(parts, dim=0)
+    return torch.cat([p.chunk(size, dim=0)[rank] for p in pieces], dim=0)
+
+
+def unshard(shards: list[torch.Tensor], kind: str, m: ModelSpec) -> torch.Tensor:
+    """The full parameter from its shards in tp-rank order (the inverse of ``shard``)."""
+    if kind == "row":
+        return torch.cat(shards, dim=1)
+    size = len(shards)
+    parts = [w // size for w in _parts(kind, m)] or [shards[0].shape[0]]
+    split = [s.split(parts, dim=0) for s in shards]
+    return torch.cat([torch.cat([s[i] for s in split], dim=0) for i in range(len(parts))], dim=0)
+
+
+def _check_divisible(m: ModelSpec, size: int) -> None:
+    for what, n in (("n_heads", m.n_heads), ("n_kv_heads", m.n_kv_heads), ("d_ff", m.d_ff),
+                    ("vocab_size", m.vocab_size)):
+        if n % size:
+            raise ValueError(f"tensor parallelism over {size} ranks needs {what} ({n}) divisible "
+                             f"by {size}")
+
+
+# -------------------------------------------------------------------------------- modules
+
+def _mark(p: nn.Parameter) -> nn.Parameter:
+    """DeepSpeed counts a parameter so marked on every tp rank in gradient norms, and a
+    replicated one once (runtime/utils.py is_model_parallel_parameter)."""
+    p.tensor_model_parallel = True
+    return p
+
+
+class ColumnParallelLinear(nn.Module):
+    """y_local = x W_local^T + b_local; the input's gradient is summed over tp."""
+
+    def __init__(self, full: nn.Linear, kind: str, m: ModelSpec, tp: TPGroup):
+        super().__init__()
+        self.tp = tp
+        self.weight = _mark(nn.Parameter(shard(full.weight.data, kind, m, tp.rank, tp.size)))
+        self.bias = None if full.bias is None else _mark(
+            nn.Parameter(shard(full.bias.data, kind, m, tp.rank, tp.size)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(copy_to_tp(x, self.tp), self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """y = all-reduce(x_local W_local^T) + b; the bias is whole on every rank."""
+
+    def __init__(self, full: nn.Linear, m: ModelSpec, tp: TPGroup):
+        super().__init__()
+        self.tp = tp
+        self.weight = _mark(nn.Parameter(shard(full.weight.data, "row", m, tp.rank, tp.size)))
+        self.bias = None if full.bias is None else nn.Parameter(full.bias.data.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = reduce_from_tp(F.linear(x, self.weight), self.tp)
+        return y if self.bias is None else y + self.bias
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Rows [rank·V/tp, (rank+1)·V/tp) of the token table; ids outside them look up zeros and
+    the all-reduce sums the one rank that has each id."""
+
+    def __init__(self, full: nn.Embedding, m: ModelSpec, tp: TPGroup):
+        super().__init__()
+        self.tp = tp
+        self.rows = m.vocab_size // tp.size
+        self.start = tp.rank * self.rows
+        self.weight = _mark(nn.Parameter(shard(full.weight.data, "vocab", m, tp.rank, tp.size)))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return F.embedding(idx, self.weight)
+        local = idx - self.start
+        outside = (local < 0) | (local >= self.rows)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out = out.masked_fill(outside.unsqueeze(-1), 0.0)
+        return reduce_from_tp(out, self.tp)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The tied LM head: this rank's vocabulary slice of the logits."""
+        return F.linear(copy_to_tp(x, self.tp), self.weight)
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Mean over tokens of log(sum_v exp z_v) - z_target with z split over tp along the
+    vocabulary: a max, a sum of exponentials and the target logit are all-reduced, never the
+    logits (Megatron-LM, tensor_parallel/cross_entropy.py)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, tp, start):
+        z = logits - _all_reduce(logits.max(dim=-1, keepdim=True)[0], tp, dist.ReduceOp.MAX)
+        local = targets - start
+        outside = (local < 0) | (local >= logits.shape[-1])
+        safe = local.masked_fill(outside, 0)
+        target_z = z.gather(-1, safe.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
+        exp = z.exp()
+        sum_exp = _all_reduce(exp.sum(dim=-1), tp)
+        target_z = _all_reduce(target_z, tp)
+        loss = (sum_exp.log() - target_z).mean()
+        ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), safe, outside)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        probs, safe, outside = ctx.saved_tensors
+        onehot = torch.zeros_like(probs).scatter_(-1, safe.unsqueeze(-1),
+                                                  (~outside).unsqueeze(-1).to(probs.dtype))
+        n = probs.numel() // probs.shape[-1]
+        return (probs - onehot) * (grad / n), None, None, None
+
+
+def vocab_parallel_loss(logits: torch.Tensor, targets: torch.Tensor, tp: TPGroup, start: int,
+                        loss_dtype: str = "fp32") -> torch.Tensor:
+    """Mean next-token cross-entropy from this rank's vocabulary slice of the logits."""
+    if loss_dtype == "fp32":
+        logits = logits.float()
+    V = logits.shape[-1]
+    return _VocabParallelCrossEntropy.apply(logits.reshape(-1, V), targets.reshape(-1), tp,
+                                            start)
+
+
+class TPLoss:
+    """The loss of a tensor-parallel GPT (picklable, so DeepSpeed can hold it as loss_fn)."""
+
+    def __init__(self, m: ModelSpec, tp: TPGroup):
+        self.tp, self.start, self.loss_dtype = tp, tp.rank * (m.vocab_size // tp.size), m.loss_dtype
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return vocab_parallel_loss(logits, targets, self.tp, self.start, self.loss_dtype)
+
+
+def tied_logits_tp(table: TokenTable, x: torch.Tensor) -> torch.Tensor:
+    """The ``forward_fn`` of a pipeline's second occurrence of a vocab-parallel tied table."""
+    return table.wte.logits(x)
+
+
+# ------------------------------------------------------------------------------ the model
+
+def shard_block(block: Block, m: ModelSpec, tp: TPGroup) -> Block:
+    attn, mlp = block.attn, block.mlp
+    attn.qkv = ColumnParallelLinear(attn.qkv, "qkv", m, tp)
+    attn.proj = RowParallelLinear(attn.proj, m, tp)
+    if m.activation is Activation.SWIGLU:
+        mlp.w13 = ColumnParallelLinear(mlp.w13, "gate_up", m, tp)
+        mlp.w2 = RowParallelLinear(mlp.w2, m, tp)
+    else:
+        mlp.fc = ColumnParallelLinear(mlp.fc, "column", m, tp)
+        mlp.fc2 = RowParallelLinear(mlp.fc2, m, tp)
+    return block
+
+
+def shard_embedding(embed: EmbeddingLayer, m: ModelSpec, tp: TPGroup) -> EmbeddingLayer:
+    embed.wte = VocabParallelEmbedding(embed.wte, m, tp)
+    return embed
+
+
+class _VocabParallelHead(nn.Module):
+    def __init__(self, full: nn.Linear, m: ModelSpec, tp: TPGroup):
+        super().__init__()
+        self.tp = tp
+        self.weight = _mark(nn.Parameter(shard(full.weight.data, "vocab", m, tp.rank, tp.size)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(copy_to_tp(x, self.tp), self.weight)
+
+
+class _TiedHead(nn.Module):
+    """The LM head reading the (vocab-parallel) token table it is tied to."""
+
+    def __init__(self, embedding: VocabParallelEmbedding):
+        super().__init__()
+        self._table = [embedding]  # a list, so the table is not registered twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._table[0].logits(x)
+
+
+def shard_head(final: HeadLayer, m: ModelSpec, tp: TPGroup,
+               table: Optional[VocabParallelEmbedding] = None) -> HeadLayer:
+    if final.head is not None:
+        final.head = _TiedHead(table) if m.tied_embeddings else _VocabParallelHead(final.head,
+                                                                                  m, tp)
+    return final
+
+
+def shard_model(model: GPT, tp: TPGroup) -> GPT:
+    """The GPT with every block, the token table and the head split over ``tp`` (in place),
+    its loss the vocab-parallel one."""
+    m = model.spec
+    _check_divisible(m, tp.size)
+    shard_embedding(model.embed, m, tp)
+    for block in model.blocks:
+        shard_block(block, m, tp)
+    shard_head(model.final, m, tp, model.embed.wte)
+    model.loss_fn = TPLoss(m, tp)
+    return model
+
+
+def unshard_state(parts: list[dict[str, torch.Tensor]], m: ModelSpec) -> dict[str, torch.Tensor]:
+    """A plain GPT state dict from the tp ranks' state dicts (in tp-rank order)."""
+    out = {}
+    for name, first in parts[0].items():
+        kind = sharding_of(name)
+        out[name] = first if kind is None else unshard([p[name] for p in parts], kind, m)
+    return out
+
+
+__all__ = ["TPGroup", "shard_model", "shard_block", "shard_embedding", "shard_head",
+           "vocab_parallel_loss", "TPLoss", "tied_logits_tp", "unshard_state", "SHARDING",
+           "sharding_of", "shard", "unshard", "ColumnParallelLinear", "RowParallelLinear",
+           "VocabParallelEmbedding"]
+
+
+class ShardedTokenTable(TokenTable):
+    """A TokenTable whose rows are vocab-parallel, for a pipeline's TiedLayerSpec (built whole,
+    then split; the pipeline loads the model's own shard into it)."""
+
+    def __init__(self, m: ModelSpec, tp: TPGroup):
+        super().__init__(m)
+        self.wte = VocabParallelEmbedding(self.wte, m, tp)
