@@ -23,6 +23,7 @@ from planner.spec.units import Precision
 
 from .ds_config import LRSchedule, default_lr_schedule, to_deepspeed_config
 from .errors import ExecutorError
+from .launch import DS_ENV_FILE
 from .rundir import RunDir, RunOptions, check_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -40,15 +41,16 @@ class ExecuteRequest:
     data: Optional[str] = None  #: corpus file or directory (default: generated stories)
     tokenizer: Optional[str] = None  #: "byte", a saved tokenizer directory, or None (BPE)
     nvme_path: Optional[str] = None  #: directory for NVMe offload
-    launcher: str = "auto"  #: auto, torchrun, deepspeed or slurm
-    hosts: Optional[Sequence[str]] = None  #: one per node, for a multi-node launch
-    master_addr: Optional[str] = None
+    launcher: Optional[str] = None  #: auto, torchrun, deepspeed or slurm (over launch.launcher)
+    hosts: Optional[Sequence[str]] = None  #: one per node (over launch.hosts)
+    master_addr: Optional[str] = None  #: over launch.master_addr
     seed: Optional[int] = None
     eval_every: Optional[int] = None
     checkpoint_every: Optional[int] = None
     learning_rate: Optional[float] = None  #: peak learning rate
     warmup_steps: Optional[int] = None
     stories: Optional[int] = None  #: generated stories when no corpus is given
+    init_from: Optional[str] = None  #: a GPT state dict (another run's export) to start from
     cache_dir: Optional[str] = None  #: token shards (default ~/.cache/pretrain-planner)
     verbose: bool = False  #: echo every line the ranks print
 
@@ -63,7 +65,13 @@ def plan_problem(spec: Spec, plan: Plan) -> Optional[str]:
 
 
 def machine_problem(spec: Spec, plan: Plan, device: str, nvme_path: Optional[str]) -> Optional[str]:
-    """Why ``plan`` cannot start on the machine at hand, or None."""
+    """Why ``plan`` cannot start on the machine at hand (when it is the one that trains), or
+    None."""
+    accelerator = spec.cluster.gpu.accelerator
+    if accelerator != "cpu" and device == "cpu":
+        return (f"the spec's cluster trains on {spec.cluster.gpu.name} ({accelerator}) and this "
+                f"machine has no GPU: run plan --execute on the cluster, or --dry-run to see "
+                f"its launch")
     if plan.precision is Precision.FP16 and device == "cpu":
         return ("fp16 cannot run on CPU (DeepSpeed: 'Type fp16 is not supported on your "
                 "device'); plan with precision bf16 or fp32")
@@ -126,12 +134,17 @@ def check_vocab(tokens: int, spec: Spec) -> None:
 
 
 def prepare_run_dir(spec: Spec, plan: Plan, run_dir: str | Path, options: RunOptions, *,
-                    cache_dir: Path = DEFAULT_CACHE) -> RunDir:
+                    cache_dir: Path = DEFAULT_CACHE, with_data: bool = True) -> RunDir:
     """Everything the ranks read, written into a new run directory (made last, so a failure
-    leaves nothing behind)."""
+    leaves nothing behind).  A user's own script (``launch.script``) brings its own data: its
+    run directory holds the plan and the DeepSpeed config only."""
     run = RunDir(run_dir)
     ds_config = to_deepspeed_config(spec, plan, lr_schedule=LRSchedule(**options.lr),
                                     nvme_path=options.nvme_path)
+    if not with_data:
+        run.path.mkdir(parents=True)
+        run.save(spec, plan, options, ds_config)
+        return run
     tok, shards, source = prepare_data(spec, plan, options, Path(cache_dir))
     run.path.mkdir(parents=True)
     tok.save(run.tokenizer)
@@ -144,14 +157,16 @@ def prepare_run_dir(spec: Spec, plan: Plan, run_dir: str | Path, options: RunOpt
 
 def make_options(spec: Spec, plan: Plan, *, data=None, tokenizer=None, nvme_path=None,
                  seed=None, stories=None, eval_every=None, checkpoint_every=None,
-                 learning_rate=None, warmup_steps=None) -> RunOptions:
+                 learning_rate=None, warmup_steps=None, init_from=None) -> RunOptions:
     lr = default_lr_schedule(spec, plan, peak_lr=learning_rate, warmup_steps=warmup_steps)
     given = {k: v for k, v in dict(data=data, tokenizer=tokenizer, nvme_path=nvme_path, seed=seed,
-                                   stories=stories).items() if v is not None}
+                                   stories=stories, init_from=init_from).items()
+             if v is not None}
     return RunOptions(
         eval_every=eval_every or max(1, min(500, lr.total_steps // 20)),
         checkpoint_every=checkpoint_every or max(1, min(1000, lr.total_steps // 10)),
-        lr=lr.as_dict(), **{k: str(v) if k in ("data", "tokenizer", "nvme_path") else v
+        lr=lr.as_dict(), **{k: str(Path(v).resolve()) if k == "init_from" else
+                            str(v) if k in ("data", "tokenizer", "nvme_path") else v
                             for k, v in given.items()})
 
 
@@ -161,12 +176,13 @@ def execute(spec: Spec, plan: Plan, run_dir: str | Path,
             request: ExecuteRequest = ExecuteRequest()) -> int:
     """Run ``plan`` for ``spec`` in ``run_dir``; returns the job's exit code (0 done, 3 stopped on
     a non-finite loss, 1 crashed).  Raises ExecutorError for anything the user can fix."""
-    from .launch import launch_command
+    from .launch import launch_command, trains_here, with_overrides
     from .report import write_report
 
-    run = RunDir(run_dir)
-    device = current_device()
     r = request
+    spec = with_overrides(spec, launcher=r.launcher, hosts=r.hosts, master_addr=r.master_addr)
+    run = RunDir(run_dir)
+    own_script = spec.launch.script is not None
     if r.resume:
         spec, plan, options = resume_checks(run, spec, plan)
     else:
@@ -176,33 +192,42 @@ def execute(spec: Spec, plan: Plan, run_dir: str | Path,
             raise ExecutorError(f"data path {r.data} does not exist")
         if r.tokenizer not in (None, "byte") and not Path(r.tokenizer).is_dir():
             raise ExecutorError(f"tokenizer directory {r.tokenizer} does not exist")
+        if r.init_from is not None and not Path(r.init_from).is_file():
+            raise ExecutorError(f"--init-from {r.init_from}: no such weights file (a run's "
+                                f"export/pytorch_model.bin)")
         options = make_options(spec, plan, data=r.data, tokenizer=r.tokenizer,
+                               init_from=r.init_from,
                                nvme_path=r.nvme_path, seed=r.seed, stories=r.stories,
                                eval_every=r.eval_every, checkpoint_every=r.checkpoint_every,
                                learning_rate=r.learning_rate, warmup_steps=r.warmup_steps)
-    reason = prelaunch_problem(spec, plan, device, options.nvme_path)
+    local = trains_here(spec)
+    reason = plan_problem(spec, plan) or (
+        machine_problem(spec, plan, current_device(), options.nvme_path)
+        if local and not r.dry_run else None)
     if reason:
         raise ExecutorError(reason)
     extra = ["--resume"] if r.resume else []
     extra += ["--max-steps", str(r.max_steps)] if r.max_steps else []
-    launch = launch_command(spec, plan, [run.path.resolve()], device=device, launcher=r.launcher,
-                            hosts=r.hosts, master_addr=r.master_addr, extra=extra)
+    # a job on other machines finds the run directory as the user named it, relative to its
+    # working directory (a shared file system); one started here gets the absolute path
+    launch = launch_command(spec, plan, [run.path.resolve() if local else run.path], extra=extra)
     if r.dry_run:
         ds_config = to_deepspeed_config(spec, plan, lr_schedule=LRSchedule(**options.lr),
                                         nvme_path=options.nvme_path)
         sys.stdout.write(launch.describe(ds_config))
         return 0
     if not r.resume:
-        prepare_run_dir(spec, plan, run.path, options,
+        prepare_run_dir(spec, plan, run.path, options, with_data=not own_script,
                         cache_dir=Path(r.cache_dir) if r.cache_dir else DEFAULT_CACHE)
     run.launch_file.write_text(json.dumps({"argv": launch.argv, "env": launch.env}, indent=1)
                                + "\n")
-    if launch.hostfile is not None:
-        (run.path / "hostfile").write_text(launch.hostfile)
+    for name, text in (("hostfile", launch.hostfile), (DS_ENV_FILE, launch.env_file)):
+        if text is not None:
+            (run.path / name).write_text(text)
     if launch.sbatch is not None:
         return submit_slurm(run, launch)
     rc = stream(launch.argv, launch.env, run, verbose=r.verbose)
-    if run.metrics.exists():
+    if run.metrics.exists() and not own_script:
         text = write_report(spec, plan, run)
         print(text)
     return rc
@@ -216,8 +241,13 @@ def resume_checks(run: RunDir, spec: Spec, plan: Plan) -> tuple[Spec, Plan, RunO
                            f"--resume)")
     saved_spec, saved_plan, options = run.load()
     if saved_plan != plan:
+        export = run.export / "pytorch_model.bin"
+        how = (f"to go on with this plan from the run's weights, start a new run with "
+               f"--init-from {export} (optimizer states start afresh)" if export.is_file() else
+               "its fp32 export, which a new run with another plan can start from "
+               "(--init-from), is written when the run finishes: resume it with its own plan")
         raise ExecutorError(f"{run.path} was started with plan {saved_plan.label}; this plan is "
-                           f"{plan.label} (a resume needs the same plan)")
+                            f"{plan.label}: a resume needs the same plan; {how}")
     if saved_spec.model != spec.model:
         raise ExecutorError(f"{run.path} was started with another model (model section differs)")
     check_checkpoint(run)

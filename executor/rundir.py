@@ -33,6 +33,7 @@ class RunOptions:
     tokenizer: Optional[str] = None  #: None: BPE trained on the corpus; "byte"; or a saved one
     nvme_path: Optional[str] = None
     max_steps: Optional[int] = None  #: stop after this step (a --max-steps flag overrides it)
+    init_from: Optional[str] = None  #: a plain GPT state dict the model starts from
     lr: dict = field(default_factory=dict)  #: LRSchedule fields
 
 

@@ -101,12 +101,15 @@ def reset_deepspeed_globals() -> None:
     layers.set_autotp_mode(training=False)  # its import-time default; initialize sets it for tp
 
 
-def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int):
+def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int,
+                 init_from: Optional[str] = None):
     import deepspeed
 
     reset_deepspeed_globals()
     seed_everything(seed)
     model = GPT(spec.model)
+    if init_from is not None:  # another run's fp32 export: weights carry over to any layout
+        model.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
     grid = process_grid(plan)
     module = parallelize(model, plan, ds_config, grid)
     # a pipeline hands DeepSpeed its own grid; tensor parallelism alone hands ours, so that ZeRO
@@ -339,7 +342,8 @@ def train(run: RunDir, *, resume: bool, max_steps: Optional[int]) -> int:
 
     spec, plan, options = run.load()
     m, rank, lr = spec.model, dist.get_rank(), LRSchedule(**options.lr)
-    engine = build_engine(spec, plan, json.loads(run.ds_config.read_text()), options.seed)
+    engine = build_engine(spec, plan, json.loads(run.ds_config.read_text()), options.seed,
+                          options.init_from if not resume else None)
     dp_rank, dp_size = data_parallel_coords(engine, plan, rank)
     sampler = BatchSampler(TokenDataset(run.shards_dir(), "train"), m.seq_len, plan.micro_batch,
                            dp_rank, dp_size, options.seed)

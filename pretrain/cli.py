@@ -55,15 +55,20 @@ def _infeasible_line(result, fixes: list[str]) -> str:
               "on the corpus).")
 @click.option("--nvme-path", help="Directory for NVMe offload.")
 @click.option("--launcher", type=click.Choice(["auto", "torchrun", "deepspeed", "slurm"]),
-              default="auto", show_default=True)
-@click.option("--hosts", help="Comma-separated hosts for a multi-node launch.")
-@click.option("--master-addr", help="Rendezvous address for a multi-node launch.")
+              default=None, help="Overrides launch.launcher (default auto: torchrun on one node, "
+              "deepspeed with hosts, else slurm).")
+@click.option("--hosts", help="Comma-separated hosts for a multi-node launch (overrides "
+              "launch.hosts).")
+@click.option("--master-addr", help="Rendezvous address (overrides launch.master_addr).")
 @click.option("--seed", type=int)
 @click.option("--eval-every", type=click.IntRange(min=1))
 @click.option("--checkpoint-every", type=click.IntRange(min=1))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
 @click.option("--warmup-steps", type=click.IntRange(min=0))
 @click.option("--stories", type=click.IntRange(min=1), help="Generated stories (default data).")
+@click.option("--init-from", type=click.Path(dir_okay=False, path_type=str),
+              help="Start from another run's weights (RUN/export/pytorch_model.bin), e.g. to go "
+                   "on with another layout.")
 def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
          sets: tuple[str, ...], sweep_arg: str | None, verbose: bool, execute: bool,
          **run_options) -> None:

@@ -47,6 +47,9 @@ class GpuSpec(_Frozen):
     efficiency: EfficiencySpec = EfficiencySpec()
     cublas_workspace_mib: NonNegativeFloat = Field(
         8.125, description="PyTorch's cuBLAS workspace per (handle, stream), MiB")
+    accelerator: Literal["cuda", "rocm", "cpu"] = Field(
+        "cuda", description="what the framework runs on: cuda, rocm, or cpu (a CPU lab: "
+                            "DeepSpeed's CPU accelerator over gloo)")
     source: str = "user supplied"
 
     @model_validator(mode="before")

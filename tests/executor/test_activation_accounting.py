@@ -66,3 +66,48 @@ def test_saved_activations_match_the_planner(case, precision):
         pytest.skip("fp32 GQA: CUDA falls back to SDPA's math path, the CPU does not")
     got = saved_for_backward(m, DTYPES[precision])
     assert predicted(m, precision) == pytest.approx(got, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def one_rank_group(tmp_path_factory):
+    """A process group of this process alone: a tensor-parallel layer's all-reduce is then the
+    identity, and rank 0 of a tp=2 split computes (and saves) exactly what it would beside its
+    partner."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    store = dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", ["gpt2", "gpt2-eager", "llama-gqa", "llama-eager-gqa"])
+def test_a_tensor_parallel_block_saves_what_the_planner_counts(case, one_rank_group):
+    """One Megatron-sharded block (tp = 2, rank 0) in bf16: what autograd keeps is the planner's
+    block_saved_bytes for a tp = 2 plan, which reads the local widths from LocalDims."""
+    from executor.model import Block
+    from executor.tensor_parallel import TPGroup, shard_block
+    m = ModelSpec.model_validate(CASES[case])
+    tp = 2
+    plan = Plan(1, tp, 1, ZeroStage.NONE, Precision.BF16, MB, 1, Recompute.NONE)
+    torch.manual_seed(0)
+    block = shard_block(Block(m), m, TPGroup(0, tp, one_rank_group)).to(torch.bfloat16)
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+    storages = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(MB, m.seq_len, m.d_model, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    rope_flash = m.position is Position.ROPE and m.attention is AttentionKernel.FLASH
+    cpu_copy = 2 * MB * m.seq_len * m.d_model // tp if rope_flash else 0
+    # eager attention's masked_fill keeps the T x T boolean causal mask, which the planner does
+    # not count (the same bytes with or without tensor parallelism; whole models absorb it)
+    mask = m.seq_len ** 2 if m.attention is AttentionKernel.EAGER else 0
+    got = sum(storages.values()) - cpu_copy - mask
+    assert act.block_saved_bytes(m, plan) == pytest.approx(got, rel=0.01)

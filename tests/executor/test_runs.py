@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -35,17 +36,18 @@ ROOT = Path(__file__).resolve().parents[2]
 EXTENSIONS = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ROOT / "build" / "torch_extensions"))
 STEPS = 8
 LAB_CPU = {"name": "cpu", "memory_gib": 8, "peak_tflops": {"fp32": 0.2, "bf16": 0.1},
-           "hbm_gbps": 20, "intra_node_link": "pcie", "intra_node_gbps": 10}
+           "hbm_gbps": 20, "intra_node_link": "pcie", "intra_node_gbps": 10, "accelerator": "cpu"}
 
 
-def tiny_spec(torch_adam: bool = True, arch: str = "gpt2") -> Spec:
+def tiny_spec(torch_adam: bool = True, arch: str = "gpt2", gpus: int = 2) -> Spec:
     """A 2-layer model, GPT-2 style (tied, learned positions) or Llama style (GQA, SwiGLU, RoPE,
-    untied); the schedule is 40 steps of 8 sequences of 64 tokens."""
+    untied) on one node of ``gpus`` CPU processes; the schedule is 40 steps of 8 sequences of 64
+    tokens."""
     llama = {"n_kv_heads": 2, "d_ff": 128} if arch == "llama" else {}
     return spec_from_dict({
         "model": {"arch": arch, "n_layers": 2, "d_model": 64, "n_heads": 4, "vocab_size": 512,
                   "seq_len": 64, **llama},
-        "cluster": {"gpu": LAB_CPU, "nodes": 1, "gpus_per_node": 2},
+        "cluster": {"gpu": LAB_CPU, "nodes": 1, "gpus_per_node": gpus},
         "training": {"tokens": 40 * 8 * 64, "global_batch_sequences": 8},
         "runtime": {"torch_adam": torch_adam}})
 
@@ -76,6 +78,21 @@ CASES = {
 }
 FINISHING = [name for name in CASES if name != "nan"]
 
+#: the same on 4 processes: tensor parallelism with a pipeline and with data parallelism
+#: (ZeRO-1, and ZeRO-3 over the data-parallel group), Megatron-style on both block families
+CASES4 = {
+    "tp2-pp2": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False, {}),
+    "tp2-pp2-llama": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False, {"arch": "llama"}),
+    "dp2-tp2": (plan(dp=2, tp=2, zero=1, ga=2), False, {}),
+    "dp2-tp2-z3-llama": (plan(dp=2, tp=2, zero=3, ga=2), False, {"arch": "llama"}),
+    "tp2-pp2-bf16-llama": (plan(dp=1, tp=2, pp=2, zero=1, ga=4, precision="bf16"), False,
+                           {"arch": "llama"}),
+    "tp2-pp2-uninterrupted": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False,
+                              {"max_steps": 12, "checkpoint_every": 6}),
+    "tp2-pp2-interrupted": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False,
+                            {"max_steps": 6, "checkpoint_every": 6}),
+}
+
 
 @pytest.fixture(scope="module", autouse=True)
 def environment():
@@ -94,9 +111,10 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def prepare(name: str, root: Path, cache: Path) -> RunDir:
-    p, cpu_adam, overrides = CASES[name]
-    spec = tiny_spec(torch_adam=not cpu_adam, arch=overrides.get("arch", "gpt2"))
+def prepare(name: str, root: Path, cache: Path, cases: dict = CASES) -> RunDir:
+    p, cpu_adam, overrides = cases[name]
+    spec = tiny_spec(torch_adam=not cpu_adam, arch=overrides.get("arch", "gpt2"),
+                     gpus=p.world_size)
     lr = overrides.get("learning_rate")
     options = make_options(spec, p, stories=2000, eval_every=4, seed=7, learning_rate=lr,
                            checkpoint_every=overrides.get("checkpoint_every", 100))
@@ -110,17 +128,28 @@ def losses(run: RunDir, kind: str = "train") -> list[float]:
             if r["kind"] == kind]
 
 
-@pytest.fixture(scope="module")
-def matrix(tmp_path_factory, cache):
+def launch_cases(root: Path, cache: Path, cases: dict):
     """Every case trained in one launch: (runs by name, exit code, output)."""
-    root = tmp_path_factory.mktemp("matrix")
-    runs = {name: prepare(name, root, cache) for name in CASES}
-    launch = launch_command(tiny_spec(), CASES["z0"][0], [r.path for r in runs.values()],
-                            device="cpu")
+    runs = {name: prepare(name, root, cache, cases) for name in cases}
+    first = next(iter(cases.values()))[0]
+    launch = launch_command(tiny_spec(gpus=first.world_size), first,
+                            [r.path for r in runs.values()])
     proc = subprocess.run(launch.argv, env={**os.environ, **launch.env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     (root / "launch.log").write_text(proc.stdout + proc.stderr)
     return runs, proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory, cache):
+    """The 2-process cases in one launch."""
+    return launch_cases(tmp_path_factory.mktemp("matrix"), cache, CASES)
+
+
+@pytest.fixture(scope="module")
+def matrix4(tmp_path_factory, cache):
+    """The 4-process cases in one launch."""
+    return launch_cases(tmp_path_factory.mktemp("matrix4"), cache, CASES4)
 
 
 @pytest.mark.parametrize("name", FINISHING)
@@ -162,8 +191,8 @@ def test_recompute_and_offload_change_nothing(matrix):
 @pytest.mark.parametrize("names", [("z0", "pp2-z1", "tp2-z1"), ("pp2-z1-llama", "tp2-z2-llama")],
                          ids=["gpt2", "llama"])
 def test_model_parallel_matches_plain_pytorch(matrix, names):
-    """Reference equivalence: ZeRO-0 over dp=2, the 2-stage pipeline and AutoTP over 2 ranks all
-    see the same global batches (the sampler deals one window order out to the dp ranks), so
+    """Reference equivalence: ZeRO-0 over dp=2, the 2-stage pipeline and tensor parallelism over 2
+    ranks all see the same global batches (the sampler deals one window order out to the dp ranks), so
     each matches one plain PyTorch process on those batches."""
     from executor.train import plain_training
     runs = matrix[0]
@@ -174,8 +203,8 @@ def test_model_parallel_matches_plain_pytorch(matrix, names):
 
 
 @pytest.mark.parametrize("name,rows", [("tp2-z1", 3 * 64 // 2), ("tp2-z2-llama", (4 + 2 + 2) * 16 // 2)])
-def test_autotp_really_shards(matrix, name, rows):
-    """AutoTP left half of each sharded weight per rank: the DeepSpeed checkpoint holds one
+def test_tensor_parallelism_really_shards(matrix, name, rows):
+    """Each rank keeps half of every split weight: the DeepSpeed checkpoint holds one
     model-states file per tensor-parallel rank with half the fused QKV rows."""
     run = matrix[0][name]
     tag = complete_checkpoints(run)[-1]
@@ -312,10 +341,25 @@ def test_resume_from_corrupt_checkpoint(finished):
     assert snapshot(finished.path) == before
 
 
-def test_resume_with_another_plan(finished):
+def test_resume_with_another_plan_says_how_to_go_on(finished):
     spec, _, _ = finished.load()
-    with pytest.raises(ExecutorError, match="a resume needs the same plan"):
+    export = finished.export / "pytorch_model.bin"
+    with pytest.raises(ExecutorError, match=f"a resume needs the same plan; .*--init-from "
+                                            f"{re.escape(str(export))}"):
         execute(spec, plan(zero=3), finished.path, ExecuteRequest(resume=True))
+
+
+def test_another_layout_starts_from_the_weights(matrix4, tmp_path, cache):
+    """The tp2·pp2 run's export, loaded by a new dp2 ZeRO-1 run (another layout, 2 processes):
+    its first loss is the trained model's, not a fresh one's."""
+    source = matrix4[0]["tp2-pp2"]
+    spec = tiny_spec()
+    fresh = losses(matrix4[0]["tp2-pp2-uninterrupted"])[0]
+    run = tmp_path / "continued"
+    request = ExecuteRequest(max_steps=1, stories=2000, seed=7, cache_dir=str(cache),
+                             init_from=str(source.export / "pytorch_model.bin"))
+    assert execute(spec, plan(zero=1), run, request) == 0
+    assert losses(RunDir(run))[0] < fresh - 0.1
 
 
 def test_resume_of_nothing(tmp_path):
@@ -341,12 +385,14 @@ def test_tokenizer_larger_than_the_model_vocabulary(tmp_path, cache):
 
 @pytest.mark.parametrize("p,words", [
     (plan(precision="fp16"), "fp16 cannot run on CPU"),
-    (plan(dp=1, tp=2, pp=2, zero=1), "AutoTP does not combine with DeepSpeed's pipeline"),
+    (replace(plan(dp=1, tp=2, zero=1, ga=4), sequence_parallel=True),
+     "has no sequence parallelism yet"),
     (plan(zero=3, offload="params_nvme"), "needs an NVMe directory: pass --nvme-path"),
-], ids=["fp16-on-cpu", "tp-with-pp", "nvme-without-path"])
+], ids=["fp16-on-cpu", "sequence-parallel", "nvme-without-path"])
 def test_unrealisable_plan(tmp_path, p, words):
     """Each is refused before anything is written: fp16 by the machine check (the spec's GPU has
-    fp16, this CPU does not), tp with pp by the backend's executor rule, NVMe without a path."""
+    fp16, this CPU does not), sequence parallelism by the backend's executor rule, NVMe without a
+    path."""
     spec = tiny_spec()
     if p.precision is Precision.FP16:
         gpu = spec.cluster.gpu.model_copy(update={"peak_tflops": {**LAB_CPU["peak_tflops"],
@@ -358,3 +404,62 @@ def test_unrealisable_plan(tmp_path, p, words):
     with pytest.raises(ExecutorError, match=words):
         execute(spec, p, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------- 4 processes: 3-D
+
+@pytest.mark.parametrize("name", [n for n in CASES4 if n != "tp2-pp2-interrupted"])
+def test_3d_layouts_train_like_one_process(matrix4, name):
+    """tp2·pp2 and dp2·tp2 (4 processes) see the same global batches as one plain PyTorch
+    process and follow its losses within 1e-4 in fp32 (bf16 against an autocast reference)."""
+    from executor.train import plain_training
+    runs, _, output = matrix4
+    run = runs[name]
+    spec, p, options = run.load()
+    train = losses(run)
+    assert len(train) == options.max_steps, output[-3000:]
+    reference, _ = plain_training(spec, p, run.shards_dir(), options, len(train))
+    tolerance = 1e-3 if p.precision is Precision.BF16 else 1e-4
+    assert train == pytest.approx(reference, abs=tolerance)
+    assert (run.export / "pytorch_model.bin").is_file()
+
+
+@pytest.mark.parametrize("name", ["tp2-pp2", "tp2-pp2-llama", "dp2-tp2", "dp2-tp2-z3-llama"])
+def test_engine_holds_the_planners_per_rank_counts(matrix4, name):
+    """Each rank's parameters (its stage, its tensor-parallel shard) and Adam moments (two per
+    parameter of its data-parallel partition) are the planner's per-rank counts, exactly."""
+    from planner.model.shape import layers_per_stage, stage_params, stages_to_check
+    run = matrix4[0][name]
+    spec, p, _ = run.load()
+    stages = stages_to_check(spec.model, p.pp, p.grad_accum)
+    assert sum(layers_per_stage(spec.model.n_layers, p.pp)) == spec.model.n_layers
+    for counted in json.loads(run.actual.read_text())["elements"]:
+        stage = stages[p.degrees.coords(counted["rank"])["pp"]]
+        planned = stage_params(spec.model, stage, p.tp)
+        assert counted["params"] == planned, (counted, stage)
+        partition = planned // p.dp if p.zero >= ZeroStage.OPTIMIZER else planned
+        assert counted["optimizer_states"] == 2 * partition, counted
+
+
+@pytest.mark.parametrize("name", ["tp2-pp2", "dp2-tp2", "dp2-tp2-z3-llama"])
+def test_3d_export_reproduces_eval_loss(matrix4, name):
+    """The merged export (tensor-parallel shards joined, stages joined) is the model that ran."""
+    from executor.data import BatchSampler, TokenDataset
+    from executor.sample import load_exported
+    run = matrix4[0][name]
+    spec, p, options = run.load()
+    model, _ = load_exported(run.path)
+    sampler = BatchSampler(TokenDataset(run.shards_dir(), "val"), spec.model.seq_len,
+                           p.micro_batch * p.dp, 0, 1, options.seed)
+    with torch.no_grad():
+        scores = [model(*sampler.next_batch()).item() for _ in range(options.eval_batches)]
+    assert sum(scores) / len(scores) == pytest.approx(losses(run, "eval")[-1], abs=2e-5)
+
+
+def test_3d_resume_continues_the_trajectory_exactly(matrix4):
+    runs = matrix4[0]
+    run = runs["tp2-pp2-interrupted"]
+    spec, p, _ = run.load()
+    assert execute(spec, p, run.path, ExecuteRequest(resume=True, max_steps=12)) == 0
+    assert losses(run) == losses(runs["tp2-pp2-uninterrupted"])
+

@@ -292,7 +292,7 @@ def test_catalog_gpu_field_override():
 def test_explicit_gpu_without_catalog():
     gpu = {"name": "my-accel", "memory_gib": 24, "peak_tflops": {"fp32": 10, "bf16": 100},
            "hbm_gbps": 900, "intra_node_link": "pcie", "intra_node_gbps": 64, "pcie_gbps": 16,
-           "cublas_workspace_mib": 4, "source": "bench notes"}
+           "cublas_workspace_mib": 4, "accelerator": "cuda", "source": "bench notes"}
     spec = spec_from_dict(build({"cluster.gpu": gpu}))
     assert spec.cluster.gpu.model_dump(exclude={"efficiency"}) == gpu
     assert spec.cluster.gpu.memory_bytes == 24 * 2**30
