@@ -6,7 +6,11 @@ ranks first
 - passes the executor's own pre-launch plan check (executor.run.plan_problem: the backend's rules
   and its executor's, applied one plan at a time, where the search applied them as batch masks);
 - becomes a DeepSpeed config that DeepSpeed's own parser accepts and reads back as the plan;
-- is the plan the plain search names as what --execute would run (the mark and the filter agree).
+- is the plan the plain search names as what --execute would run (the mark and the filter agree);
+- gets a launch for the spec's cluster (torchrun, or an sbatch script for several nodes).
+
+The shipped large specs are checked the same way with every axis open (70B on 512 H100s with
+tp and pp free picks a 3-D layout, which the executor now runs).
 """
 from __future__ import annotations
 
@@ -19,12 +23,15 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
 
+from pathlib import Path  # noqa: E402
+
 from executor.ds_config import to_deepspeed_config  # noqa: E402
+from executor.launch import launch_command  # noqa: E402
 from executor.run import plan_problem  # noqa: E402
 from planner.errors import SpecError  # noqa: E402
 from planner.search.engine import search  # noqa: E402
 from planner.spec.catalog import gpu_catalog  # noqa: E402
-from planner.spec.spec import spec_from_dict  # noqa: E402
+from planner.spec.spec import load_spec, spec_from_dict  # noqa: E402
 
 from .test_ds_config import check_round_trip, parse  # noqa: E402
 
@@ -83,6 +90,7 @@ def test_what_execute_picks_passes_the_executors_checks(monkeypatch):
         check_round_trip(spec, pick, cfg, parse(cfg, pick, monkeypatch))
         plain = search(spec).best_executable
         assert plain is not None and plain.plan == pick, (pick.label, plain)
+        launch_command(spec, pick, [Path("runs/pick")])  # no ExecutorError
         layouts.add((pick.tp > 1, pick.pp > 1, pick.dp > 1, int(pick.zero)))
         checked += 1
         if checked == SAMPLE:
@@ -91,3 +99,33 @@ def test_what_execute_picks_passes_the_executors_checks(monkeypatch):
     # the sample exercises tensor, pipeline and data parallelism and several ZeRO stages
     assert any(tp for tp, _, _, _ in layouts) and any(pp for _, pp, _, _ in layouts)
     assert len({z for *_, z in layouts}) >= 3
+
+
+@pytest.mark.parametrize("path", ["specs/70b_on_512xH100.yaml", "specs/7b_on_64xA100.yaml",
+                                  "bench/specs/1t_on_4096xH100.yaml"])
+def test_shipped_large_specs_pick_a_plan_the_executor_runs(path, root, monkeypatch):
+    spec = load_spec(root / path)
+    opened = spec.model_copy(update={"search": spec.search.model_copy(
+        update={"tp": "auto", "pp": "auto", "zero": "auto"})})
+    for s in (spec, opened):
+        check_pick(s, monkeypatch)
+
+
+def check_pick(spec, monkeypatch):
+    pick = search(spec, executable=True).best.plan
+    assert plan_problem(spec, pick) is None
+    cfg = to_deepspeed_config(spec, pick, nvme_path="/tmp/nvme")
+    check_round_trip(spec, pick, cfg, parse(cfg, pick, monkeypatch))
+    assert launch_command(spec, pick, [Path("runs/x")]).sbatch is not None
+    return pick
+
+
+def test_70b_with_zero1_and_pp4_runs_in_3d(root, monkeypatch):
+    """The case that used to be ranked and then refused at launch (AutoTP with a pipeline):
+    Llama-2-70B on 512 H100s with ZeRO-1 and four pipeline stages now picks dp32·tp4·pp4."""
+    spec = load_spec(root / "specs" / "70b_on_512xH100.yaml")
+    pinned = spec.model_copy(update={"search": spec.search.model_copy(
+        update={"zero": (1,), "pp": (4,)})})
+    pick = check_pick(pinned, monkeypatch)
+    assert (pick.dp, pick.tp, pick.pp) == (32, 4, 4)
+    assert search(pinned).best.plan == pick  # nothing marked: the plain best plan runs
