@@ -83,8 +83,8 @@ def data_parallel_coords(engine, plan: Plan, rank: int) -> tuple[int, int]:
 
 def reset_deepspeed_globals() -> None:
     """Undo what an earlier engine of this process left in DeepSpeed's module globals, which the
-    next engine would inherit: the pipeline grid (``groups.mpu``), AutoTP's groups and training
-    mode, and ZeRO-3's replacement of torch.nn.functional.linear ("This will persist unless
+    next engine would inherit: the pipeline grid (``groups.mpu``), the tensor-parallel groups and
+    AutoTP's training mode, and ZeRO-3's replacement of torch.nn.functional.linear ("This will persist unless
     manually reset", zero/partition_parameters.py), whose rounding differs from F.linear's."""
     from deepspeed.module_inject import layers
     from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses

@@ -19,7 +19,8 @@ from planner.spec.spec import Spec
 
 
 def _tp_heads(spec, p):
-    """Megatron / AutoTP shard whole heads (and the MLP): tp divides them."""
+    """Megatron-style tensor parallelism shards whole heads, kv-heads and the MLP: tp divides
+    them."""
     m = spec.model
     return (m.n_heads % p.tp != 0) | (m.n_kv_heads % p.tp != 0) | (m.d_ff % p.tp != 0)
 
