@@ -157,8 +157,13 @@ def pipeline_section(plan: Plan) -> dict:
     if plan.pp == 1:
         return {}
     full = plan.recompute is Recompute.FULL
+    # with tensor parallelism the engine splits each stage-to-stage activation over the tp ranks,
+    # which assumes the ranks hold the same tensor; under sequence parallelism each holds its
+    # own slice of the sequence already, which it sends whole (pipe/engine.py pipe_partitioned)
+    whole = not plan.sequence_parallel
     return {"pipeline": {"stages": plan.pp, "activation_checkpoint_interval": 1 if full else 0,
-                         "use_reentrant": False}}
+                         "use_reentrant": False, "pipe_partitioned": whole,
+                         "grad_partitioned": whole}}
 
 
 def optimizer_section(spec: Spec, plan: Plan, lr: LRSchedule) -> dict:

@@ -86,8 +86,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(m.d_model, m.d_model, bias=m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
         qkv = self.qkv(x)
+        B, T, _ = qkv.shape  # with sequence parallelism x holds a slice of the sequence
         # a column-sharded qkv (tensor parallel) holds h/tp query and kv/tp key/value heads
         tp = (self.h + 2 * self.kv) * self.hd // qkv.shape[-1]
         h, kv = self.h // tp, self.kv // tp

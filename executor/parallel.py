@@ -44,10 +44,10 @@ def process_grid(plan: Plan):
     return PipelineParallelGrid(topology=topology(plan))
 
 
-def tp_group(grid) -> "TPGroup":
+def tp_group(grid, sequence_parallel: bool = False) -> "TPGroup":
     from .tensor_parallel import TPGroup
     return TPGroup(grid.get_slice_parallel_rank(), grid.get_slice_parallel_world_size(),
-                   grid.get_slice_parallel_group())
+                   grid.get_slice_parallel_group(), sequence_parallel)
 
 
 # ------------------------------------------------------------------------------ recomputation
@@ -100,14 +100,19 @@ def _pipeline_layers(model: "GPT", tp: Optional["TPGroup"]) -> list:
         return [embed, *blocks, final]
     norm_only = HeadLayer(m, lm_head=False)
     norm_only.norm.load_state_dict(final.norm.state_dict())
+    positions = PositionLayer(embed.wpe) if embed.wpe is not None else None
     if tp is None:
         table, args, logits = TokenTable, (m,), tied_logits
     else:
-        from .tensor_parallel import ShardedTokenTable, tied_logits_tp
+        from .tensor_parallel import (ShardedTokenTable, sequence_parallel_norm,
+                                      sp_position_layer, tied_logits_tp)
         table, args, logits = ShardedTokenTable, (m, tp), tied_logits_tp
+        if tp.sequence_parallel:
+            sequence_parallel_norm(norm_only.norm, tp)
+            positions = positions and sp_position_layer(positions, tp)
     first = [TiedLayerSpec(TIED_KEY, table, *args, tied_weight_attr=["wte.weight"])]
-    if embed.wpe is not None:
-        first.append(PositionLayer(embed.wpe))
+    if positions is not None:
+        first.append(positions)
     last = TiedLayerSpec(TIED_KEY, table, *args, forward_fn=logits,
                          tied_weight_attr=["wte.weight"])
     return [*first, *blocks, norm_only, last]
@@ -165,7 +170,7 @@ def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None) -> "nn.Mod
     tp = None
     if plan.tp > 1:
         from .tensor_parallel import shard_model
-        tp = tp_group(grid)
+        tp = tp_group(grid, plan.sequence_parallel)
         shard_model(model, tp)
     if plan.pp > 1:
         if plan.recompute is Recompute.SELECTIVE:

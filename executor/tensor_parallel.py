@@ -15,6 +15,7 @@ parameter is split; it also merges the shards back for the fp32 export.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from planner.spec.spec import ModelSpec
 from planner.spec.units import Activation
 
-from .model import GPT, Block, EmbeddingLayer, HeadLayer, TokenTable
+from .model import GPT, Block, EmbeddingLayer, HeadLayer, PositionLayer, RMSNorm, TokenTable
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class TPGroup:
     rank: int
     size: int
     group: Any = None  #: a torch.distributed process group; None only when size is 1
+    #: Megatron sequence parallelism (Korthikanti et al. 2022, section 4.2.2): between the
+    #: tensor-parallel regions each rank holds seq_len / tp tokens
+    sequence_parallel: bool = False
 
 
 # ------------------------------------------------------------------------------ collectives
@@ -69,6 +73,65 @@ class _ReduceFromTP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None
+
+
+def _seq_slice(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    return x.chunk(tp.size, dim=1)[tp.rank].contiguous()
+
+
+def _gather_seq(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(tp.size)]
+    dist.all_gather(parts, x.contiguous(), group=tp.group)
+    return torch.cat(parts, dim=1)
+
+
+def _reduce_scatter_seq(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    """Sum over tp, keep this rank's slice of the sequence (an all-reduce and a slice: gloo has
+    no reduce-scatter; the bytes on the wire double, the result is the same)."""
+    return _seq_slice(_all_reduce(x.contiguous().clone(), tp), tp)
+
+
+class _GatherFromSeq(torch.autograd.Function):
+    """Sequence-parallel region -> tensor-parallel region: all-gather the sequence in forward,
+    reduce-scatter the gradient in backward (Megatron's g with sequence parallelism)."""
+
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return _gather_seq(x, tp)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter_seq(grad, ctx.tp), None
+
+
+class _ScatterToSeq(torch.autograd.Function):
+    """Tensor-parallel partial sums -> sequence-parallel region: reduce-scatter in forward,
+    all-gather the gradient in backward."""
+
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return _reduce_scatter_seq(x, tp)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_seq(grad, ctx.tp), None
+
+
+def enter_tp(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    """The input of a column-parallel layer: the whole sequence, its gradient summed over tp."""
+    if tp.size == 1:
+        return x
+    return _GatherFromSeq.apply(x, tp) if tp.sequence_parallel else _CopyToTP.apply(x, tp)
+
+
+def leave_tp(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    """The output of a row-parallel layer: partial sums summed over tp (sequence-sliced under
+    sequence parallelism)."""
+    if tp.size == 1:
+        return x
+    return _ScatterToSeq.apply(x, tp) if tp.sequence_parallel else _ReduceFromTP.apply(x, tp)
 
 
 def copy_to_tp(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
@@ -156,7 +219,7 @@ class ColumnParallelLinear(nn.Module):
             nn.Parameter(shard(full.bias.data, kind, m, tp.rank, tp.size)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(copy_to_tp(x, self.tp), self.weight, self.bias)
+        return F.linear(enter_tp(x, self.tp), self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -169,8 +232,8 @@ class RowParallelLinear(nn.Module):
         self.bias = None if full.bias is None else nn.Parameter(full.bias.data.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = reduce_from_tp(F.linear(x, self.weight), self.tp)
-        return y if self.bias is None else y + self.bias
+        y = leave_tp(F.linear(x, self.weight), self.tp)
+        return y if self.bias is None else y + replicated(self.bias, self.tp)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -191,11 +254,11 @@ class VocabParallelEmbedding(nn.Module):
         outside = (local < 0) | (local >= self.rows)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         out = out.masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tp(out, self.tp)
+        return leave_tp(out, self.tp)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The tied LM head: this rank's vocabulary slice of the logits."""
-        return F.linear(copy_to_tp(x, self.tp), self.weight)
+        return F.linear(enter_tp(x, self.tp), self.weight)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -278,7 +341,7 @@ class _VocabParallelHead(nn.Module):
         self.weight = _mark(nn.Parameter(shard(full.weight.data, "vocab", m, tp.rank, tp.size)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(copy_to_tp(x, self.tp), self.weight)
+        return F.linear(enter_tp(x, self.tp), self.weight)
 
 
 class _TiedHead(nn.Module):
@@ -302,15 +365,91 @@ def shard_head(final: HeadLayer, m: ModelSpec, tp: TPGroup,
 
 def shard_model(model: GPT, tp: TPGroup) -> GPT:
     """The GPT with every block, the token table and the head split over ``tp`` (in place),
-    its loss the vocab-parallel one."""
+    its loss the vocab-parallel one; with sequence parallelism the norms, residual adds and
+    learned positions work on this rank's slice of the sequence."""
     m = model.spec
     _check_divisible(m, tp.size)
+    if tp.sequence_parallel and m.seq_len % tp.size:
+        raise ValueError(f"sequence parallelism over {tp.size} ranks needs seq_len "
+                         f"({m.seq_len}) divisible by {tp.size}")
     shard_embedding(model.embed, m, tp)
     for block in model.blocks:
         shard_block(block, m, tp)
     shard_head(model.final, m, tp, model.embed.wte)
+    if tp.sequence_parallel:
+        sequence_parallel_norms(model, tp)
+        model.embed.forward = functools.partial(_sp_embedding_forward, model.embed, tp)
     model.loss_fn = TPLoss(m, tp)
     return model
+
+
+# ----------------------------------------------------------------- sequence parallelism
+
+class _AllReduceGrad(torch.autograd.Function):
+    """A replicated parameter used on a slice of the sequence: identity in forward, its
+    gradient summed over tp in backward (Megatron all-reduces such "sequence_parallel"
+    parameters' gradients after backward; here autograd does it where they are used)."""
+
+    @staticmethod
+    def forward(ctx, w, tp):
+        ctx.tp = tp
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad.contiguous(), ctx.tp), None
+
+
+def replicated(w: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    """A whole-on-every-rank parameter as the sequence-parallel region uses it."""
+    return _AllReduceGrad.apply(w, tp) if tp.sequence_parallel and tp.size > 1 else w
+
+
+def _sp_layer_norm(norm: nn.LayerNorm, tp: TPGroup, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, replicated(norm.weight, tp),
+                        replicated(norm.bias, tp), norm.eps)
+
+
+def _sp_rms_norm(norm: RMSNorm, tp: TPGroup, x: torch.Tensor) -> torch.Tensor:
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return normed.type_as(x) * replicated(norm.weight, tp)
+
+
+def sequence_parallel_norm(norm: nn.Module, tp: TPGroup) -> nn.Module:
+    """The norm's forward, replaced on the instance (its parameter names stay), summing its
+    weight's gradient over tp."""
+    fn = _sp_layer_norm if isinstance(norm, nn.LayerNorm) else _sp_rms_norm
+    norm.forward = functools.partial(fn, norm, tp)
+    return norm
+
+
+def sequence_parallel_norms(model: GPT, tp: TPGroup) -> None:
+    for block in model.blocks:
+        sequence_parallel_norm(block.ln1, tp)
+        sequence_parallel_norm(block.ln2, tp)
+    sequence_parallel_norm(model.final.norm, tp)
+
+
+def _positions(wpe: nn.Embedding, tp: TPGroup, seq: int, device) -> torch.Tensor:
+    """This rank's slice of the position vectors, the table's gradient summed over tp."""
+    return _seq_slice(F.embedding(torch.arange(seq, device=device), replicated(wpe.weight, tp))
+                      .unsqueeze(0), tp)
+
+
+def _sp_embedding_forward(embed: EmbeddingLayer, tp: TPGroup, idx: torch.Tensor):
+    x = embed.wte(idx)  # vocab-parallel: reduce-scattered to this rank's slice
+    if embed.wpe is not None:
+        x = x + _positions(embed.wpe, tp, idx.shape[1], idx.device)
+    return x
+
+
+def sp_position_layer(layer: PositionLayer, tp: TPGroup) -> PositionLayer:
+    """A pipeline's position layer on a slice of the sequence."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x + _positions(layer.wpe, tp, x.shape[1] * tp.size, x.device)
+    layer.forward = forward
+    return layer
 
 
 def unshard_state(parts: list[dict[str, torch.Tensor]], m: ModelSpec) -> dict[str, torch.Tensor]:

@@ -79,7 +79,8 @@ CASES = {
 FINISHING = [name for name in CASES if name != "nan"]
 
 #: the same on 4 processes: tensor parallelism with a pipeline and with data parallelism
-#: (ZeRO-1, and ZeRO-3 over the data-parallel group), Megatron-style on both block families
+#: (ZeRO-1, and ZeRO-3 over the data-parallel group), Megatron-style on both block families, with
+#: and without sequence parallelism
 CASES4 = {
     "tp2-pp2": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False, {}),
     "tp2-pp2-llama": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False, {"arch": "llama"}),
@@ -87,6 +88,10 @@ CASES4 = {
     "dp2-tp2-z3-llama": (plan(dp=2, tp=2, zero=3, ga=2), False, {"arch": "llama"}),
     "tp2-pp2-bf16-llama": (plan(dp=1, tp=2, pp=2, zero=1, ga=4, precision="bf16"), False,
                            {"arch": "llama"}),
+    "tp2-pp2-sp": (replace(plan(dp=1, tp=2, pp=2, zero=1, ga=4), sequence_parallel=True), False,
+                   {}),
+    "dp2-tp2-sp-z3-llama": (replace(plan(dp=2, tp=2, zero=3, ga=2), sequence_parallel=True),
+                            False, {"arch": "llama"}),
     "tp2-pp2-uninterrupted": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False,
                               {"max_steps": 12, "checkpoint_every": 6}),
     "tp2-pp2-interrupted": (plan(dp=1, tp=2, pp=2, zero=1, ga=4), False,
@@ -385,14 +390,12 @@ def test_tokenizer_larger_than_the_model_vocabulary(tmp_path, cache):
 
 @pytest.mark.parametrize("p,words", [
     (plan(precision="fp16"), "fp16 cannot run on CPU"),
-    (replace(plan(dp=1, tp=2, zero=1, ga=4), sequence_parallel=True),
-     "has no sequence parallelism yet"),
+    (plan(dp=1, pp=2, zero=2, ga=4), "pipeline parallelism \\(pp=2\\) needs ZeRO 0 or 1"),
     (plan(zero=3, offload="params_nvme"), "needs an NVMe directory: pass --nvme-path"),
-], ids=["fp16-on-cpu", "sequence-parallel", "nvme-without-path"])
+], ids=["fp16-on-cpu", "pipeline-zero2", "nvme-without-path"])
 def test_unrealisable_plan(tmp_path, p, words):
     """Each is refused before anything is written: fp16 by the machine check (the spec's GPU has
-    fp16, this CPU does not), sequence parallelism by the backend's executor rule, NVMe without a
-    path."""
+    fp16, this CPU does not), a pipeline with ZeRO-2 by DeepSpeed's rule, NVMe without a path."""
     spec = tiny_spec()
     if p.precision is Precision.FP16:
         gpu = spec.cluster.gpu.model_copy(update={"peak_tflops": {**LAB_CPU["peak_tflops"],
@@ -424,7 +427,8 @@ def test_3d_layouts_train_like_one_process(matrix4, name):
     assert (run.export / "pytorch_model.bin").is_file()
 
 
-@pytest.mark.parametrize("name", ["tp2-pp2", "tp2-pp2-llama", "dp2-tp2", "dp2-tp2-z3-llama"])
+@pytest.mark.parametrize("name", ["tp2-pp2", "tp2-pp2-llama", "dp2-tp2", "dp2-tp2-z3-llama",
+                                  "tp2-pp2-sp"])
 def test_engine_holds_the_planners_per_rank_counts(matrix4, name):
     """Each rank's parameters (its stage, its tensor-parallel shard) and Adam moments (two per
     parameter of its data-parallel partition) are the planner's per-rank counts, exactly."""
@@ -441,7 +445,8 @@ def test_engine_holds_the_planners_per_rank_counts(matrix4, name):
         assert counted["optimizer_states"] == 2 * partition, counted
 
 
-@pytest.mark.parametrize("name", ["tp2-pp2", "dp2-tp2", "dp2-tp2-z3-llama"])
+@pytest.mark.parametrize("name", ["tp2-pp2", "dp2-tp2", "dp2-tp2-z3-llama", "tp2-pp2-sp",
+                                  "dp2-tp2-sp-z3-llama"])
 def test_3d_export_reproduces_eval_loss(matrix4, name):
     """The merged export (tensor-parallel shards joined, stages joined) is the model that ran."""
     from executor.data import BatchSampler, TokenDataset

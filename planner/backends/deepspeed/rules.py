@@ -54,15 +54,6 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _sequence_parallel(spec, p):
-    """executor/tensor_parallel.py keeps the norm regions whole on every tp rank: it has no
-    sequence-parallel split of them yet."""
-    return p.sequence_parallel & (p.tp > 1)
-
-
-#: what this project's DeepSpeed executor (executor/) cannot run yet
-EXECUTOR_RULES: tuple[Rule, ...] = (
-    Rule("executor: sequence parallel", _sequence_parallel, lambda s, p: (
-        "the executor's tensor parallelism has no sequence parallelism yet; pin "
-        "search.sequence_parallel: false")),
-)
+#: what this project's DeepSpeed executor (executor/) cannot run yet: nothing today; a layout it
+#: cannot build goes here, as a Rule, so the search never ranks it for --execute
+EXECUTOR_RULES: tuple[Rule, ...] = ()
