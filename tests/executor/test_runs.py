@@ -428,12 +428,14 @@ def test_3d_layouts_train_like_one_process(matrix4, name):
 
 
 @pytest.mark.parametrize("name", ["tp2-pp2", "tp2-pp2-llama", "dp2-tp2", "dp2-tp2-z3-llama",
-                                  "tp2-pp2-sp"])
-def test_engine_holds_the_planners_per_rank_counts(matrix4, name):
+                                  "tp2-pp2-sp", "tp2-z1", "tp2-z2-llama", "pp2-z1",
+                                  "pp2-z1-llama"])
+def test_engine_holds_the_planners_per_rank_counts(matrix, matrix4, name):
     """Each rank's parameters (its stage, its tensor-parallel shard) and Adam moments (two per
-    parameter of its data-parallel partition) are the planner's per-rank counts, exactly."""
+    parameter of its data-parallel partition) are the planner's per-rank counts, exactly: tp2,
+    pp2, tp2·pp2 and dp2·tp2, GPT-2 (tied, learned positions) and Llama (GQA, SwiGLU)."""
     from planner.model.shape import layers_per_stage, stage_params, stages_to_check
-    run = matrix4[0][name]
+    run = (matrix4 if name in CASES4 else matrix)[0][name]
     spec, p, _ = run.load()
     stages = stages_to_check(spec.model, p.pp, p.grad_accum)
     assert sum(layers_per_stage(spec.model.n_layers, p.pp)) == spec.model.n_layers
