@@ -15,6 +15,7 @@ the vocab-parallel loss); activation checkpointing wraps the entries of ``blocks
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Optional
 
 import torch
@@ -221,19 +222,40 @@ class CausalLMLoss:
         return causal_lm_loss(logits, targets, self.loss_dtype)
 
 
-def init_weights(module: nn.Module) -> None:
-    """GPT-2 initialisation (Radford et al. 2019; nanoGPT ``_init_weights``): N(0, 0.02) for
-    linear and embedding weights, zero biases; norms keep their ones/zeros."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+#: weights drawn at the GPT-2 residual scale (Radford et al. 2019, section 2.3; nanoGPT c_proj)
+RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.fc2.weight", "mlp.w2.weight")
+
+
+def initial_value(m: ModelSpec, name: str, shape, seed: int) -> torch.Tensor:
+    """The initial value of the whole parameter ``name`` (a plain GPT's name): GPT-2's
+    initialisation (nanoGPT ``_init_weights``): N(0, 0.02) for linear and embedding weights, the
+    residual projections at 0.02 / sqrt(2 n_layers) so the residual stream's variance does not
+    grow with depth, zero biases, norms at one (weights) and zero (biases).
+
+    Each parameter draws from its own generator, seeded by the run's seed and its name, so a
+    tensor-parallel or pipeline rank can build exactly its share of the plain model, one
+    parameter at a time, without building the rest."""
+    leaf = name.rsplit(".", 1)[0]
+    if ".ln" in f".{name}" or name.startswith("final.norm.") or leaf.endswith("norm"):
+        return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+    if name.endswith("bias"):
+        return torch.zeros(shape)
+    std = INIT_STD / math.sqrt(2 * m.n_layers) if name.endswith(RESIDUAL_PROJECTIONS) \
+        else INIT_STD
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()))
+                                              % 2**63)
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+
+def initialise(model: nn.Module, m: ModelSpec, seed: int, value=None) -> None:
+    """Every parameter of a plain GPT at its initial value (or ``value(name, shape)``)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(value(name, p.shape) if value else initial_value(m, name, p.shape, seed))
 
 
 class GPT(nn.Module):
-    def __init__(self, m: ModelSpec):
+    def __init__(self, m: ModelSpec, seed: int = 0):
         super().__init__()
         self.spec = m
         #: (logits, targets) -> loss; tensor parallelism swaps in its vocab-parallel loss
@@ -243,14 +265,8 @@ class GPT(nn.Module):
         self.final = HeadLayer(m)
         if m.tied_embeddings:
             self.final.head.weight = self.embed.wte.weight
-        self.apply(init_weights)
-        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layers) so the residual stream's
-        # variance does not grow with depth (Radford et al. 2019, section 2.3; nanoGPT c_proj)
-        residual_std = INIT_STD / math.sqrt(2 * m.n_layers)
-        for block in self.blocks:
-            out = block.mlp.w2 if isinstance(block.mlp, SwiGLU) else block.mlp.fc2
-            for linear in (block.attn.proj, out):
-                nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
+        if not self.embed.wte.weight.is_meta:  # on the meta device: shapes only
+            initialise(self, m, seed)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Loss when ``targets`` are given, else logits (B, T, V)."""
@@ -297,4 +313,4 @@ class GPT(nn.Module):
 
 __all__ = ["GPT", "Block", "EmbeddingLayer", "TokenTable", "PositionLayer", "HeadLayer", "RMSNorm",
            "causal_lm_loss",
-           "CausalLMLoss", "tied_logits", "init_weights"]
+           "CausalLMLoss", "tied_logits", "initial_value", "initialise"]

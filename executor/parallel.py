@@ -98,8 +98,7 @@ def _pipeline_layers(model: "GPT", tp: Optional["TPGroup"]) -> list:
     embed, *blocks, final = model.pipeline_layers()
     if not m.tied_embeddings:
         return [embed, *blocks, final]
-    norm_only = HeadLayer(m, lm_head=False)
-    norm_only.norm.load_state_dict(final.norm.state_dict())
+    norm_only = HeadLayer(m, lm_head=False)  # its weights are set with the rest (materialize)
     positions = PositionLayer(embed.wpe) if embed.wpe is not None else None
     if tp is None:
         table, args, logits = TokenTable, (m,), tied_logits
@@ -118,22 +117,24 @@ def _pipeline_layers(model: "GPT", tp: Optional["TPGroup"]) -> list:
     return [*first, *blocks, norm_only, last]
 
 
-def build_pipeline(model: "GPT", plan: Plan, ds_config: dict,
-                   tp: Optional["TPGroup"] = None) -> "nn.Module":
+def build_pipeline(model: "GPT", plan: Plan, ds_config: dict, tp: Optional["TPGroup"],
+                   value: Callable) -> "nn.Module":
     """A PipelineModule over [embedding, *blocks, head] with the model's loss (vocab-parallel
-    under tensor parallelism); the engine checkpoints Block layers when the config asks."""
+    under tensor parallelism); the engine checkpoints Block layers when the config asks.  The
+    model comes on the meta device: only this stage's layers are given their weights."""
     from deepspeed.pipe import PipelineModule
 
     from .model import Block
+    m = model.spec
 
     layers = _pipeline_layers(model, tp)
+    _materialize_stage(layers, model, plan, tp, value)
     pipe = PipelineModule(layers=layers, topology=topology(plan), loss_fn=model.loss_fn,
                           partition_method=PIPELINE_PARTITION,
                           activation_checkpoint_interval=ds_config.get("pipeline", {}).get(
                               "activation_checkpoint_interval", 0),
                           checkpointable_layers=[Block.__name__])
-    if TIED_KEY in pipe.tied_modules:
-        pipe.tied_modules[TIED_KEY].wte.load_state_dict(model.embed.wte.state_dict())
+    materialize(pipe, m, pipeline_param_names(m), tp, value)  # the tied table, norm_only
     return pipe
 
 
@@ -164,9 +165,16 @@ def _layer_prefixes(m: ModelSpec) -> list:
     return ["embed", *positions, *blocks, "final", None]
 
 
-def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None) -> "nn.Module":
+def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None, *, seed: int = 0,
+                source: Optional[dict] = None) -> "nn.Module":
     """What deepspeed.initialize receives: the GPT split over the tensor-parallel group of
-    ``grid`` (when tp > 1), with recomputation applied, or the pipeline module over it."""
+    ``grid`` (when tp > 1), with recomputation applied, or the pipeline module over it.
+
+    A GPT built on the meta device gets its weights here, parameter by parameter and only the
+    share this rank holds: the plain model's initial values for ``seed``, or ``source`` (a plain
+    GPT state dict, another run's export).  A 70B model is never whole on one rank."""
+    m = model.spec
+    value = plain_values(m, seed, source)
     tp = None
     if plan.tp > 1:
         from .tensor_parallel import shard_model
@@ -175,8 +183,74 @@ def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None) -> "nn.Mod
     if plan.pp > 1:
         if plan.recompute is Recompute.SELECTIVE:
             apply_recompute(model, plan.recompute)
-        return build_pipeline(model, plan, ds_config, tp)
+        return build_pipeline(model, plan, ds_config, tp, value)
+    materialize(model, m, lambda name: name, tp, value)
     return apply_recompute(model, plan.recompute)
+
+
+# ---------------------------------------------------------------------------- materialising
+
+def plain_values(m: ModelSpec, seed: int, source: Optional[dict]) -> Callable:
+    """name -> the whole parameter's value in a plain GPT."""
+    from .model import GPT, initial_value
+    if source is not None:
+        return lambda name: source[name]
+    import torch
+    with torch.device("meta"):
+        shapes = {n: p.shape for n, p in GPT(m).named_parameters()}
+    return lambda name: initial_value(m, name, shapes[name], seed)
+
+
+#: set on a parameter once it holds its share of the plain GPT's weights
+INITIALISED = "_pretrain_initialised"
+
+
+def materialize(module: "nn.Module", m: ModelSpec, rename: Callable, tp: Optional["TPGroup"],
+                value: Callable) -> None:
+    """Give the module's parameters that do not have it yet this rank's share of the plain
+    GPT's parameter of the same name, keeping their attributes (tensor_model_parallel,
+    DeepSpeed's pipeline marks) and shared parameters shared."""
+    import torch
+    import torch.nn as nn
+
+    from .tensor_parallel import shard, sharding_of
+    replaced: dict[int, nn.Parameter] = {}
+    for name, p in list(module.named_parameters(remove_duplicate=False)):
+        if getattr(p, INITIALISED, False):
+            continue
+        if id(p) not in replaced:
+            gpt_name = rename(name)
+            if gpt_name is None:
+                raise ValueError(f"{name}: no plain-GPT parameter of this name")
+            full = value(gpt_name)
+            kind = sharding_of(gpt_name) if tp is not None else None
+            with torch.no_grad():
+                data = shard(full, kind, m, tp.rank, tp.size) if kind else full
+            new = nn.Parameter(data.to(torch.float32).clone(), requires_grad=p.requires_grad)
+            new.__dict__.update(p.__dict__)
+            setattr(new, INITIALISED, True)
+            replaced[id(p)] = new
+        owner, _, key = name.rpartition(".")
+        (module.get_submodule(owner) if owner else module)._parameters[key] = replaced[id(p)]
+
+
+def _materialize_stage(layers: list, model: "GPT", plan: Plan, tp: Optional["TPGroup"],
+                       value: Callable) -> None:
+    """Weights for the model layers this rank's pipeline stage keeps (DeepSpeed's own balanced
+    split of the Block layers), before PipelineModule moves its layers to the device."""
+    import deepspeed.comm as dist
+    from deepspeed.runtime import utils as ds_utils
+
+    from .model import Block
+    weights = [1 if isinstance(layer, Block) else 0 for layer in layers]
+    parts = ds_utils.partition_balanced(weights=weights, num_parts=plan.pp)
+    stage = plan.degrees.coords(dist.get_rank())["pp"]
+    prefixes = _layer_prefixes(model.spec)
+    for index in range(parts[stage], parts[stage + 1]):
+        layer = layers[index]
+        if hasattr(layer, "named_parameters") and prefixes[index] is not None:
+            materialize(layer, model.spec, lambda name, i=index: f"{prefixes[i]}.{name}", tp,
+                        value)
 
 
 __all__ = ["parallelize", "apply_recompute", "build_pipeline", "pipeline_param_names",

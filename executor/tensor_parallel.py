@@ -9,8 +9,10 @@ the all-reduce fills it in), the LM head too, and the loss is a vocab-parallel c
 never gathers the logits (Megatron's ``_VocabParallelCrossEntropy``).  Norms, row-parallel biases
 and learned positions stay whole on every rank: exactly the split planner/model/shape.py counts.
 
-The whole model is built (same seed on every rank) and then sharded, so a tensor-parallel run
-starts from the weights of the unsharded one.  ``SHARDING`` is the one table of how each
+Sharding works on real or meta tensors: the executor shards a GPT built on the meta device, then
+gives each parameter this rank's slice of the plain model's value for that name
+(executor/parallel.py ``materialize``), so a tensor-parallel run starts from the weights of the
+unsharded one and no rank ever holds the whole model.  ``SHARDING`` is the one table of how each
 parameter is split; it also merges the shards back for the fp32 export.
 """
 from __future__ import annotations

@@ -107,11 +107,13 @@ def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int,
 
     reset_deepspeed_globals()
     seed_everything(seed)
-    model = GPT(spec.model)
-    if init_from is not None:  # another run's fp32 export: weights carry over to any layout
-        model.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
+    with torch.device("meta"):  # shapes only: each rank builds just its share (parallelize)
+        model = GPT(spec.model, seed)
+    # another run's fp32 export: weights carry over to any layout
+    source = None if init_from is None else torch.load(init_from, map_location="cpu",
+                                                       weights_only=True)
     grid = process_grid(plan)
-    module = parallelize(model, plan, ds_config, grid)
+    module = parallelize(model, plan, ds_config, grid, seed=seed, source=source)
     # a pipeline hands DeepSpeed its own grid; tensor parallelism alone hands ours, so that ZeRO
     # partitions over the data-parallel group and norms count a sharded tensor on every tp rank
     engine, _, _, _ = deepspeed.initialize(
@@ -403,7 +405,7 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
     lr = LRSchedule(**options.lr)
     cfg = to_deepspeed_config(spec, plan, lr_schedule=lr)
     seed_everything(options.seed)
-    model = GPT(spec.model).to(device)
+    model = GPT(spec.model, options.seed).to(device)
     params = list(model.parameters())
     fused = device.startswith("cuda")
     opt = torch.optim.AdamW(params, lr=lr.peak_lr, betas=(lr.beta1, lr.beta2), eps=lr.eps,

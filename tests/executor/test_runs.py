@@ -219,13 +219,11 @@ def test_tensor_parallelism_really_shards(matrix, name, rows):
     assert state["blocks.0.attn.qkv.weight"].shape == (rows, 64)
 
 
-@pytest.mark.parametrize("name", FINISHING)
-def test_export_reproduces_eval_loss(matrix, name):
+def check_export_scores_like_the_run(run: RunDir) -> None:
     """The fp32 export, loaded into a plain GPT, scores the run's last eval batches as the run
     did (bf16 runs computed in bf16 from the fp32 masters the export holds)."""
     from executor.data import BatchSampler, TokenDataset
     from executor.sample import load_exported
-    run = matrix[0][name]
     spec, p, options = run.load()
     model, _ = load_exported(run.path)
     # one dp=1 sampler with dp x micro_batch rows draws the windows the dp ranks evaluated
@@ -235,6 +233,11 @@ def test_export_reproduces_eval_loss(matrix, name):
         scores = [model(*sampler.next_batch()).item() for _ in range(options.eval_batches)]
     tolerance = 2e-3 if p.precision is Precision.BF16 else 2e-5
     assert sum(scores) / len(scores) == pytest.approx(losses(run, "eval")[-1], abs=tolerance)
+
+
+@pytest.mark.parametrize("name", FINISHING)
+def test_export_reproduces_eval_loss(matrix, name):
+    check_export_scores_like_the_run(matrix[0][name])
 
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(matrix):
@@ -451,16 +454,7 @@ def test_engine_holds_the_planners_per_rank_counts(matrix, matrix4, name):
                                   "dp2-tp2-sp-z3-llama"])
 def test_3d_export_reproduces_eval_loss(matrix4, name):
     """The merged export (tensor-parallel shards joined, stages joined) is the model that ran."""
-    from executor.data import BatchSampler, TokenDataset
-    from executor.sample import load_exported
-    run = matrix4[0][name]
-    spec, p, options = run.load()
-    model, _ = load_exported(run.path)
-    sampler = BatchSampler(TokenDataset(run.shards_dir(), "val"), spec.model.seq_len,
-                           p.micro_batch * p.dp, 0, 1, options.seed)
-    with torch.no_grad():
-        scores = [model(*sampler.next_batch()).item() for _ in range(options.eval_batches)]
-    assert sum(scores) / len(scores) == pytest.approx(losses(run, "eval")[-1], abs=2e-5)
+    check_export_scores_like_the_run(matrix4[0][name])
 
 
 def test_3d_resume_continues_the_trajectory_exactly(matrix4):

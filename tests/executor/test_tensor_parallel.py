@@ -82,3 +82,21 @@ def test_state_of_every_rank_merges_into_the_plain_model():
     merged = unshard_state(parts, m)
     assert set(merged) == {k for k in plain if not (m.tied_embeddings and k == "final.head.weight")}
     assert all(torch.equal(merged[k], plain[k]) for k in merged)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt"])
+def test_a_rank_built_on_meta_holds_its_share_of_the_plain_model(preset):
+    """The executor's path: the GPT on the meta device, sharded, then each parameter given this
+    rank's slice of the plain model's value for its name (no rank builds the whole model)."""
+    from executor.parallel import materialize, plain_values
+    m = ModelSpec.model_validate({"preset": preset, "n_layers": 2})
+    plain = GPT(m, seed=3).state_dict()
+    with torch.device("meta"):
+        model = GPT(m, seed=3)
+    tp = TPGroup(rank=1, size=2)
+    shard_model(model, tp)
+    materialize(model, m, lambda name: name, tp, plain_values(m, 3, None))
+    for name, p in model.named_parameters():
+        kind = sharding_of(name)
+        expected = shard(plain[name], kind, m, 1, 2) if kind else plain[name]
+        assert not p.is_meta and torch.equal(p, expected), name
