@@ -294,10 +294,16 @@ class SlurmSpec(_Frozen):
 
     partition: Optional[str] = Field(None, description="#SBATCH --partition")
     account: Optional[str] = Field(None, description="#SBATCH --account")
-    time: Optional[str] = Field(None, pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$",
-                                description="#SBATCH --time, e.g. 2-00:00:00")
+    time: Optional[str] = Field(None, description="#SBATCH --time, e.g. 2-00:00:00")
     container_image: Optional[str] = Field(None, description="srun --container-image (pyxis)")
     extra: tuple[str, ...] = Field((), description="more #SBATCH options, e.g. --qos=high")
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", value):
+            raise ValueError(f"{value!r} is not a SLURM time: [D-]HH[:MM[:SS]], e.g. 2-00:00:00")
+        return value
 
 
 class NcclSpec(_Frozen):
