@@ -286,7 +286,7 @@ def budget_text(result: BudgetResult, source: str = "") -> str:
     if pick is None:
         lines.append("NO CANDIDATE can train within the budget on this cluster.")
         return "\n".join(lines)
-    opt = law.compute_optimal(6.0 * pick.params * pick.tokens)
+    opt = law.compute_optimal(6.0 * law.params(param_counts(pick.model)) * pick.tokens)
     lines += [
         f"pick     {pick.model.name}: {pick.params / 1e9:.3g}B parameters, "
         f"{pick.tokens:.3g} tokens ({pick.tokens_per_param:.1f}/param), predicted loss "
@@ -318,8 +318,7 @@ def budget_json(result: BudgetResult, source: str = "") -> dict[str, Any]:
     return {
         "mode": "budget", "spec": source, "name": spec.name,
         "budget": {**b.model_dump(), "kind": b.kind, "seconds": seconds, "gpu_hours": gpu_hours},
-        "law": {"name": law.name, "E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha,
-                "beta": law.beta, "source": law.source},
+        "law": {"name": law.name, "form": law.form, **law.constants(), "source": law.source},
         "candidates": [_candidate_json(c) for c in result.candidates],
         "pick": None if pick is None else result.candidates.index(pick),
         "plan": None if pick is None else to_json(pick.result, [], source),

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from planner.capacity.scaling import ScalingLaw, law_of, model_flops_per_token
+from planner.capacity.scaling import Law, law_of, model_flops_per_token
 from planner.errors import SpecError
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate, usable_bytes
 from planner.model.shape import param_counts
@@ -125,7 +125,7 @@ class Candidate:
 @dataclass(frozen=True)
 class BudgetResult:
     spec: Spec
-    law: ScalingLaw
+    law: Law
     candidates: list[Candidate]  #: by size, smallest first
 
     @property
@@ -142,7 +142,7 @@ def planned_spec(spec: Spec, model: ModelSpec, tokens: Optional[float] = None) -
     return spec.model_copy(update={"model": model, "training": training})
 
 
-def evaluate(spec: Spec, candidate: Candidate, law: ScalingLaw) -> Candidate:
+def evaluate(spec: Spec, candidate: Candidate, law: Law) -> Candidate:
     """Search one candidate: its best plan, the tokens the budget buys with it, the loss."""
     model, n = candidate.model, candidate.params
     states = states_lower_bound_bytes(spec, n)
@@ -159,7 +159,8 @@ def evaluate(spec: Spec, candidate: Candidate, law: ScalingLaw) -> Candidate:
     if tokens <= 0:
         return replace(candidate, result=result, reason="the budget does not buy one step")
     result = replace(result, spec=planned_spec(spec, model, tokens))
-    return replace(candidate, result=result, tokens=tokens, loss=law.loss(n, tokens))
+    loss = law.loss(law.params(param_counts(model)), tokens)
+    return replace(candidate, result=result, tokens=tokens, loss=loss)
 
 
 def _offload_allowed(spec: Spec) -> bool:

@@ -323,9 +323,10 @@ def largest_model(spec: Spec, tokens_per_param: Optional[float] = None) -> Answe
     def probe(i: int) -> tuple[Candidate, float]:
         if i not in probes:
             model = family_shape(spec.model, WIDTHS[i])
-            n = param_counts(model).total
+            counts = param_counts(model)
+            n = law.params(counts)  # the law's own count (Kaplan: non-embedding)
             need = law.optimal_tokens(n) if tokens_per_param is None else tokens_per_param * n
-            probes[i] = (evaluate(spec, Candidate(model, n), law), need)
+            probes[i] = (evaluate(spec, Candidate(model, counts.total), law), need)
         c, need = probes[i]
         return c, need
 

@@ -21,10 +21,10 @@ compute-optimal size, N = N_opt(6 N D):  C/6 = (N/G)^((α+β)/β),  D*(N) = (N/G
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from planner.model.flops import forward_flops_per_token
-from planner.model.shape import param_counts
+from planner.model.shape import ParamCounts, param_counts
 from planner.spec.spec import ModelSpec, ScalingLawSpec, Spec
 
 SIX = 6.0  #: FLOPs per parameter per token, forward + backward (Kaplan et al. 2020)
@@ -46,6 +46,8 @@ class Allocation:
 
 @dataclass(frozen=True)
 class ScalingLaw:
+    """The Chinchilla form (Hoffmann et al. 2022, eq. 2), N counting every parameter."""
+
     E: float
     A: float
     B: float
@@ -53,6 +55,19 @@ class ScalingLaw:
     beta: float
     name: str = "custom"
     source: str = ""
+    form = "chinchilla"
+
+    @property
+    def floor(self) -> float:
+        """The irreducible loss: no N or D predicts below it."""
+        return self.E
+
+    def params(self, counts: ParamCounts) -> float:
+        """The N this law was fitted with: all parameters, embeddings included."""
+        return float(counts.total)
+
+    def constants(self) -> dict[str, float]:
+        return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
 
     def loss(self, params: float, tokens: float) -> float:
         return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
@@ -83,17 +98,79 @@ class ScalingLaw:
                 f"{self.B:g}/D^{self.beta:g}")
 
 
-def law_from_spec(s: ScalingLawSpec) -> ScalingLaw:
+@dataclass(frozen=True)
+class KaplanLaw:
+    """Kaplan et al. 2020's joint law (eq. 1.5 and 4.1, constants of table 2), N counting the
+    non-embedding parameters:  L(N, D) = [(N_c / N)^(α_N/α_D) + D_c / D]^α_D.
+
+    At a fixed C = 6·N·D, with r = α_N / α_D, the loss is least where
+    N^(r+1) = r N_c^r C / (6 D_c), so N_opt ∝ C^(α_D/(α_N+α_D)) = C^0.58 with these constants.
+    Kaplan et al.'s often-quoted N_opt ∝ C^0.73 is another optimum: their compute-efficient
+    frontier, from L(N, S) with training stopped early (section 6), not this law at
+    convergence; docs/capacity-planning.md sets the two beside Chinchilla's C^0.5."""
+
+    N_c: float
+    D_c: float
+    alpha_N: float
+    alpha_D: float
+    name: str = "custom"
+    source: str = ""
+    form = "kaplan"
+    floor = 0.0  #: the form has no irreducible term
+
+    @property
+    def r(self) -> float:
+        return self.alpha_N / self.alpha_D
+
+    def params(self, counts: ParamCounts) -> float:
+        """The N this law was fitted with: non-embedding parameters."""
+        return float(counts.non_embedding)
+
+    def constants(self) -> dict[str, float]:
+        return {"N_c": self.N_c, "D_c": self.D_c, "alpha_N": self.alpha_N,
+                "alpha_D": self.alpha_D}
+
+    def loss(self, params: float, tokens: float) -> float:
+        return ((self.N_c / params) ** self.r + self.D_c / tokens) ** self.alpha_D
+
+    def optimal_params(self, flops: float) -> float:
+        return (self.r * self.N_c ** self.r * flops / (SIX * self.D_c)) ** (1 / (self.r + 1))
+
+    def compute_optimal(self, flops: float) -> Allocation:
+        n = self.optimal_params(flops)
+        d = flops / SIX / n
+        return Allocation(n, d, flops, self.loss(n, d))
+
+    def optimal_tokens(self, params: float) -> float:
+        """D*(N): the tokens for which N is the compute-optimal size: D = D_c N^r / (r N_c^r)."""
+        return self.D_c * params ** self.r / (self.r * self.N_c ** self.r)
+
+    def allocation(self, params: float, tokens: float) -> Allocation:
+        return Allocation(params, tokens, SIX * params * tokens, self.loss(params, tokens))
+
+    def describe(self) -> str:
+        return (f"{self.name}: L = [({self.N_c:g}/N)^({self.alpha_N:g}/{self.alpha_D:g}) + "
+                f"{self.D_c:g}/D]^{self.alpha_D:g}, N non-embedding")
+
+
+#: a law of either form
+Law = Union[ScalingLaw, KaplanLaw]
+
+
+def law_from_spec(s: ScalingLawSpec) -> Law:
+    if s.form == "kaplan":
+        return KaplanLaw(N_c=s.N_c, D_c=s.D_c, alpha_N=s.alpha_N, alpha_D=s.alpha_D,
+                         name=s.name, source=s.source)
     return ScalingLaw(E=s.E, A=s.A, B=s.B, alpha=s.alpha, beta=s.beta, name=s.name,
                       source=s.source)
 
 
-def preset_law(name: str) -> ScalingLaw:
+def preset_law(name: str) -> Law:
     """A shipped law by name or alias (planner/spec/data/scaling_laws.yaml)."""
     return law_from_spec(ScalingLawSpec.model_validate(name))
 
 
-def law_of(spec: Spec) -> ScalingLaw:
+def law_of(spec: Spec) -> Law:
     return law_from_spec(spec.training.scaling_law)
 
 
@@ -104,7 +181,8 @@ def training_tokens(spec: Spec) -> Optional[float]:
     if tokens is None:
         return None
     if tokens == "chinchilla":
-        return law_of(spec).optimal_tokens(param_counts(spec.model).total)
+        law = law_of(spec)
+        return law.optimal_tokens(law.params(param_counts(spec.model)))
     return float(tokens)
 
 
@@ -132,7 +210,7 @@ def training_flops(m: ModelSpec, tokens: float) -> TrainingFlops:
 def chinchilla_summary(spec: Spec, tokens: float) -> dict:
     """Predicted loss of the spec's run and the law's compute-optimal tokens for its model."""
     law = law_of(spec)
-    n = param_counts(spec.model).total
+    n = law.params(param_counts(spec.model))
     flops = training_flops(spec.model, tokens)
     optimal = law.optimal_tokens(n)
     return {"law": law.name, "params": n, "tokens": tokens, "tokens_per_param": tokens / n,

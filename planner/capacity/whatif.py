@@ -132,9 +132,11 @@ def _row(value: Any, spec: Spec) -> SweepRow:
                         loss=pick.loss, picked=True)
     result = search(spec)
     tokens = training_tokens(spec)
-    n = param_counts(spec.model).total
+    counts = param_counts(spec.model)
     reason = "" if result.best else why_infeasible(result)
-    return SweepRow(value, spec, result.best, tokens, reason, n, law_of(spec).loss(n, tokens))
+    law = law_of(spec)
+    return SweepRow(value, spec, result.best, tokens, reason, counts.total,
+                    law.loss(law.params(counts), tokens))
 
 
 def sweep(spec: Spec, path: str, values: Iterable[Any]) -> list[SweepRow]:

@@ -115,18 +115,30 @@ class ModelSpec(_Frozen):
 
 # ------------------------------------------------------------------------------------ training
 
+#: the constants of each functional form of a loss law
+LAW_CONSTANTS = {"chinchilla": ("E", "A", "B", "alpha", "beta"),
+                 "kaplan": ("N_c", "D_c", "alpha_N", "alpha_D")}
+
+
 class ScalingLawSpec(_Frozen):
-    """L(N, D) = E + A/N^alpha + B/D^beta in nats per token (planner/scaling.py): a preset name
-    (planner/spec/data/scaling_laws.yaml) or the five constants, e.g. from
-    planner.capacity.lawfit.fit_law."""
+    """A loss law in nats per token (planner/capacity/scaling.py): a preset name
+    (planner/spec/data/scaling_laws.yaml) or the constants of one functional form, e.g. from
+    planner.capacity.lawfit.fit_law.  ``chinchilla``: L = E + A/N^alpha + B/D^beta with N all
+    parameters (Hoffmann et al. 2022, eq. 2); ``kaplan``: L = [(N_c/N)^(alpha_N/alpha_D) +
+    D_c/D]^alpha_D with N the non-embedding parameters (Kaplan et al. 2020, eq. 1.5)."""
 
     preset: Optional[str] = Field(None, description="name of a shipped scaling law")
     name: str = Field("custom", description="label used in reports")
-    E: PositiveFloat = Field(description="irreducible loss, nats/token")
-    A: PositiveFloat = Field(description="parameter term coefficient")
-    B: PositiveFloat = Field(description="data term coefficient")
-    alpha: PositiveFloat = Field(description="parameter exponent")
-    beta: PositiveFloat = Field(description="data exponent")
+    form: Literal["chinchilla", "kaplan"] = Field("chinchilla", description="functional form")
+    E: Optional[PositiveFloat] = Field(None, description="irreducible loss, nats/token")
+    A: Optional[PositiveFloat] = Field(None, description="parameter term coefficient")
+    B: Optional[PositiveFloat] = Field(None, description="data term coefficient")
+    alpha: Optional[PositiveFloat] = Field(None, description="parameter exponent")
+    beta: Optional[PositiveFloat] = Field(None, description="data exponent")
+    N_c: Optional[PositiveFloat] = Field(None, description="kaplan: parameter scale")
+    D_c: Optional[PositiveFloat] = Field(None, description="kaplan: data scale, tokens")
+    alpha_N: Optional[PositiveFloat] = Field(None, description="kaplan: parameter exponent")
+    alpha_D: Optional[PositiveFloat] = Field(None, description="kaplan: data exponent")
     source: str = "user supplied"
 
     @model_validator(mode="before")
@@ -141,6 +153,18 @@ class ScalingLawSpec(_Frozen):
                 raise ValueError(f"preset: unknown scaling law {data['preset']!r}; known: {known}")
             data = over_entry(data, "preset", found)
         return data
+
+    @model_validator(mode="after")
+    def _constants_of_the_form(self) -> "ScalingLawSpec":
+        for key in LAW_CONSTANTS[self.form]:
+            if getattr(self, key) is None:
+                raise ValueError(f"{key}: a {self.form}-form law needs {key} (or a preset)")
+        for form, keys in LAW_CONSTANTS.items():
+            stray = [k for k in keys if form != self.form and getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{stray[0]}: a {self.form}-form law takes no {stray[0]} (it "
+                                 f"is a {form}-form constant; set form: {form})")
+        return self
 
 
 DEFAULT_SCALING_LAW = "epoch2024"
@@ -496,7 +520,8 @@ def json_schema() -> dict:
     training["scaling_law"] = {"anyOf": [{"type": "string", "description": "a scaling-law "
                                           "preset"}, training["scaling_law"]]}
     defs["ScalingLawSpec"]["anyOf"] = [{"required": ["preset"]},
-                                       {"required": ["E", "A", "B", "alpha", "beta"]}]
+                                       {"required": list(LAW_CONSTANTS["chinchilla"])},
+                                       {"required": ["form", *LAW_CONSTANTS["kaplan"]]}]
     defs["ScalingLawSpec"].pop("required", None)
     defs["ClusterSpec"]["required"] = ["gpu"]
     for prop in defs["SearchSpec"]["properties"].values():

@@ -102,7 +102,9 @@ def test_every_shipped_law_loads_and_cites_its_source(name):
     for alias in scaling_laws()[name].get("aliases", []):
         assert preset_law(alias) == law
     opt = law.compute_optimal(CHINCHILLA_FLOPS)
-    assert law.E < opt.loss < 3 and 5 < opt.tokens_per_param < 200
+    assert law.floor < opt.loss < 3
+    # Chinchilla-form laws put 5-200 tokens on a parameter there; Kaplan's converged law ~1.6
+    assert (5 < opt.tokens_per_param < 200) == (law.form == "chinchilla")
 
 
 # ------------------------------------------------------------------------------------ FLOPs
@@ -148,12 +150,49 @@ def test_scaling_law_forms(written, expected):
 
 
 @pytest.mark.parametrize("written, path", [
-    ("kaplan", "training.scaling_law.preset"),
+    ("kaplan2019", "training.scaling_law.preset"),
+    ({"form": "kaplan", "N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076},
+     "training.scaling_law.alpha_D"),
+    ({"form": "kaplan", "N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.1,
+      "E": 1.7}, "training.scaling_law.E"),
     ({"E": 1.7, "A": 400, "B": 400, "alpha": 0.3}, "training.scaling_law.beta"),
     ({"preset": "epoch2024", "gamma": 1}, "training.scaling_law.gamma"),
     ({"E": 1.7, "A": 400, "B": -1, "alpha": 0.3, "beta": 0.3}, "training.scaling_law.B"),
-], ids=["unknown-preset", "missing-constant", "unknown-key", "negative"])
+], ids=["unknown-preset", "kaplan-missing", "kaplan-with-E", "missing-constant",
+        "unknown-key", "negative"])
 def test_bad_scaling_law_names_its_path(written, path):
     with pytest.raises(SpecError) as info:
         _spec(scaling_law=written)
     assert info.value.path == path
+
+
+KAPLAN = preset_law("kaplan2020")
+
+
+@pytest.mark.parametrize("flops", [1e18, 5.76e23, 1e26])
+def test_kaplan_closed_form_matches_brute_force(flops):
+    """N_opt from dL/dN = 0 at fixed C = 6ND equals a dense scan of the law itself."""
+    sizes = np.exp(np.linspace(np.log(1e5), np.log(1e15), 200001))
+    scanned = sizes[np.argmin([KAPLAN.loss(n, flops / 6 / n) for n in sizes])]
+    assert KAPLAN.optimal_params(flops) == pytest.approx(scanned, rel=1e-3)
+    n = KAPLAN.optimal_params(flops)
+    assert KAPLAN.optimal_params(6 * n * KAPLAN.optimal_tokens(n)) == pytest.approx(n, rel=1e-9)
+
+
+def test_kaplan_advises_bigger_models_on_fewer_tokens_than_chinchilla():
+    """At Chinchilla's compute the converged Kaplan law puts ~240B non-embedding parameters on
+    ~1.6 tokens each, where the Epoch refit of Chinchilla puts ~70B on ~18: the exponent
+    alpha_D/(alpha_N+alpha_D) = 0.58 against ~0.51."""
+    kaplan, epoch = KAPLAN.compute_optimal(CHINCHILLA_FLOPS), EPOCH.compute_optimal(CHINCHILLA_FLOPS)
+    assert kaplan.params > 3 * epoch.params and kaplan.tokens_per_param < 3
+    assert KAPLAN.alpha_D / (KAPLAN.alpha_N + KAPLAN.alpha_D) == pytest.approx(0.575, abs=1e-3)
+
+
+def test_kaplan_law_counts_non_embedding_parameters():
+    spec = _spec(scaling_law="kaplan")
+    counts = param_counts(spec.model)
+    law = law_of(spec)
+    assert law.params(counts) == counts.non_embedding < counts.total
+    assert training_tokens(_spec(scaling_law="kaplan", tokens="chinchilla")) == pytest.approx(
+        law.optimal_tokens(counts.non_embedding))
+
