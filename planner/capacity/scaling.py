@@ -62,9 +62,9 @@ class ScalingLaw:
         """The irreducible loss: no N or D predicts below it."""
         return self.E
 
-    def params(self, counts: ParamCounts) -> float:
+    def params(self, counts: ParamCounts) -> int:
         """The N this law was fitted with: all parameters, embeddings included."""
-        return float(counts.total)
+        return counts.total
 
     def constants(self) -> dict[str, float]:
         return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
@@ -122,9 +122,9 @@ class KaplanLaw:
     def r(self) -> float:
         return self.alpha_N / self.alpha_D
 
-    def params(self, counts: ParamCounts) -> float:
+    def params(self, counts: ParamCounts) -> int:
         """The N this law was fitted with: non-embedding parameters."""
-        return float(counts.non_embedding)
+        return counts.non_embedding
 
     def constants(self) -> dict[str, float]:
         return {"N_c": self.N_c, "D_c": self.D_c, "alpha_N": self.alpha_N,
