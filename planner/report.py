@@ -7,7 +7,7 @@ from typing import Any, Optional
 from tabulate import tabulate
 
 from planner.capacity.budget import BudgetResult, Candidate, budget_seconds
-from planner.capacity.scaling import chinchilla_summary, training_tokens
+from planner.capacity.scaling import chinchilla_summary, loss_warning, training_tokens
 from planner.capacity.whatif import SweepRow
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate
 from planner.model.memory_terms import TERMS
@@ -44,10 +44,11 @@ def _tokens(spec: Spec) -> tuple[Optional[float], str]:
 
 def _scaling_line(spec: Spec, tokens: float) -> str:
     s = chinchilla_summary(spec, tokens)
-    return (f"loss     {s['predicted_loss']:.4f} nats/token predicted by {s['law']} at "
+    line = (f"loss     {s['predicted_loss']:.4f} nats/token predicted by {s['law']} at "
             f"{s['tokens_per_param']:.1f} tokens/param (compute-optimal for this model: "
             f"{s['compute_optimal_tokens']:.3g} tokens, {s['compute_optimal_tokens_per_param']:.1f}"
             f"/param)")
+    return line + (f"\n         warning: {s['warning']}" if s["warning"] else "")
 
 
 def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]:
@@ -249,14 +250,18 @@ def _budget_words(spec: Spec) -> str:
             f"{seconds * c.world_size / 3600:,.0f} GPU-hours")
 
 
-def _candidate_row(c: Candidate, is_pick: bool) -> list:
+def _loss_warning(law, c: Candidate):
+    return loss_warning(law, c.loss, c.model.vocab_size) if c.feasible else None
+
+
+def _candidate_row(c: Candidate, is_pick: bool, law) -> list:
     m, b = c.model, c.best
     shape = f"{m.n_layers} x {m.d_model}"
     if not c.feasible:
         return ["", m.name, shape, f"{c.params / 1e9:.3g}", "", "", "", "", "", c.reason]
     return ["<- pick" if is_pick else "", m.name, shape, f"{c.params / 1e9:.3g}",
             f"{c.tokens:.3g}", f"{c.tokens_per_param:.1f}", f"{c.days:,.1f}", f"{b.mfu:.1%}",
-            f"{c.loss:.4f}", b.plan.label]
+            f"{c.loss:.4f}" + (" !" if _loss_warning(law, c) else ""), b.plan.label]
 
 
 def budget_text(result: BudgetResult, source: str = "") -> str:
@@ -276,12 +281,15 @@ def budget_text(result: BudgetResult, source: str = "") -> str:
         f"sequences",
         "",
     ]
-    rows = [_candidate_row(c, c is pick) for c in result.candidates]
+    rows = [_candidate_row(c, c is pick, law) for c in result.candidates]
     lines.append(tabulate(rows, headers=["", "model", "layers x d", "N (B)", "D tokens", "D/N",
                                          "days", "MFU", "loss", "best plan / why not"],
                           colalign=("left", "left", "right", "right", "right", "right", "right",
                                     "right", "right", "left"), maxcolwidths=[None] * 9 + [70],
                           disable_numparse=True))
+    warned = [c for c in result.candidates if _loss_warning(law, c)]
+    if warned:
+        lines.append(f"! {_loss_warning(law, warned[0])}")
     lines.append("")
     if pick is None:
         lines.append("NO CANDIDATE can train within the budget on this cluster.")
@@ -299,7 +307,7 @@ def budget_text(result: BudgetResult, source: str = "") -> str:
     return "\n".join(lines)
 
 
-def _candidate_json(c: Candidate) -> dict[str, Any]:
+def _candidate_json(c: Candidate, law) -> dict[str, Any]:
     m, b = c.model, c.best
     return {"model": m.name, "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads,
             "n_kv_heads": m.n_kv_heads, "d_ff": m.d_ff, "params": c.params,
@@ -307,7 +315,8 @@ def _candidate_json(c: Candidate) -> dict[str, Any]:
             "tokens_per_param": c.tokens_per_param if c.feasible else None,
             "days": c.days, "mfu": b.mfu if c.feasible else None,
             "predicted_loss": c.loss, "searched": c.result is not None,
-            "plan": b.plan.label if c.feasible else None, "reason": c.reason or None}
+            "plan": b.plan.label if c.feasible else None, "reason": c.reason or None,
+            "loss_warning": _loss_warning(law, c)}
 
 
 def budget_json(result: BudgetResult, source: str = "") -> dict[str, Any]:
@@ -319,7 +328,7 @@ def budget_json(result: BudgetResult, source: str = "") -> dict[str, Any]:
         "mode": "budget", "spec": source, "name": spec.name,
         "budget": {**b.model_dump(), "kind": b.kind, "seconds": seconds, "gpu_hours": gpu_hours},
         "law": {"name": law.name, "form": law.form, **law.constants(), "source": law.source},
-        "candidates": [_candidate_json(c) for c in result.candidates],
+        "candidates": [_candidate_json(c, law) for c in result.candidates],
         "pick": None if pick is None else result.candidates.index(pick),
         "plan": None if pick is None else to_json(pick.result, [], source),
     }

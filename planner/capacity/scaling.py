@@ -20,6 +20,7 @@ compute-optimal size, N = N_opt(6 N D):  C/6 = (N/G)^((α+β)/β),  D*(N) = (N/G
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -207,13 +208,31 @@ def training_flops(m: ModelSpec, tokens: float) -> TrainingFlops:
                          exact=model_flops_per_token(m) * tokens)
 
 
+def loss_warning(law: Law, loss: float, vocab_size: int) -> Optional[str]:
+    """Why a predicted loss cannot be taken at face value, or None.  No real model scores worse
+    than a uniform guess over its vocabulary (ln V nats/token) nor better than the law's
+    irreducible loss: a prediction outside that range means the model or data is outside the
+    range the law was fitted on (tiny models, tiny token counts)."""
+    uniform = math.log(vocab_size)
+    if loss > uniform:
+        return (f"{law.name} predicts {loss:.3f} nats/token, worse than a uniform guess over the "
+                f"{vocab_size:,}-token vocabulary (ln V = {uniform:.3f}): this model and token "
+                f"count lie outside the range the law was fitted on")
+    if loss < law.floor:
+        return (f"{law.name} predicts {loss:.3f} nats/token, below its irreducible loss "
+                f"{law.floor:.3f}: outside the range the law was fitted on")
+    return None
+
+
 def chinchilla_summary(spec: Spec, tokens: float) -> dict:
     """Predicted loss of the spec's run and the law's compute-optimal tokens for its model."""
     law = law_of(spec)
     n = law.params(param_counts(spec.model))
     flops = training_flops(spec.model, tokens)
     optimal = law.optimal_tokens(n)
+    loss = law.loss(n, tokens)
     return {"law": law.name, "params": n, "tokens": tokens, "tokens_per_param": tokens / n,
-            "predicted_loss": law.loss(n, tokens), "compute_optimal_tokens": optimal,
+            "predicted_loss": loss, "compute_optimal_tokens": optimal,
             "compute_optimal_tokens_per_param": optimal / n,
-            "six_nd_flops": flops.six_nd, "exact_flops": flops.exact}
+            "six_nd_flops": flops.six_nd, "exact_flops": flops.exact,
+            "warning": loss_warning(law, loss, spec.model.vocab_size)}

@@ -196,3 +196,19 @@ def test_kaplan_law_counts_non_embedding_parameters():
     assert training_tokens(_spec(scaling_law="kaplan", tokens="chinchilla")) == pytest.approx(
         law.optimal_tokens(counts.non_embedding))
 
+
+
+def test_a_prediction_outside_the_laws_range_is_flagged():
+    """Never a loss worse than a uniform guess (ln V) or better than the law's floor without a
+    warning: specs/tiny_cpu.yaml's 1.3M-parameter model on 2M tokens is far outside the range
+    the default law was fitted on."""
+    from planner.capacity.scaling import chinchilla_summary, loss_warning
+    from planner.spec.spec import load_spec
+    tiny = load_spec("specs/tiny_cpu.yaml")
+    summary = chinchilla_summary(tiny, 2e6)
+    assert summary["predicted_loss"] > np.log(4096)
+    assert "worse than a uniform guess over the 4,096-token vocabulary" in summary["warning"]
+    assert chinchilla_summary(_spec(), 1.4e11)["warning"] is None
+    high_floor = ScalingLaw(E=3.0, A=1, B=1, alpha=0.3, beta=0.3, name="toy")
+    assert "below its irreducible loss 3.000" in loss_warning(high_floor, 2.5, 50257)
+    assert loss_warning(EPOCH, 2.5, 50257) is None
