@@ -7,7 +7,8 @@ from typing import Any, Optional
 from tabulate import tabulate
 
 from planner.capacity.budget import BudgetResult, Candidate, budget_seconds
-from planner.capacity.scaling import chinchilla_summary, loss_warning, training_tokens
+from planner.capacity.lab import LabGrid
+from planner.capacity.scaling import chinchilla_summary, law_of, loss_warning, training_tokens
 from planner.capacity.whatif import SweepRow
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate
 from planner.model.memory_terms import TERMS
@@ -360,3 +361,52 @@ def sweep_text(rows: list[SweepRow], path: str) -> str:
 
 def sweep_json(rows: list[SweepRow], path: str) -> dict[str, Any]:
     return {"mode": "sweep", "path": path, "rows": [r.as_dict() for r in rows]}
+
+
+# ------------------------------------------------------------------------------- the lab
+
+def _hours(seconds: Optional[float]) -> str:
+    return "" if seconds is None else f"{seconds / 3600:,.2f}"
+
+
+def lab_text(grid: LabGrid, source: str = "") -> str:
+    """The scaling-law lab's IsoFLOP grid: every point's size, tokens, steps, plan and
+    predicted time on the spec's cluster."""
+    spec = grid.spec
+    lab, law = spec.training.lab, law_of(spec)
+    title = f" ({spec.name})" if spec.name else ""
+    budget = (f"{lab.flops:.3g} FLOPs" if lab.flops is not None
+              else f"{lab.hours:g} hours on {spec.cluster.world_size} x {spec.cluster.gpu.name}")
+    lines = [f"pretrain-planner: {source}{title}, scaling-law lab", *(
+        [spec.description] if spec.description else []),
+        f"budget   {budget}: {lab.levels} compute levels x {lab.level_ratio:g}, {lab.sizes} sizes "
+        f"from 1/{lab.spread:g} to {lab.spread:g} x the optimum of {law.name}",
+        f"family   {spec.model.arch.value}-style shapes from {spec.model.name}: vocab "
+        f"{spec.model.vocab_size}, seq {spec.model.seq_len}, global batch "
+        f"{spec.global_batch_sequences} sequences; each point trains D = C / (6N) tokens", ""]
+    rows = [[p.level, f"{p.flops:.3g}", p.model.name, f"{p.model.n_layers} x {p.model.d_model}",
+             f"{p.params / 1e6:,.2f}", f"{p.tokens:.3g}", f"{p.tokens / p.params:.1f}",
+             f"{p.steps:,}", p.best.plan.label if p.best else p.reason, _hours(p.seconds)]
+            for p in grid.points]
+    lines.append(tabulate(rows, headers=["level", "C (6ND)", "model", "layers x d", "N (M)",
+                                         "D tokens", "D/N", "steps", "plan / why not",
+                                         "hours"],
+                          colalign=("right", "right", "left", "right", "right", "right",
+                                    "right", "right", "left", "right"),
+                          maxcolwidths=[None] * 8 + [60, None], disable_numparse=True))
+    lines += ["", f"total    {len(grid.points)} runs, {grid.flops:.3g} FLOPs, "
+                  f"{grid.seconds / 3600:,.2f} hours predicted on this cluster"]
+    return "\n".join(lines)
+
+
+def lab_json(grid: LabGrid, source: str = "") -> dict[str, Any]:
+    spec = grid.spec
+    return {"mode": "lab", "spec": source, "name": spec.name,
+            "lab": spec.training.lab.model_dump(), "law": law_of(spec).name,
+            "flops": grid.flops, "hours": grid.seconds / 3600,
+            "points": [{"level": p.level, "flops": p.flops, "model": p.model.name,
+                        "n_layers": p.model.n_layers, "d_model": p.model.d_model,
+                        "params": p.params, "tokens": p.tokens, "steps": p.steps,
+                        "plan": p.best.plan.label if p.best else None,
+                        "hours": None if p.seconds is None else p.seconds / 3600,
+                        "reason": p.reason or None} for p in grid.points]}

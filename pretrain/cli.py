@@ -87,6 +87,8 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
             ok = _sweep(spec, sweep_arg, as_json)
         elif spec.training.budget is not None:
             ok = _budget(spec, spec_path, as_json)
+        elif spec.training.lab is not None:
+            ok = _lab(spec, spec_path, as_json, execute)
         else:
             result = _plan(spec, spec_path, as_json and not execute, verbose, executable=execute)
             ok = result.best is not None
@@ -155,6 +157,23 @@ def _budget(spec, spec_path: str, as_json: bool) -> bool:
     if pick is None:
         click.echo("error: no candidate model has a feasible plan within the budget", err=True)
     return pick is not None
+
+
+def _lab(spec, spec_path: str, as_json: bool, execute: bool) -> bool:
+    """The scaling-law lab's grid (what --execute would train)."""
+    from planner.capacity.lab import lab_grid
+    from planner.errors import PlannerError
+    from planner.report import lab_json, lab_text
+    if execute:
+        raise PlannerError("training.lab: --execute cannot train the lab's sweep yet; plan "
+                           "SPEC prints its grid (a point trains with --execute as a spec of "
+                           "its own: its model and tokens)")
+    grid = lab_grid(spec)
+    if as_json:
+        click.echo(json.dumps(lab_json(grid, spec_path), indent=2))
+    else:
+        click.echo(lab_text(grid, spec_path))
+    return all(p.best is not None for p in grid.points)
 
 
 def _sweep(spec, sweep_arg: str, as_json: bool) -> bool:

@@ -203,12 +203,36 @@ class BudgetSpec(_Frozen):
         return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
 
 
+class LabSpec(_Frozen):
+    """The scaling-law lab (docs/capacity-planning.md): an IsoFLOP grid as in Hoffmann et al.
+    2022, section 3.2 - ``levels`` compute levels, each ``level_ratio`` times the last, and at
+    each ``sizes`` model sizes of the budget-mode family spread log-evenly from 1/spread to
+    spread times the law's optimum, each trained on C / (6N) tokens.  Give the budget of the
+    whole sweep in model FLOPs or in hours on the spec's cluster (the planner's time model)."""
+
+    flops: Optional[PositiveFloat] = Field(None, description="6ND summed over every point")
+    hours: Optional[PositiveFloat] = Field(None, description="wall-clock hours on this cluster")
+    levels: int = Field(3, ge=2, le=12, description="compute levels")
+    level_ratio: float = Field(4.0, gt=1, le=100, description="compute of a level / the last")
+    sizes: int = Field(5, ge=3, le=15, description="model sizes per level")
+    spread: float = Field(4.0, gt=1, le=64, description="sizes from optimum/spread to "
+                          "optimum*spread")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "LabSpec":
+        if (self.flops is None) == (self.hours is None):
+            raise ValueError("flops: give the sweep's budget as flops or as hours (one of them)")
+        return self
+
+
 class TrainingSpec(_Frozen):
     tokens: Optional[Union[PositiveFloat, Literal["chinchilla"]]] = Field(
         None, description="tokens to train on, or 'chinchilla' (compute-optimal for the model "
                           "under scaling_law); give tokens or budget")
     budget: Optional[BudgetSpec] = Field(
         None, description="budget mode: the planner chooses the model size and tokens")
+    lab: Optional[LabSpec] = Field(
+        None, description="the scaling-law lab: a sweep of small models to fit a law on")
     scaling_law: ScalingLawSpec = Field(
         default_factory=lambda: ScalingLawSpec.model_validate(DEFAULT_SCALING_LAW),
         description="loss law for 'chinchilla' tokens, predicted loss and budget mode")
@@ -223,11 +247,12 @@ class TrainingSpec(_Frozen):
         if sum(given) != 1:
             raise ValueError("global_batch_tokens: give exactly one of global_batch_tokens or "
                              "global_batch_sequences")
-        if self.tokens is None and self.budget is None:
-            raise ValueError("tokens: give tokens (a number or 'chinchilla') or a budget")
-        if self.tokens is not None and self.budget is not None:
-            raise ValueError("budget: give tokens or a budget, not both (budget mode chooses "
-                             "the tokens)")
+        given = [k for k in ("tokens", "budget", "lab") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("tokens: give tokens (a number or 'chinchilla'), a budget or a lab")
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: give one of tokens, budget or lab (got "
+                             f"{' and '.join(given)}): budget mode and the lab choose the tokens")
         return self
 
 
@@ -531,7 +556,7 @@ def json_schema() -> dict:
     return schema
 
 
-__all__ = ["Spec", "ModelSpec", "ClusterSpec", "GpuSpec", "TrainingSpec", "BudgetSpec",
+__all__ = ["Spec", "ModelSpec", "ClusterSpec", "GpuSpec", "TrainingSpec", "BudgetSpec", "LabSpec",
            "LaunchSpec", "SlurmSpec", "NcclSpec",
            "ScalingLawSpec", "SearchSpec", "RuntimeSpec", "load_spec", "spec_from_dict",
            "spec_to_dict", "json_schema"]
