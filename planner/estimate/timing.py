@@ -20,7 +20,7 @@ from planner.plan.degrees import ORDERS
 from planner.plan.strategy import PRECISIONS, Plan, where
 from planner.spec.spec import Spec
 from planner.spec.units import (TERA, Activation, AttentionKernel, Norm, Position, Precision,
-                                Recompute, ZeroStage)
+                                Recompute)
 
 
 @dataclass(frozen=True)

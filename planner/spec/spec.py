@@ -16,12 +16,14 @@ from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, Priva
 
 from planner.errors import SpecError
 from planner.spec.base import Frozen as _Frozen
-from planner.spec.catalog import (PRESET_META_KEYS, find_preset, find_scaling_law, model_presets,
-                                  over_entry, scaling_laws)
+from planner.spec.catalog import PRESET_META_KEYS, find_preset, model_presets, over_entry
 from planner.spec.cluster import (ClusterSpec, EfficiencySpec, GpuSpec,  # noqa: F401 (API)
                                   InterNodeSpec, IntraNodeSpec)
-from planner.spec.units import (Activation, Arch, AttentionKernel, Norm, Offload, Optimizer,
-                                Position, Precision, Recompute, ZeroStage)
+from planner.spec.launch import LaunchSpec, NcclSpec, SlurmSpec  # noqa: F401 (API)
+from planner.spec.training import (LAW_CONSTANTS, BudgetSpec, LabSpec,  # noqa: F401 (API)
+                                   ScalingLawSpec, TrainingSpec)
+from planner.spec.units import (Activation, Arch, AttentionKernel, Norm, Offload, Position,
+                                Precision, Recompute, ZeroStage)
 
 # --------------------------------------------------------------------------------------- model
 
@@ -113,149 +115,6 @@ class ModelSpec(_Frozen):
         return self.n_kv_heads * self.head_dim
 
 
-# ------------------------------------------------------------------------------------ training
-
-#: the constants of each functional form of a loss law
-LAW_CONSTANTS = {"chinchilla": ("E", "A", "B", "alpha", "beta"),
-                 "kaplan": ("N_c", "D_c", "alpha_N", "alpha_D")}
-
-
-class ScalingLawSpec(_Frozen):
-    """A loss law in nats per token (planner/capacity/scaling.py): a preset name
-    (planner/spec/data/scaling_laws.yaml) or the constants of one functional form, e.g. from
-    planner.capacity.lawfit.fit_law.  ``chinchilla``: L = E + A/N^alpha + B/D^beta with N all
-    parameters (Hoffmann et al. 2022, eq. 2); ``kaplan``: L = [(N_c/N)^(alpha_N/alpha_D) +
-    D_c/D]^alpha_D with N the non-embedding parameters (Kaplan et al. 2020, eq. 1.5)."""
-
-    preset: Optional[str] = Field(None, description="name of a shipped scaling law")
-    name: str = Field("custom", description="label used in reports")
-    form: Literal["chinchilla", "kaplan"] = Field("chinchilla", description="functional form")
-    E: Optional[PositiveFloat] = Field(None, description="irreducible loss, nats/token")
-    A: Optional[PositiveFloat] = Field(None, description="parameter term coefficient")
-    B: Optional[PositiveFloat] = Field(None, description="data term coefficient")
-    alpha: Optional[PositiveFloat] = Field(None, description="parameter exponent")
-    beta: Optional[PositiveFloat] = Field(None, description="data exponent")
-    N_c: Optional[PositiveFloat] = Field(None, description="kaplan: parameter scale")
-    D_c: Optional[PositiveFloat] = Field(None, description="kaplan: data scale, tokens")
-    alpha_N: Optional[PositiveFloat] = Field(None, description="kaplan: parameter exponent")
-    alpha_D: Optional[PositiveFloat] = Field(None, description="kaplan: data exponent")
-    source: str = "user supplied"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _resolve(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            data = {"preset": data}
-        if isinstance(data, dict) and data.get("preset") is not None:
-            found = find_scaling_law(str(data["preset"]))
-            if found is None:
-                known = ", ".join(scaling_laws())
-                raise ValueError(f"preset: unknown scaling law {data['preset']!r}; known: {known}")
-            data = over_entry(data, "preset", found)
-        return data
-
-    @model_validator(mode="after")
-    def _constants_of_the_form(self) -> "ScalingLawSpec":
-        for key in LAW_CONSTANTS[self.form]:
-            if getattr(self, key) is None:
-                raise ValueError(f"{key}: a {self.form}-form law needs {key} (or a preset)")
-        for form, keys in LAW_CONSTANTS.items():
-            stray = [k for k in keys if form != self.form and getattr(self, k) is not None]
-            if stray:
-                raise ValueError(f"{stray[0]}: a {self.form}-form law takes no {stray[0]} (it "
-                                 f"is a {form}-form constant; set form: {form})")
-        return self
-
-
-DEFAULT_SCALING_LAW = "epoch2024"
-
-#: the ways to state a budget; exactly one is given (dollars with its price)
-BUDGET_KINDS = ("gpu_hours", "days", "flops", "dollars")
-
-
-class BudgetSpec(_Frozen):
-    """What the run may spend; the planner picks the model size (budget mode,
-    docs/capacity-planning.md)."""
-
-    gpu_hours: Optional[PositiveFloat] = Field(None, description="GPU-hours on this cluster")
-    days: Optional[PositiveFloat] = Field(None, description="wall-clock days on this cluster")
-    flops: Optional[PositiveFloat] = Field(None, description="model FLOPs (forward + backward, "
-                                           "counted from the shape)")
-    dollars: Optional[PositiveFloat] = Field(None, description="money, at price_per_gpu_hour")
-    price_per_gpu_hour: Optional[PositiveFloat] = Field(None, description="dollars per GPU-hour")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "BudgetSpec":
-        given = [k for k in BUDGET_KINDS if getattr(self, k) is not None]
-        if not given:
-            raise ValueError(f"give one of {', '.join(BUDGET_KINDS)}")
-        if len(given) > 1:
-            raise ValueError(f"{given[1]}: give exactly one of {', '.join(BUDGET_KINDS)} "
-                             f"(got {' and '.join(given)})")
-        if self.dollars is not None and self.price_per_gpu_hour is None:
-            raise ValueError("price_per_gpu_hour: a dollars budget needs price_per_gpu_hour")
-        if self.dollars is None and self.price_per_gpu_hour is not None:
-            raise ValueError("price_per_gpu_hour: only used with a dollars budget")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in BUDGET_KINDS if getattr(self, k) is not None)
-
-
-class LabSpec(_Frozen):
-    """The scaling-law lab (docs/capacity-planning.md): an IsoFLOP grid as in Hoffmann et al.
-    2022, section 3.2 - ``levels`` compute levels, each ``level_ratio`` times the last, and at
-    each ``sizes`` model sizes of the budget-mode family spread log-evenly from 1/spread to
-    spread times the law's optimum, each trained on C / (6N) tokens.  Give the budget of the
-    whole sweep in model FLOPs or in hours on the spec's cluster (the planner's time model)."""
-
-    flops: Optional[PositiveFloat] = Field(None, description="6ND summed over every point")
-    hours: Optional[PositiveFloat] = Field(None, description="wall-clock hours on this cluster")
-    levels: int = Field(3, ge=2, le=12, description="compute levels")
-    level_ratio: float = Field(4.0, gt=1, le=100, description="compute of a level / the last")
-    sizes: int = Field(5, ge=3, le=15, description="model sizes per level")
-    spread: float = Field(4.0, gt=1, le=64, description="sizes from optimum/spread to "
-                          "optimum*spread")
-
-    @model_validator(mode="after")
-    def _one_budget(self) -> "LabSpec":
-        if (self.flops is None) == (self.hours is None):
-            raise ValueError("flops: give the sweep's budget as flops or as hours (one of them)")
-        return self
-
-
-class TrainingSpec(_Frozen):
-    tokens: Optional[Union[PositiveFloat, Literal["chinchilla"]]] = Field(
-        None, description="tokens to train on, or 'chinchilla' (compute-optimal for the model "
-                          "under scaling_law); give tokens or budget")
-    budget: Optional[BudgetSpec] = Field(
-        None, description="budget mode: the planner chooses the model size and tokens")
-    lab: Optional[LabSpec] = Field(
-        None, description="the scaling-law lab: a sweep of small models to fit a law on")
-    scaling_law: ScalingLawSpec = Field(
-        default_factory=lambda: ScalingLawSpec.model_validate(DEFAULT_SCALING_LAW),
-        description="loss law for 'chinchilla' tokens, predicted loss and budget mode")
-    global_batch_tokens: Optional[PositiveInt] = None
-    global_batch_sequences: Optional[PositiveInt] = None
-    optimizer: Optimizer = Optimizer.ADAMW
-    gradient_clipping: NonNegativeFloat = 1.0
-
-    @model_validator(mode="after")
-    def _one_batch(self) -> "TrainingSpec":
-        given = [self.global_batch_tokens is not None, self.global_batch_sequences is not None]
-        if sum(given) != 1:
-            raise ValueError("global_batch_tokens: give exactly one of global_batch_tokens or "
-                             "global_batch_sequences")
-        given = [k for k in ("tokens", "budget", "lab") if getattr(self, k) is not None]
-        if not given:
-            raise ValueError("tokens: give tokens (a number or 'chinchilla'), a budget or a lab")
-        if len(given) > 1:
-            raise ValueError(f"{given[1]}: give one of tokens, budget or lab (got "
-                             f"{' and '.join(given)}): budget mode and the lab choose the tokens")
-        return self
-
-
 # -------------------------------------------------------------------------------------- search
 
 def _as_axis(value: Any) -> Any:
@@ -334,72 +193,6 @@ class RuntimeSpec(_Frozen):
         1.0e9, description="DeepSpeedCPUAdam throughput per GPU's share of the host")
     torch_adam: bool = Field(False, description="PyTorch's foreach AdamW instead of DeepSpeed's "
                              "fused kernel (adds a 4-byte/param temporary in the step)")
-
-
-# -------------------------------------------------------------------------------------- launch
-
-class SlurmSpec(_Frozen):
-    """What a SLURM job script needs beyond the cluster section (docs/executor.md)."""
-
-    partition: Optional[str] = Field(None, description="#SBATCH --partition")
-    account: Optional[str] = Field(None, description="#SBATCH --account")
-    time: Optional[str] = Field(None, description="#SBATCH --time, e.g. 2-00:00:00")
-    container_image: Optional[str] = Field(None, description="srun --container-image (pyxis)")
-    extra: tuple[str, ...] = Field((), description="more #SBATCH options, e.g. --qos=high")
-
-    @field_validator("time")
-    @classmethod
-    def _slurm_time(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", value):
-            raise ValueError(f"{value!r} is not a SLURM time: [D-]HH[:MM[:SS]], e.g. 2-00:00:00")
-        return value
-
-
-class NcclSpec(_Frozen):
-    """NCCL settings the job exports (NCCL's environment variables)."""
-
-    debug: Optional[Literal["VERSION", "WARN", "INFO", "TRACE"]] = Field(
-        None, description="NCCL_DEBUG")
-    socket_ifname: Optional[str] = Field(None, description="NCCL_SOCKET_IFNAME, e.g. ib0")
-    ib_hca: Optional[str] = Field(None, description="NCCL_IB_HCA, e.g. mlx5")
-
-    def env(self) -> dict[str, str]:
-        names = {"debug": "NCCL_DEBUG", "socket_ifname": "NCCL_SOCKET_IFNAME",
-                 "ib_hca": "NCCL_IB_HCA"}
-        return {names[k]: str(v) for k, v in self.model_dump().items() if v is not None}
-
-
-class LaunchSpec(_Frozen):
-    """How ``plan SPEC --execute`` starts the job on the spec's cluster; the command and the
-    script describe that cluster, never the machine that runs ``plan``."""
-
-    launcher: Literal["auto", "torchrun", "deepspeed", "slurm"] = Field(
-        "auto", description="auto: torchrun on one node, deepspeed with hosts, else slurm")
-    hosts: Optional[tuple[str, ...]] = Field(None, description="one host per node (deepspeed)")
-    hostfile: Optional[str] = Field(None, description="an existing DeepSpeed hostfile, relative "
-                                    "to workdir (instead of hosts)")
-    master_addr: Optional[str] = Field(None, description="rendezvous host (default: the first)")
-    master_port: PositiveInt = Field(29500, le=65535)
-    python: str = Field("python3", description="the interpreter of the environment the job "
-                        "runs in, on the cluster's nodes")
-    workdir: Optional[str] = Field(None, description="the project's directory on the cluster "
-                                   "(default: where the job is submitted from)")
-    env: dict[str, str] = Field(default_factory=dict, description="environment to pass")
-    nccl: NcclSpec = NcclSpec()
-    slurm: SlurmSpec = SlurmSpec()
-    script: Optional[str] = Field(None, description="your own training script instead of the "
-                                  "built-in GPT; it gets the plan's DeepSpeed config and layout")
-    script_args: tuple[str, ...] = Field((), description="arguments for script")
-
-    @model_validator(mode="after")
-    def _one_host_list(self) -> "LaunchSpec":
-        if self.hosts is not None and self.hostfile is not None:
-            raise ValueError("hostfile: give hosts or hostfile, not both")
-        return self
-
-    def job_env(self) -> dict[str, str]:
-        """What every rank gets: NCCL settings, then the spec's own variables."""
-        return {**self.nccl.env(), **self.env}
 
 
 # ---------------------------------------------------------------------------------------- spec
