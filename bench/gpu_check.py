@@ -62,7 +62,6 @@ def spec_for(model: str, zero: int, steps: int, cpu: bool):
 def check(model: str, zero: int, steps: int, workdir: Path, cpu: bool) -> dict:
     from executor.run import ExecuteRequest, execute
     from executor.rundir import RunDir
-    from executor.train import plain_training
     from planner.search.engine import search
     spec = spec_for(model, zero, steps, cpu)
     best = search(spec, executable=True).best
