@@ -254,4 +254,4 @@ def _materialize_stage(layers: list, model: "GPT", plan: Plan, tp: Optional["TPG
 
 
 __all__ = ["parallelize", "apply_recompute", "build_pipeline", "pipeline_param_names",
-           "topology", "process_grid", "tp_group"]
+           "topology", "process_grid", "tp_group", "materialize", "plain_values"]
