@@ -8,7 +8,8 @@ from tabulate import tabulate
 
 from planner.capacity.budget import BudgetResult, Candidate, budget_seconds
 from planner.capacity.lab import LabGrid
-from planner.capacity.scaling import chinchilla_summary, law_of, loss_warning, training_tokens
+from planner.capacity.scaling import (chinchilla_summary, law_mapping, law_of, loss_warning,
+                                      training_tokens)
 from planner.capacity.whatif import SweepRow
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate
 from planner.model.memory_terms import TERMS
@@ -328,7 +329,7 @@ def budget_json(result: BudgetResult, source: str = "") -> dict[str, Any]:
     return {
         "mode": "budget", "spec": source, "name": spec.name,
         "budget": {**b.model_dump(), "kind": b.kind, "seconds": seconds, "gpu_hours": gpu_hours},
-        "law": {"name": law.name, "form": law.form, **law.constants(), "source": law.source},
+        "law": law_mapping(law),
         "candidates": [_candidate_json(c, law) for c in result.candidates],
         "pick": None if pick is None else result.candidates.index(pick),
         "plan": None if pick is None else to_json(pick.result, [], source),

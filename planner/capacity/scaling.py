@@ -158,6 +158,19 @@ class KaplanLaw:
 Law = Union[ScalingLaw, KaplanLaw]
 
 
+def law_mapping(law: Law) -> dict:
+    """The law as the spec's ``training.scaling_law`` section writes it."""
+    return {"name": law.name, "form": law.form, **law.constants(), "source": law.source}
+
+
+def save_law(law: Law, path) -> None:
+    """A YAML file ``training.scaling_law: {file: PATH}`` reads (plan with a lab's own fit)."""
+    from pathlib import Path
+
+    import yaml
+    Path(path).write_text(yaml.safe_dump(law_mapping(law), sort_keys=False))
+
+
 def law_from_spec(s: ScalingLawSpec) -> Law:
     if s.form == "kaplan":
         return KaplanLaw(N_c=s.N_c, D_c=s.D_c, alpha_N=s.alpha_N, alpha_D=s.alpha_D,

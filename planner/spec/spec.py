@@ -315,7 +315,18 @@ def load_spec(path: str | Path) -> Spec:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise SpecError("", f"{path}: invalid YAML{where}: "
                         f"{getattr(exc, 'problem', None) or exc}") from None
-    return spec_from_dict(data, str(path))
+    return spec_from_dict(_relative_to(data, path.parent), str(path))
+
+
+def _relative_to(data: Any, directory: Path) -> Any:
+    """A law file named in the spec is found beside the spec."""
+    training = data.get("training") if isinstance(data, dict) else None
+    law = training.get("scaling_law") if isinstance(training, dict) else None
+    if isinstance(law, dict) and isinstance(law.get("file"), str) \
+            and not Path(law["file"]).is_absolute():
+        data = copy.deepcopy(data)
+        data["training"]["scaling_law"]["file"] = str(directory / law["file"])
+    return data
 
 
 def json_schema() -> dict:

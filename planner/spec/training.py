@@ -2,7 +2,10 @@
 loss law; the global batch and the optimizer."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
+
+import yaml
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
@@ -16,6 +19,19 @@ LAW_CONSTANTS = {"chinchilla": ("E", "A", "B", "alpha", "beta"),
                  "kaplan": ("N_c", "D_c", "alpha_N", "alpha_D")}
 
 
+def _law_file(path: str) -> dict:
+    """The fields a law file holds (what the spec writes beside ``file`` wins)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError:
+        raise ValueError(f"file: no law file {path}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"file: {path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"file: {path} does not hold a mapping of a law's fields")
+    return data
+
+
 class ScalingLawSpec(_Frozen):
     """A loss law in nats per token (planner/capacity/scaling.py): a preset name
     (planner/spec/data/scaling_laws.yaml) or the constants of one functional form, e.g. from
@@ -24,6 +40,8 @@ class ScalingLawSpec(_Frozen):
     D_c/D]^alpha_D with N the non-embedding parameters (Kaplan et al. 2020, eq. 1.5)."""
 
     preset: Optional[str] = Field(None, description="name of a shipped scaling law")
+    file: Optional[str] = Field(None, description="a YAML file of a law's fields, e.g. a lab's "
+                                "fit (planner.capacity.scaling.save_law); relative to the spec")
     name: str = Field("custom", description="label used in reports")
     form: Literal["chinchilla", "kaplan"] = Field("chinchilla", description="functional form")
     E: Optional[PositiveFloat] = Field(None, description="irreducible loss, nats/token")
@@ -42,6 +60,8 @@ class ScalingLawSpec(_Frozen):
     def _resolve(cls, data: Any) -> Any:
         if isinstance(data, str):
             data = {"preset": data}
+        if isinstance(data, dict) and data.get("file") is not None:
+            data = {**_law_file(str(data["file"])), **data}
         if isinstance(data, dict) and data.get("preset") is not None:
             found = find_scaling_law(str(data["preset"]))
             if found is None:

@@ -212,3 +212,39 @@ def test_a_prediction_outside_the_laws_range_is_flagged():
     high_floor = ScalingLaw(E=3.0, A=1, B=1, alpha=0.3, beta=0.3, name="toy")
     assert "below its irreducible loss 3.000" in loss_warning(high_floor, 2.5, 50257)
     assert loss_warning(EPOCH, 2.5, 50257) is None
+
+
+def test_a_fitted_law_saved_to_a_file_plans_from_the_spec(tmp_path):
+    """The lab's fit, saved in the spec's scaling-law format, sizes models and predicts loss
+    when a spec names the file (relative to the spec)."""
+    from planner.capacity.budget import plan_budget
+    from planner.capacity.scaling import save_law
+    from planner.spec.spec import load_spec
+    rng = np.random.default_rng(0)
+    n = np.exp(rng.uniform(np.log(1e7), np.log(2e10), 40))
+    d = np.exp(rng.uniform(np.log(1e8), np.log(5e11), 40))
+    fit = fit_law(n, d, [EPOCH.loss(a, b) for a, b in zip(n, d)], name="our-lab")
+    save_law(fit, tmp_path / "law.yaml")
+    (tmp_path / "spec.yaml").write_text(
+        "model: llama2-7b\ncluster: {gpu: A100}\n"
+        "training: {tokens: chinchilla, global_batch_sequences: 8,\n"
+        "           scaling_law: {file: law.yaml}}\n")
+    spec = load_spec(tmp_path / "spec.yaml")
+    assert law_of(spec) == fit
+    assert training_tokens(spec) == pytest.approx(fit.optimal_tokens(param_counts(spec.model).total))
+    budget = spec_from_dict({"model": "llama2-7b", "cluster": {"gpu": "A100", "nodes": 8},
+                             "training": {"budget": {"days": 30}, "global_batch_sequences": 1024,
+                                          "scaling_law": {"file": str(tmp_path / "law.yaml")}}})
+    assert plan_budget(budget).law == fit
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "no law file"), ("[1, 2]", "does not hold a mapping"), ("E: [", "invalid YAML")],
+    ids=["missing", "not-a-mapping", "bad-yaml"])
+def test_a_bad_law_file_names_the_field(tmp_path, content, problem):
+    path = tmp_path / "law.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SpecError) as info:
+        _spec(scaling_law={"file": str(path)})
+    assert info.value.path == "training.scaling_law.file" and problem in info.value.problem
