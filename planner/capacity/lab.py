@@ -27,9 +27,9 @@ from planner.model.shape import param_counts
 from planner.search.engine import search, why_infeasible
 from planner.spec.spec import LabSpec, ModelSpec, Spec
 
-#: widths the lab draws its shapes from: below 128 one head of that width, then heads of 128
-#: (the family rule of budget mode)
-LAB_WIDTHS = tuple(range(32, 128, 32)) + tuple(range(128, 8192 + 1, 128))
+#: widths the lab draws its shapes from: below 128 in steps of 16 with one head of that width (a
+#: CPU lab's tiny models), then heads of 128 (the family rule of budget mode)
+LAB_WIDTHS = tuple(range(16, 128, 16)) + tuple(range(128, 8192 + 1, 128))
 #: fixed-point rounds that scale the first level until the predicted hours match the budget
 HOURS_ROUNDS = 6
 
