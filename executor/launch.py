@@ -166,8 +166,8 @@ def sbatch_script(spec: Spec, run_dirs: Sequence[Path], program: Sequence[str],
 
 
 def trains_here(spec: Spec) -> bool:
-    """One node: the launcher starts the ranks on this machine."""
-    return spec.cluster.nodes == 1
+    """One node, not handed to SLURM: the launcher starts the ranks on this machine."""
+    return spec.cluster.nodes == 1 and choose_launcher(spec) != "slurm"
 
 
 def choose_launcher(spec: Spec) -> str:

@@ -235,11 +235,10 @@ def initial_value(m: ModelSpec, name: str, shape, seed: int) -> torch.Tensor:
     Each parameter draws from its own generator, seeded by the run's seed and its name, so a
     tensor-parallel or pipeline rank can build exactly its share of the plain model, one
     parameter at a time, without building the rest."""
-    leaf = name.rsplit(".", 1)[0]
-    if ".ln" in f".{name}" or name.startswith("final.norm.") or leaf.endswith("norm"):
-        return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
     if name.endswith("bias"):
         return torch.zeros(shape)
+    if len(shape) == 1:  # the only one-dimensional weights are the norms'
+        return torch.ones(shape)
     std = INIT_STD / math.sqrt(2 * m.n_layers) if name.endswith(RESIDUAL_PROJECTIONS) \
         else INIT_STD
     generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()))

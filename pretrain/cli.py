@@ -162,7 +162,6 @@ def _budget(spec, spec_path: str, as_json: bool) -> bool:
 def _lab(spec, spec_path: str, as_json: bool, execute: bool) -> bool:
     """The scaling-law lab's grid (what --execute would train)."""
     from planner.capacity.lab import lab_grid
-    from planner.errors import PlannerError
     from planner.report import lab_json, lab_text
     if execute:
         raise PlannerError("training.lab: --execute cannot train the lab's sweep yet; plan "

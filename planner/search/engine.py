@@ -167,7 +167,8 @@ def search(spec: Spec, *, backend: Backend = DEEPSPEED, executable: bool = False
         else np.zeros(0)
     ranked = fit_index[np.lexsort((required[fits], np.round(step, 9)))]
     rejected_index = np.flatnonzero(~np.isin(np.arange(len(batch)), fit_index))
-    blocked = first_failing(backend.executor_rules, spec, batch.take(ranked))
+    blocked = (first_failing(backend.executor_rules, spec, batch.take(ranked))
+               if backend.executor_rules else np.full(len(ranked), -1))
     runnable = np.flatnonzero(blocked < 0)
 
     def ranked_estimate(i: int) -> Estimate:

@@ -207,3 +207,9 @@ def test_own_script_trains_with_the_plans_config(tmp_path):
     assert (result["world_size"], result["dp"], result["zero"]) == (2, 2, 2)
     assert len(result["losses"]) == 4 and all(x == x for x in result["losses"])
     assert not (run / "tokenizer").exists()  # the script brings its own data
+
+
+def test_one_node_handed_to_slurm_is_not_trained_here():
+    from executor.launch import trains_here
+    assert trains_here(spec(per_node=8)) and not trains_here(spec(per_node=8, launcher="slurm"))
+    assert not trains_here(spec(nodes=2, per_node=8))
