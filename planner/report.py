@@ -7,7 +7,7 @@ from typing import Any, Optional
 from tabulate import tabulate
 
 from planner.capacity.budget import BudgetResult, Candidate, budget_seconds
-from planner.capacity.lab import LabGrid
+from planner.capacity.lab import LabGrid, lab_learning_rate
 from planner.capacity.scaling import (chinchilla_summary, law_mapping, law_of, loss_warning,
                                       training_tokens)
 from planner.capacity.whatif import SweepRow
@@ -370,6 +370,30 @@ def _hours(seconds: Optional[float]) -> str:
     return "" if seconds is None else f"{seconds / 3600:,.2f}"
 
 
+def duration(seconds: Optional[float]) -> str:
+    """Seconds as a person reads them: 45 s, 12.5 min, 3.2 h, 4.1 days."""
+    if seconds is None:
+        return ""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def count(n: float) -> str:
+    """A parameter or token count with a suffix: 35.2K, 1.25M, 6.74B."""
+    for suffix, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def _lab_lr(lab) -> str:
+    if lab.learning_rate == "width":
+        return "6e-4 x 768 / d_model (1/width from GPT-3 Small, muP)"
+    return f"{lab.learning_rate:g} for every point"
+
+
 def lab_text(grid: LabGrid, source: str = "") -> str:
     """The scaling-law lab's IsoFLOP grid: every point's size, tokens, steps, plan and
     predicted time on the spec's cluster."""
@@ -384,19 +408,22 @@ def lab_text(grid: LabGrid, source: str = "") -> str:
         f"from 1/{lab.spread:g} to {lab.spread:g} x the optimum of {law.name}",
         f"family   {spec.model.arch.value}-style shapes from {spec.model.name}: vocab "
         f"{spec.model.vocab_size}, seq {spec.model.seq_len}, global batch "
-        f"{spec.global_batch_sequences} sequences; each point trains D = C / (6N) tokens", ""]
+        f"{spec.global_batch_sequences} sequences; each point trains D = C / (6N) tokens",
+        f"schedule peak lr {_lab_lr(lab)}, warmup {lab.warmup_fraction:.0%} of each point's "
+        f"steps, cosine to 10% of peak at the point's last step", ""]
     rows = [[p.level, f"{p.flops:.3g}", p.model.name, f"{p.model.n_layers} x {p.model.d_model}",
-             f"{p.params / 1e6:,.2f}", f"{p.tokens:.3g}", f"{p.tokens / p.params:.1f}",
-             f"{p.steps:,}", p.best.plan.label if p.best else p.reason, _hours(p.seconds)]
+             count(p.params), count(p.tokens), f"{p.tokens / p.params:.1f}",
+             f"{p.steps:,}", f"{lab_learning_rate(lab, p.model):.2g}",
+             p.best.plan.label if p.best else p.reason, duration(p.seconds)]
             for p in grid.points]
-    lines.append(tabulate(rows, headers=["level", "C (6ND)", "model", "layers x d", "N (M)",
-                                         "D tokens", "D/N", "steps", "plan / why not",
-                                         "hours"],
+    lines.append(tabulate(rows, headers=["level", "C (6ND)", "model", "layers x d", "N",
+                                         "D tokens", "D/N", "steps", "peak lr",
+                                         "plan / why not", "predicted"],
                           colalign=("right", "right", "left", "right", "right", "right",
-                                    "right", "right", "left", "right"),
-                          maxcolwidths=[None] * 8 + [60, None], disable_numparse=True))
+                                    "right", "right", "right", "left", "right"),
+                          maxcolwidths=[None] * 9 + [60, None], disable_numparse=True))
     lines += ["", f"total    {len(grid.points)} runs, {grid.flops:.3g} FLOPs, "
-                  f"{grid.seconds / 3600:,.2f} hours predicted on this cluster"]
+                  f"{duration(grid.seconds)} predicted on this cluster"]
     return "\n".join(lines)
 
 
@@ -408,6 +435,7 @@ def lab_json(grid: LabGrid, source: str = "") -> dict[str, Any]:
             "points": [{"level": p.level, "flops": p.flops, "model": p.model.name,
                         "n_layers": p.model.n_layers, "d_model": p.model.d_model,
                         "params": p.params, "tokens": p.tokens, "steps": p.steps,
+                        "peak_lr": lab_learning_rate(spec.training.lab, p.model),
                         "plan": p.best.plan.label if p.best else None,
                         "hours": None if p.seconds is None else p.seconds / 3600,
                         "reason": p.reason or None} for p in grid.points]}

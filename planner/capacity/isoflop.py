@@ -79,14 +79,21 @@ def _levels(runs: Sequence[Run]) -> dict[float, list[Run]]:
 
 def level_minimum(runs: Sequence[Run]) -> tuple[float, float]:
     """(N_opt, L_min) of one compute level: the vertex of the least-squares parabola in log N.
-    A parabola that opens downwards, or a vertex outside the sizes trained, is no minimum: the
-    level's sizes do not bracket the optimum (widen them)."""
+    Lowest loss at the smallest or largest size, a parabola that opens downwards, or a vertex
+    outside the sizes trained: the level's sizes do not bracket the optimum (widen them)."""
     x = np.log([r.params for r in runs])
     y = np.array([r.loss for r in runs])
+    if len(set(x.tolist())) < MIN_RUNS_PER_LEVEL:
+        raise ValueError(f"the runs at {runs[0].flops:.3g} FLOPs have fewer than "
+                         f"{MIN_RUNS_PER_LEVEL} distinct sizes: a parabola needs three")
     c2, c1, c0 = np.polyfit(x, y, 2)
     if c2 <= 0:
         raise ValueError(f"the runs at {runs[0].flops:.3g} FLOPs have no loss minimum "
                          f"(their losses fall or rise across all sizes): widen the sizes")
+    if int(np.argmin(y)) in (int(np.argmin(x)), int(np.argmax(x))):
+        end = "smallest" if int(np.argmin(y)) == int(np.argmin(x)) else "largest"
+        raise ValueError(f"the runs at {runs[0].flops:.3g} FLOPs have their lowest loss at the "
+                         f"{end} size: the sizes do not bracket the minimum: widen the sizes")
     vertex = -c1 / (2 * c2)
     if not x.min() <= vertex <= x.max():
         raise ValueError(f"the loss minimum at {runs[0].flops:.3g} FLOPs lies outside the sizes "

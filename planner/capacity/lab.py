@@ -27,11 +27,29 @@ from planner.model.shape import param_counts
 from planner.search.engine import search, why_infeasible
 from planner.spec.spec import LabSpec, ModelSpec, Spec
 
-#: widths the lab draws its shapes from: below 128 in steps of 16 with one head of that width (a
+#: widths the lab draws its shapes from: below 128 in steps of 8 with one head of that width (a
 #: CPU lab's tiny models), then heads of 128 (the family rule of budget mode)
-LAB_WIDTHS = tuple(range(16, 128, 16)) + tuple(range(128, 8192 + 1, 128))
+LAB_WIDTHS = tuple(range(8, 128, 8)) + tuple(range(128, 8192 + 1, 128))
+#: GPT-3 Small's peak learning rate and width (Brown et al. 2020, table 2.1), the anchor of the
+#: lab's 1/width rule
+ANCHOR_LR, ANCHOR_WIDTH = 6e-4, 768
 #: fixed-point rounds that scale the first level until the predicted hours match the budget
 HOURS_ROUNDS = 6
+
+
+def lab_learning_rate(lab: LabSpec, model: ModelSpec) -> float:
+    """Peak learning rate of a lab point.  'width': Adam's hidden-layer learning rate scales as
+    1/width under the maximal-update parametrisation (Yang et al. 2022, table 3), anchored at
+    GPT-3 Small's 6e-4 at d_model 768.  A fixed rate is wrong across a lab's sizes: on this
+    project's CPU lab a 16-wide model reached eval loss 4.09 at 1e-3 and 2.41 at 3e-2, a 64-wide
+    one 3.00 at 1.1e-2 and 1.92 at 7e-3 (docs/scaling-lab.md)."""
+    if lab.learning_rate == "width":
+        return ANCHOR_LR * ANCHOR_WIDTH / model.d_model
+    return float(lab.learning_rate)
+
+
+def lab_warmup_steps(lab: LabSpec, steps: int) -> int:
+    return max(1, round(lab.warmup_fraction * steps))
 
 
 @dataclass(frozen=True)
@@ -140,4 +158,4 @@ def lab_grid(spec: Spec) -> LabGrid:
     return grid
 
 
-__all__ = ["LabPoint", "LabGrid", "lab_grid", "level_shapes", "point_spec", "LAB_WIDTHS"]
+__all__ = ["lab_learning_rate", "lab_warmup_steps", "LabPoint", "LabGrid", "lab_grid", "level_shapes", "point_spec", "LAB_WIDTHS"]

@@ -54,7 +54,13 @@ def _refine(theta, log_n, log_d, log_l, delta):
         w = np.where(np.abs(r) <= delta, 1.0, delta / np.maximum(np.abs(r), 1e-300))
         jtw = jac.T * w
         h = jtw @ jac
-        step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-12), -jtw @ r)
+        try:
+            step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-12), -jtw @ r)
+        except np.linalg.LinAlgError:  # a flat direction (a term that no run constrains)
+            lam *= 4
+            if lam > 1e12:
+                break
+            continue
         trial = theta + step
         r_t, s_t = _residuals(trial, log_n, log_d, log_l)
         cost_t = _huber(r_t, delta)

@@ -44,7 +44,8 @@ class ScalingLawSpec(_Frozen):
                                 "fit (planner.capacity.scaling.save_law); relative to the spec")
     name: str = Field("custom", description="label used in reports")
     form: Literal["chinchilla", "kaplan"] = Field("chinchilla", description="functional form")
-    E: Optional[PositiveFloat] = Field(None, description="irreducible loss, nats/token")
+    E: Optional[NonNegativeFloat] = Field(None, description="irreducible loss, nats/token (0: "
+                                          "none, as a lab's fit may find)")
     A: Optional[PositiveFloat] = Field(None, description="parameter term coefficient")
     B: Optional[PositiveFloat] = Field(None, description="data term coefficient")
     alpha: Optional[PositiveFloat] = Field(None, description="parameter exponent")
@@ -133,6 +134,12 @@ class LabSpec(_Frozen):
     sizes: int = Field(5, ge=3, le=15, description="model sizes per level")
     spread: float = Field(4.0, gt=1, le=64, description="sizes from optimum/spread to "
                           "optimum*spread")
+    learning_rate: Union[Literal["width"], PositiveFloat] = Field(
+        "width", description="peak learning rate of every point: 'width' scales it as "
+        "1/d_model from GPT-3 Small's 6e-4 at d_model 768 (muP's rule for Adam), or one number "
+        "for all")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="warmup steps / each point's "
+                                   "steps")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "LabSpec":

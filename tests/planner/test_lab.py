@@ -55,7 +55,7 @@ def test_bad_lab_names_its_field(training, path):
     assert info.value.path == path
 
 
-def test_plan_prints_the_grid_and_refuses_to_train_it_yet(tmp_path):
+def test_plan_prints_the_grid_and_dry_run_says_what_execute_trains(tmp_path):
     path = tmp_path / "lab.yaml"
     path.write_text("model: {preset: llama2-7b, seq_len: 2048}\n"
                     "cluster: {gpu: H100, nodes: 1, gpus_per_node: 8}\n"
@@ -63,7 +63,14 @@ def test_plan_prints_the_grid_and_refuses_to_train_it_yet(tmp_path):
     out = CliRunner().invoke(main, [str(path)])
     assert out.exit_code == 0, out.output
     assert "scaling-law lab" in out.stdout and "15 runs, 1e+21 FLOPs" in out.stdout
+    assert "peak lr" in out.stdout and "warmup 10% of each point's steps" in out.stdout
     report = json.loads(CliRunner().invoke(main, [str(path), "--json"]).stdout)
     assert report["mode"] == "lab" and len(report["points"]) == 15
-    refused = CliRunner().invoke(main, [str(path), "--execute", "--dry-run"])
-    assert refused.exit_code == 1 and "training.lab: --execute cannot train" in refused.stderr
+    assert all(p["peak_lr"] == pytest.approx(6e-4 * 768 / p["d_model"]) for p in report["points"])
+    run_dir = tmp_path / "lab"
+    dry = CliRunner().invoke(main, [str(path), "--execute", "--dry-run", "--run-dir", str(run_dir)])
+    assert dry.exit_code == 0, dry.output
+    assert f"--execute would train these 15 points in {run_dir}/points/" in dry.stdout
+    assert not run_dir.exists()  # a dry run writes nothing
+    cut = CliRunner().invoke(main, [str(path), "--execute", "--max-steps", "3"])
+    assert cut.exit_code == 1 and "--max-steps: the lab trains every point" in cut.stderr
