@@ -14,7 +14,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from planner.plan.strategy import Plan
 from planner.search.rules import check
@@ -101,10 +101,24 @@ def current_device() -> str:
 
 # -------------------------------------------------------------------------------------- data
 
-def prepare_data(spec: Spec, plan: Plan, options: RunOptions, cache_dir: Path):
+def prepare_data(spec: Spec, plan: Plan, options: RunOptions, cache_dir: Path,
+                 prepared: Optional[tuple] = None):
     """(tokenizer, shards, source): the corpus (default: generated stories), its tokenizer
-    (checked against the model's vocabulary) and token shards (cached by content hash)."""
-    from .data import BatchSampler, TokenDataset, build_shards, load_corpus
+    (checked against the model's vocabulary) and token shards (cached by content hash), or
+    those already ``prepared`` for several runs (the lab's points), checked for this one."""
+    from .data import BatchSampler, TokenDataset
+
+    tok, shards, source = prepared or corpus_tokens(spec, options, cache_dir)
+    check_vocab(tok.vocab_size, spec)
+    for split in ("train", "val"):  # each must hold one batch: BatchSampler says why not
+        BatchSampler(TokenDataset(shards.directory, split), spec.model.seq_len, plan.micro_batch,
+                     0, plan.dp)
+    return tok, shards, source
+
+
+def corpus_tokens(spec: Spec, options: RunOptions, cache_dir: Path):
+    """(tokenizer, shards, source) for the options' corpus and tokenizer."""
+    from .data import build_shards, load_corpus
     from .tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 
     if options.data is not None:
@@ -121,9 +135,6 @@ def prepare_data(spec: Spec, plan: Plan, options: RunOptions, cache_dir: Path):
         tok = load_tokenizer(options.tokenizer)
     check_vocab(tok.vocab_size, spec)
     shards = build_shards(docs, tok, cache_dir / "shards", val_fraction=options.val_fraction)
-    for split in ("train", "val"):  # each must hold one batch: BatchSampler says why not
-        BatchSampler(TokenDataset(shards.directory, split), spec.model.seq_len, plan.micro_batch,
-                     0, plan.dp)
     return tok, shards, source
 
 
@@ -134,7 +145,8 @@ def check_vocab(tokens: int, spec: Spec) -> None:
 
 
 def prepare_run_dir(spec: Spec, plan: Plan, run_dir: str | Path, options: RunOptions, *,
-                    cache_dir: Path = DEFAULT_CACHE, with_data: bool = True) -> RunDir:
+                    cache_dir: Path = DEFAULT_CACHE, with_data: bool = True,
+                    prepared: Optional[tuple] = None) -> RunDir:
     """Everything the ranks read, written into a new run directory (made last, so a failure
     leaves nothing behind).  A user's own script (``launch.script``) brings its own data: its
     run directory holds the plan and the DeepSpeed config only."""
@@ -145,7 +157,7 @@ def prepare_run_dir(spec: Spec, plan: Plan, run_dir: str | Path, options: RunOpt
         run.path.mkdir(parents=True)
         run.save(spec, plan, options, ds_config)
         return run
-    tok, shards, source = prepare_data(spec, plan, options, Path(cache_dir))
+    tok, shards, source = prepare_data(spec, plan, options, Path(cache_dir), prepared)
     run.path.mkdir(parents=True)
     tok.save(run.tokenizer)
     run.data.write_text(json.dumps({"source": source, "shards": str(shards.directory),
@@ -157,10 +169,12 @@ def prepare_run_dir(spec: Spec, plan: Plan, run_dir: str | Path, options: RunOpt
 
 def make_options(spec: Spec, plan: Plan, *, data=None, tokenizer=None, nvme_path=None,
                  seed=None, stories=None, eval_every=None, checkpoint_every=None,
-                 learning_rate=None, warmup_steps=None, init_from=None) -> RunOptions:
+                 learning_rate=None, warmup_steps=None, init_from=None,
+                 eval_batches=None) -> RunOptions:
     lr = default_lr_schedule(spec, plan, peak_lr=learning_rate, warmup_steps=warmup_steps)
     given = {k: v for k, v in dict(data=data, tokenizer=tokenizer, nvme_path=nvme_path, seed=seed,
-                                   stories=stories, init_from=init_from).items()
+                                   stories=stories, init_from=init_from,
+                                   eval_batches=eval_batches).items()
              if v is not None}
     return RunOptions(
         eval_every=eval_every or max(1, min(500, lr.total_steps // 20)),
@@ -277,9 +291,11 @@ def parse_event(line: str) -> tuple[Optional[str], Any]:
         return None, None
 
 
-def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool = False) -> int:
+def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool = False,
+           on_start: Optional[Callable[[dict], None]] = None) -> int:
     """Run the launcher, keep its whole output in train.log, and turn rank 0's events into a
-    progress bar (loss, tokens/s, ETA) and a few lines."""
+    progress bar (loss, tokens/s, ETA) and a few lines.  ``on_start`` sees each run directory's
+    start event before its bar opens (the lab prints where the sweep stands)."""
     from tqdm import tqdm
 
     full_env = {**os.environ, **env,
@@ -299,12 +315,16 @@ def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool =
             if kind == "start":
                 if bar is not None:
                     bar.close()
+                if on_start is not None:
+                    on_start(ev)
                 bar = tqdm(total=ev["last_step"], initial=ev["step"], unit="step",
                            desc=Path(ev["run_dir"]).name, file=sys.stderr, dynamic_ncols=True)
             elif kind == "progress" and bar is not None:
-                bar.update(ev["step"] - bar.n)
+                # the postfix first, without a redraw: update() redraws at most every
+                # mininterval, so a fast run's parent does not spend a core on its bar
                 bar.set_postfix_str(f"loss {ev['loss']:.4f} · {ev['tokens_per_s']:,.0f} tok/s · "
-                                    f"ETA {ev['eta_s']:.0f}s")
+                                    f"ETA {ev['eta_s']:.0f}s", refresh=False)
+                bar.update(ev["step"] - bar.n)
             elif kind == "eval":
                 (bar.write if bar else print)(f"step {ev['step']}: eval loss {ev['eval_loss']:.4f}")
             elif kind == "error":

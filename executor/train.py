@@ -444,6 +444,9 @@ def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
     ap.add_argument("--run-dir", action="append", required=True, type=Path,
                     help="a run directory prepared by executor.run (repeat for several)")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    ap.add_argument("--continue", dest="continue_each", action="store_true",
+                    help="resume each run directory that has a complete checkpoint and start "
+                         "the others (the scaling-law lab's sweep)")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop after this optimizer step (the LR schedule is unchanged)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
@@ -464,7 +467,9 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
             get_accelerator().set_device(local_rank)
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
         for run_dir in args.run_dir:
-            rc = train(RunDir(run_dir), resume=args.resume, max_steps=args.max_steps)
+            run = RunDir(run_dir)
+            resume = args.resume or (args.continue_each and bool(complete_checkpoints(run)))
+            rc = train(run, resume=resume, max_steps=args.max_steps)
             if rc != EXIT_OK:
                 break
     except Exception:  # a rank that dies must say why, then leave without hanging the others

@@ -88,7 +88,9 @@ def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
         elif spec.training.budget is not None:
             ok = _budget(spec, spec_path, as_json)
         elif spec.training.lab is not None:
-            ok = _lab(spec, spec_path, as_json, execute)
+            ok = _lab(spec, spec_path, as_json)
+            if execute:
+                sys.exit(_execute_lab(spec, spec_path, verbose, run_options))
         else:
             result = _plan(spec, spec_path, as_json and not execute, verbose, executable=execute)
             ok = result.best is not None
@@ -114,16 +116,31 @@ def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
     return edit(spec, overrides) if overrides else spec
 
 
-def _execute(spec, spec_path: str, plan, verbose: bool, options: dict) -> int:
+def _request(spec_path: str, verbose: bool, options: dict):
+    """(run directory, ExecuteRequest) from the --execute flags."""
     from pathlib import Path
 
-    from executor.run import ExecuteRequest, execute
+    from executor.run import ExecuteRequest
     run_dir = options.pop("run_dir") or str(Path("runs") / Path(spec_path).stem)
     hosts = options.pop("hosts")
-    request = ExecuteRequest(data=options.pop("data_path"), learning_rate=options.pop("lr"),
-                             hosts=tuple(hosts.split(",")) if hosts else None, verbose=verbose,
-                             **options)
+    return run_dir, ExecuteRequest(data=options.pop("data_path"), learning_rate=options.pop("lr"),
+                                   hosts=tuple(hosts.split(",")) if hosts else None,
+                                   verbose=verbose, **options)
+
+
+def _execute(spec, spec_path: str, plan, verbose: bool, options: dict) -> int:
+    from executor.run import execute
+    run_dir, request = _request(spec_path, verbose, options)
     return execute(spec, plan, run_dir, request)
+
+
+def _execute_lab(spec, spec_path: str, verbose: bool, options: dict) -> int:
+    """Train the lab's grid, then fit and plot the law (executor/lab.py)."""
+    from executor.lab import run_lab
+    from executor.launch import with_overrides
+    run_dir, r = _request(spec_path, verbose, options)
+    spec = with_overrides(spec, launcher=r.launcher, hosts=r.hosts, master_addr=r.master_addr)
+    return run_lab(spec, run_dir, r)
 
 
 def _plan(spec, spec_path: str, as_json: bool, verbose: bool, executable: bool = False):
@@ -159,14 +176,10 @@ def _budget(spec, spec_path: str, as_json: bool) -> bool:
     return pick is not None
 
 
-def _lab(spec, spec_path: str, as_json: bool, execute: bool) -> bool:
-    """The scaling-law lab's grid (what --execute would train)."""
+def _lab(spec, spec_path: str, as_json: bool) -> bool:
+    """The scaling-law lab's grid (what --execute trains)."""
     from planner.capacity.lab import lab_grid
     from planner.report import lab_json, lab_text
-    if execute:
-        raise PlannerError("training.lab: --execute cannot train the lab's sweep yet; plan "
-                           "SPEC prints its grid (a point trains with --execute as a spec of "
-                           "its own: its model and tokens)")
     grid = lab_grid(spec)
     if as_json:
         click.echo(json.dumps(lab_json(grid, spec_path), indent=2))
