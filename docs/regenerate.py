@@ -1,6 +1,9 @@
 """Regenerate the worked examples the docs quote from the planner's own output:
 
     python docs/regenerate.py          # rewrites the example in docs/json-report.md
+    python docs/regenerate.py --lab runs/scaling_tinystories
+                                       # docs/scaling-lab.md's results and docs/lab/*.png from a
+                                       # finished lab (plan specs/scaling_tinystories.yaml --execute)
 
 The JSON example is `plan specs/125m_on_1xH100.yaml --json` with `alternatives` trimmed to its
 first entry (the doc says so)."""
@@ -30,7 +33,84 @@ def json_example() -> str:
     return json.dumps(report, indent=2)
 
 
+LAB_BEGIN, LAB_END = "<!-- lab-results:begin -->", "<!-- lab-results:end -->"
+
+
+def lab_results(lab_dir: Path) -> str:
+    """The lab's grid, final losses and fit summary, as docs/scaling-lab.md quotes them."""
+    records = [json.loads(line) for line in (lab_dir / "results.jsonl").read_text().splitlines()]
+    finals = [r for r in records if r["kind"] == "final"]
+    lab = json.loads((lab_dir / "lab.json").read_text())
+    rows = ["| level | C (6ND) | model | N (all) | N (non-embedding) | embedding share | D | D/N | "
+            "final eval loss |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in finals:
+        share = 1 - r["params_non_embedding"] / r["params"]
+        rows.append(f"| {r['level']} | {r['flops']:.3g} | {r['model']} | {r['params']:,} | "
+                    f"{r['params_non_embedding']:,} | {share:.0%} | {r['tokens']:.3g} | "
+                    f"{r['tokens'] / r['params']:.1f} | {r['eval_loss']:.4f} |")
+    held_out = held_out_rows(finals)
+    fit_text = (lab_dir / "fit.txt").read_text()
+    fit_text = "\n".join(line for line in fit_text.splitlines()
+                          if not line.startswith(("plots:", "plan with it:")))
+    fit_text = fit_text.replace(str(lab_dir), "runs/scaling_tinystories")
+    data = lab["data"]
+    source = (f"Data: {data['source']}, {data['train_tokens']:,} training tokens; the largest "
+              f"point reads {data['epochs_of_largest_point']:.2f} epochs.")
+    return "\n".join([*held_out, "", source, "", *rows, "", "```", fit_text.rstrip(), "```"])
+
+
+def held_out_rows(finals: list[dict]) -> list[str]:
+    """Out of sample: each interior size of a level, predicted by the parabola through the
+    level's other sizes (approach 2) and by the approach-3 law fitted on every other point."""
+    import warnings
+
+    import numpy as np
+
+    from planner.capacity.lawfit import fit_law
+    rows = ["| held-out point | measured | approach 2 (its level's parabola) | approach 3 (law on "
+            "the other points) |", "|---|---:|---:|---:|"]
+    errors: dict[str, list[float]] = {"2": [], "3": []}
+    for i, r in enumerate(finals):
+        level = sorted((x for x in finals if x["level"] == r["level"]), key=lambda x: x["params"])
+        pos = level.index(r)
+        if len(level) < 4 or pos in (0, len(level) - 1):
+            continue
+        kept = [x for x in level if x is not r]
+        c = np.polyfit(np.log([x["params"] for x in kept]), [x["eval_loss"] for x in kept], 2)
+        p2 = float(np.polyval(c, np.log(r["params"])))
+        others = [x for x in finals if x is not r]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            law = fit_law(*([x[k] for x in others] for k in ("params", "tokens", "eval_loss")))
+        p3 = law.loss(r["params"], r["tokens"])
+        errors["2"].append(p2 - r["eval_loss"])
+        errors["3"].append(p3 - r["eval_loss"])
+        rows.append(f"| level {r['level']}, {r['model']} | {r['eval_loss']:.4f} | {p2:.4f} "
+                    f"({p2 - r['eval_loss']:+.4f}) | {p3:.4f} ({p3 - r['eval_loss']:+.4f}) |")
+    rms = {k: float(np.sqrt(np.mean(np.square(v)))) for k, v in errors.items() if v}
+    rows.append(f"| **rms error** | | **{rms.get('2', float('nan')):.4f}** | "
+                f"**{rms.get('3', float('nan')):.4f}** |")
+    return rows
+
+
+def regenerate_lab(lab_dir: Path) -> None:
+    import shutil
+    doc = ROOT / "docs" / "scaling-lab.md"
+    text = doc.read_text()
+    start, end = text.index(LAB_BEGIN) + len(LAB_BEGIN), text.index(LAB_END)
+    doc.write_text(text[:start] + "\n" + lab_results(lab_dir) + "\n" + text[end:])
+    out = ROOT / "docs" / "lab"
+    out.mkdir(exist_ok=True)
+    for png in sorted((lab_dir / "plots").glob("*.png")):
+        shutil.copy(png, out / png.name)
+    print(f"rewrote the results in {doc.relative_to(ROOT)} and the plots in "
+          f"{out.relative_to(ROOT)}/")
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--lab":
+        regenerate_lab(Path(sys.argv[2]))
+        return
     doc = ROOT / "docs" / "json-report.md"
     text = doc.read_text()
     block = re.compile(r"(## Example\n.*?```json\n)(.*?)(\n```)", re.S)

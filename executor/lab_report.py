@@ -90,6 +90,20 @@ def _plt():
     return plt
 
 
+def _count_axis(axis) -> None:
+    """Log-scale parameter counts labelled 20K, 100K, 1M (no overlapping minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def label(x, _pos):
+        for suffix, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if x >= size:
+                return f"{x / size:g}{suffix}"
+        return f"{x:g}"
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _size_colours(params: Sequence[float]):
     from matplotlib import cm, colors
     norm = colors.LogNorm(vmin=min(params), vmax=max(params) * 1.0001)
@@ -143,6 +157,7 @@ def plot_isoflop(points: Sequence[LabPointResult], fit: LabFit, out: Path) -> No
         ax.plot([m[1] for m in a2.fit.minima], [m[2] for m in a2.fit.minima], "k*", ms=12,
                 label="minimum of each profile")
     ax.set_xscale("log")
+    _count_axis(ax.xaxis)
     ax.set_xlabel("parameters N (all)")
     ax.set_ylabel("final eval loss (nats/token)")
     ax.set_title("IsoFLOP profiles (approach 2)")
@@ -202,6 +217,7 @@ def plot_residuals(points: Sequence[LabPointResult], fit: LabFit, out: Path) -> 
         ax.text(0.5, 0.5, f"no approach-3 fit: {a3.error}", ha="center", transform=ax.transAxes)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
+    _count_axis(ax.xaxis)
     ax.set_xlabel("parameters N (all)")
     ax.set_ylabel("measured - fitted loss (nats)")
     ax.set_title("residuals of the approach-3 fit (in-sample)")
