@@ -66,6 +66,24 @@ def measured(spec: Spec, plan: Plan, run: RunDir) -> dict[str, Any]:
     return out
 
 
+def measured_run(run_dir):
+    """A finished run directory as a measured run for ``plan calibrate``: its spec and plan, the
+    median step time after warm-up, and on a GPU the peak allocated and reserved bytes."""
+    from planner.validate.calibrate import MeasuredRun
+
+    from .errors import ExecutorError
+    run = RunDir(run_dir)
+    spec, plan, _ = run.load()
+    if not run.metrics.is_file():
+        raise ExecutorError(f"{run.path}: no metrics.jsonl (the run has not trained a step)")
+    meas = measured(spec, plan, run)
+    actual = json.loads(run.actual.read_text()) if run.actual.exists() else {}
+    memory = actual.get("peak_memory") or []
+    reserved = max((m["max_reserved"] for m in memory), default=None)
+    return MeasuredRun(run.path.name, spec, plan, meas["step_time_s"],
+                       meas["peak_memory_bytes"], reserved, source=str(run.path.parent))
+
+
 def _fmt(key: str, value: Optional[float], missing: str) -> str:
     if value is None:
         return missing
@@ -109,10 +127,27 @@ def plot_loss(run: RunDir) -> None:
     plt.close(fig)
 
 
+def calibration_rows(spec: Spec, plan: Plan, meas: dict) -> tuple[list[list[str]], dict]:
+    """With a calibration profile: the step time before (catalog constants) and after (the
+    profile's), each against the measurement."""
+    from planner.validate.calibrate import without_profile
+    p = spec.cluster.profile
+    if p is None or not p.constants or not meas.get("step_time_s"):
+        return [], {}
+    before = predicted(without_profile(spec), plan)["step_time_s"]
+    after = predicted(spec, plan)["step_time_s"]
+    m = meas["step_time_s"]
+    rows = [["step time, catalog constants", f"{before:.4f} s", f"{m:.4f} s", f"{m / before:.3f}"],
+            [f"step time, profile {p.file}", f"{after:.4f} s", f"{m:.4f} s", f"{m / after:.3f}"]]
+    return rows, {"profile": p.file, "step_time_s_before": before, "step_time_s_after": after}
+
+
 def write_report(spec: Spec, plan: Plan, run: RunDir) -> str:
     """Writes report.json, report.txt and loss.png; returns the text."""
     pred, meas = predicted(spec, plan), measured(spec, plan, run)
-    table = tabulate(comparison_rows(pred, meas), headers=["", "planned", "measured", "measured/planned"])
+    cal_rows, calibration = calibration_rows(spec, plan, meas)
+    table = tabulate(comparison_rows(pred, meas) + cal_rows,
+                     headers=["", "planned", "measured", "measured/planned"])
     losses = (f"loss {meas['first_loss']:.4f} -> {meas['last_loss']:.4f}; eval loss "
               f"{meas['first_eval_loss']:.4f} -> {meas['last_eval_loss']:.4f}"
               if meas["last_eval_loss"] is not None else "")
@@ -123,7 +158,9 @@ def write_report(spec: Spec, plan: Plan, run: RunDir) -> str:
             f"steps run: {meas['steps']}; {losses}\n{table}\n{memory_note}")
     run.report_txt.write_text(text)
     run.report_json.write_text(json.dumps({"plan": plan.to_dict(), "predicted": pred,
-                                           "measured": meas}, indent=1) + "\n")
+                                           "measured": meas,
+                                           **({"calibration": calibration} if calibration
+                                              else {})}, indent=1) + "\n")
     if meas["steps"]:
         plot_loss(run)
     return text

@@ -95,7 +95,9 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
         "description": spec.description,
         "model": {"name": spec.model.name, "params": param_counts(spec.model).total},
         "cluster": {"gpu": spec.cluster.gpu.name, "gpus": spec.cluster.world_size,
-                    "gpu_memory_gib": spec.cluster.gpu.memory_gib},
+                    "gpu_memory_gib": spec.cluster.gpu.memory_gib,
+                    "profile": (spec.cluster.profile.model_dump(mode="json")
+                                if spec.cluster.profile else None)},
         "training": {"tokens": tokens, "global_batch_sequences": spec.global_batch_sequences,
                      "steps": tokens / best.flops.tokens if best else None},
         "scaling": chinchilla_summary(spec, tokens),
@@ -130,10 +132,23 @@ def _header(spec: Spec, source: str) -> list[str]:
         f"cluster  {c.nodes} node(s) x {c.gpus_per_node} {c.gpu.name} ({c.gpu.memory_gib} GiB), "
         f"{c.intra_node.link} {c.intra_node.gbps:g} GB/s, {inter.nics_per_node} x "
         f"{inter.nic_gbit:g} Gb/s {inter.network}",
+        *_profile_lines(spec),
         f"training {tokens_text}, global batch {spec.global_batch_sequences} sequences "
         f"({spec.global_batch_sequences * m.seq_len:,} tokens), {spec.training.optimizer.value}",
         _scaling_line(spec, tokens),
     ]
+
+
+def _profile_lines(spec: Spec) -> list[str]:
+    """Which constants came from a calibration profile, from how many runs, and its residual."""
+    p = spec.cluster.profile
+    if p is None:
+        return []
+    values = ", ".join(f"{k} {v:.4g}" for k, v in p.constants.items()) or "none"
+    fit = (f" (rms log residual {p.residual_after:.3f} on its runs, in-sample)"
+           if p.residual_after is not None else "")
+    kept = (f"; the spec's own {', '.join(p.kept)} kept over the profile's" if p.kept else "")
+    return [f"profile  {p.file}: {values} from {p.runs} measured run(s){fit}{kept}"]
 
 
 def _memory_table(e: Estimate, spec: Spec) -> str:
@@ -439,3 +454,37 @@ def lab_json(grid: LabGrid, source: str = "") -> dict[str, Any]:
                         "plan": p.best.plan.label if p.best else None,
                         "hours": None if p.seconds is None else p.seconds / 3600,
                         "reason": p.reason or None} for p in grid.points]}
+
+
+# ------------------------------------------------------------------------- calibration
+
+def calibration_text(result, output: str) -> str:
+    """What ``plan calibrate`` fitted: the constants before and after, every run's step time
+    before and after (in-sample), and how to use the profile."""
+    p = result.profile
+    lines = [f"calibration: {p.runs} run(s) on {p.gpu}, profile written to {output}"]
+    for name, value in p.constants.items():
+        how = ("median reserved/allocated of the runs that measured both"
+               if name == "allocator_fragmentation" else "fitted to the step times")
+        lines.append(f"  {name:<24} {result.before[name]:>10.4g} -> {value:<10.4g} ({how})")
+    if not p.constants:
+        lines.append("  nothing fitted: no run measured a step time the constants change, nor "
+                     "reserved and allocated memory")
+    if result.runs:
+        rows = [[f.name, f"{f.measured_s:.4g}", f"{f.before_s:.4g}", f"{f.error_before:+.1%}",
+                 f"{f.after_s:.4g}", f"{f.error_after:+.1%}"] for f in result.runs]
+        lines += ["", tabulate(rows, headers=["run", "measured s", "before s", "error",
+                                              "after s", "error"],
+                               colalign=("left",) + ("right",) * 5, disable_numparse=True),
+                  "", f"rms log error of the step time: before {p.residual_before:.3f}, after "
+                      f"{p.residual_after:.3f} (in-sample: measured on the runs it was fitted "
+                      f"on)"]
+    lines.append(f"use it: cluster: {{profile: {output}}} in a spec (relative to the spec)")
+    return "\n".join(lines)
+
+
+def calibration_json(result, output: str) -> dict[str, Any]:
+    return {"mode": "calibrate", "profile": output, **result.profile.to_dict(),
+            "fitted": list(result.fitted), "before": result.before,
+            "per_run": [{"name": f.name, "measured_s": f.measured_s, "before_s": f.before_s,
+                         "after_s": f.after_s} for f in result.runs]}

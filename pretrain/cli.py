@@ -29,7 +29,7 @@ def _infeasible_line(result, fixes: list[str]) -> str:
     return f"{why_infeasible(result)}; nearest fix: {fix}"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("plan", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("spec_path", metavar="SPEC", required=False,
                 type=click.Path(dir_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (docs/json-report.md).")
@@ -69,12 +69,13 @@ def _infeasible_line(result, fixes: list[str]) -> str:
 @click.option("--init-from", type=click.Path(dir_okay=False, path_type=str),
               help="Start from another run's weights (RUN/export/pytorch_model.bin), e.g. to go "
                    "on with another layout.")
-def main(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
+def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | None,
          sets: tuple[str, ...], sweep_arg: str | None, verbose: bool, execute: bool,
          **run_options) -> None:
     """Plan LLM pre-training on a cluster: will it fit, and with which strategy.  With
     training.budget in the spec: which model size to train (budget mode).  With --execute:
-    train the chosen plan."""
+    train the chosen plan.  `plan calibrate RUN...` fits a calibration profile to measured
+    runs (`plan calibrate --help`)."""
     if schema:
         from planner.spec.spec import json_schema
         click.echo(json.dumps(json_schema(), indent=2))
@@ -199,6 +200,73 @@ def _sweep(spec, sweep_arg: str, as_json: bool) -> bool:
     else:
         click.echo(sweep_text(rows, path))
     return any(r.best is not None for r in rows)
+
+
+@click.command("calibrate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("sources", metavar="RUN...", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=str))
+@click.option("-o", "--output", default="profile.yaml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=str),
+              help="The profile to write (a spec reads it with cluster.profile: PATH).")
+@click.option("--constants", help="Comma-separated constants to fit (default: the ones the runs "
+              "tell apart, at most one per run).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
+def calibrate_command(sources: tuple[str, ...], output: str, constants: str | None,
+                      as_json: bool, verbose: bool) -> None:
+    """Fit the time and memory models' constants to measured runs and write a profile.  RUN is
+    an executor run directory, a calibration .jsonl (shared/calibration's format) or a .csv of
+    runs made elsewhere (docs/calibration.md)."""
+    try:
+        from planner.report import calibration_json, calibration_text
+        from planner.spec.profile import save_profile
+        from planner.validate.calibrate import calibrate
+        runs = _measured_runs(sources)
+        names = [c.strip() for c in constants.split(",")] if constants else None
+        result = calibrate(runs, constants=names, source="plan calibrate " + " ".join(sources))
+        save_profile(result.profile, output)
+    except (ValueError, *USER_ERRORS) as exc:
+        _fail(str(exc), verbose)
+        return
+    if as_json:
+        click.echo(json.dumps(calibration_json(result, output), indent=2))
+    else:
+        click.echo(calibration_text(result, output))
+
+
+def _measured_runs(sources: tuple[str, ...]) -> list:
+    from pathlib import Path
+
+    from planner.validate.calibrate import MeasuredRun, load_csv
+    from planner.validate.calibration import load_measurements
+    runs = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            from executor.report import measured_run
+            runs.append(measured_run(path))
+        elif path.suffix == ".csv":
+            runs += load_csv(path)
+        elif path.suffix in (".jsonl", ".json"):
+            runs += [MeasuredRun(m.name, m.spec, m.plan, m.step_s, m.peak_alloc_bytes,
+                                 m.peak_reserved_bytes, source=path.stem)
+                     for m in load_measurements(path) if m.ok]
+        else:
+            raise ValueError(f"{source}: not a run directory, .jsonl or .csv")
+    return runs
+
+
+class _PlanGroup(click.Group):
+    """`plan SPEC ...` runs the planner; `plan calibrate RUN...` the calibration: a first word
+    that names no subcommand goes to `plan`."""
+
+    def parse_args(self, ctx, args):
+        if not args or args[0] not in self.commands:
+            args = ["plan", *args]
+        return super().parse_args(ctx, args)
+
+
+main = _PlanGroup(name="plan", commands=[plan_command, calibrate_command], add_help_option=False)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 node and the network between nodes."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
                       model_validator)
@@ -106,13 +106,37 @@ class InterNodeSpec(_Frozen):
         return self.nics_per_node * self.nic_gbit / 8
 
 
+class ProfileRef(_Frozen):
+    """The calibration profile a cluster uses (planner/spec/profile.py), as applied: its file,
+    the constants it set, the ones the spec's own values kept, and how it was fitted."""
+
+    file: str
+    constants: dict[str, float] = Field(default_factory=dict, description="the values applied")
+    kept: tuple[str, ...] = Field((), description="constants the spec sets itself (they win)")
+    gpu: str = ""
+    runs: int = 0
+    residual_before: Optional[float] = None
+    residual_after: Optional[float] = None
+
+
 class ClusterSpec(_Frozen):
+    profile: Optional[ProfileRef] = Field(
+        None, description="a calibration profile written by `plan calibrate` (a YAML path, "
+                          "relative to the spec): its constants apply under the spec's own")
     gpu: GpuSpec
     nodes: PositiveInt = 1
     gpus_per_node: PositiveInt = 8
     intra_node: IntraNodeSpec = Field(description="defaults to the GPU's usual server link")
     inter_node: InterNodeSpec = InterNodeSpec()
     host_memory_gib: PositiveFloat = Field(1024, description="host RAM per node (offload)")
+
+    @model_validator(mode="after")
+    def _profile_for_this_gpu(self) -> "ClusterSpec":
+        p = self.profile
+        if p is not None and p.gpu and p.gpu != self.gpu.name:
+            raise ValueError(f"profile: {p.file} was fitted on {p.gpu}; this cluster's GPU is "
+                             f"{self.gpu.name} (calibrate on runs of this GPU)")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -210,6 +210,28 @@ class Spec(_Frozen):
     #: what-if edits change what the user wrote (planner/whatif.py); not a field
     _written: Optional[dict] = PrivateAttr(None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """cluster.profile: a file of calibrated constants, merged under what the spec writes."""
+        cluster = data.get("cluster") if isinstance(data, dict) else None
+        path = cluster.get("profile") if isinstance(cluster, dict) else None
+        if not isinstance(path, str):
+            return data
+        from planner.spec.profile import load_profile, merge_profile
+        try:
+            profile = load_profile(path)
+        except ValueError as exc:
+            raise ValueError(f"cluster.{exc}") from None
+        data, kept = merge_profile(data, profile)
+        data["cluster"]["profile"] = {
+            "file": path, "constants": {k: v for k, v in profile.constants.items()
+                                        if k not in kept},
+            "kept": tuple(kept), "gpu": profile.gpu, "runs": profile.runs,
+            "residual_before": _finite(profile.residual_before),
+            "residual_after": _finite(profile.residual_after)}
+        return data
+
     @model_validator(mode="after")
     def _batch_fits_sequence(self) -> "Spec":
         tokens = self.training.global_batch_tokens
@@ -223,6 +245,10 @@ class Spec(_Frozen):
         if self.training.global_batch_sequences is not None:
             return self.training.global_batch_sequences
         return self.training.global_batch_tokens // self.model.seq_len
+
+
+def _finite(x: float) -> Optional[float]:
+    return x if x == x and abs(x) != float("inf") else None
 
 
 # --------------------------------------------------------------------------------- loading
@@ -319,13 +345,18 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _relative_to(data: Any, directory: Path) -> Any:
-    """A law file named in the spec is found beside the spec."""
+    """A law file or a calibration profile named in the spec is found beside the spec."""
     training = data.get("training") if isinstance(data, dict) else None
     law = training.get("scaling_law") if isinstance(training, dict) else None
     if isinstance(law, dict) and isinstance(law.get("file"), str) \
             and not Path(law["file"]).is_absolute():
         data = copy.deepcopy(data)
         data["training"]["scaling_law"]["file"] = str(directory / law["file"])
+    cluster = data.get("cluster") if isinstance(data, dict) else None
+    profile = cluster.get("profile") if isinstance(cluster, dict) else None
+    if isinstance(profile, str) and not Path(profile).is_absolute():
+        data = copy.deepcopy(data)
+        data["cluster"]["profile"] = str(directory / profile)
     return data
 
 
