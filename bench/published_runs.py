@@ -1,8 +1,10 @@
 """Predicted vs measured throughput of published multi-GPU training runs.
 
-usage: python bench/published_runs.py [PUBLISHED.yaml]
+usage: python bench/published_runs.py [--cv] [PUBLISHED.yaml]
 (default: ../shared/calibration/published_runs_sample.yaml beside the repository, else the copy
-in tests/data/).  Compares tokens per second per GPU, which does not depend on any source's
+in tests/data/).  --cv: leave one source out (planner/validate/crossval.py): the GEMM and
+attention efficiencies fitted on these runs are refitted without each source's runs, which are
+then predicted; the out-of-sample error is shown first, the in-sample one beside it.  Compares tokens per second per GPU, which does not depend on any source's
 FLOP-counting convention; MFU is shown with the planner's convention (6·N_matmul + 12·L·h·s).
 """
 from __future__ import annotations
@@ -41,6 +43,28 @@ def main(path: Path) -> None:
           f"worst {max(errors):.1%} over {len(errors)} runs")
 
 
+def cross_validated(path: Path) -> None:
+    from planner.validate.crossval import FITTED, PRIORS, leave_one_source_out, summary
+    runs = load_published(path)
+    preds = leave_one_source_out(runs)
+    rows = [[p.id, p.source, f"{p.measured:,.1f}", f"{p.out_of_sample:,.1f}",
+             f"{p.error_out:+.1%}", f"{p.error_in:+.1%}",
+             p.fitted_on if p.fitted_on else "0 (priors)"] for p in preds]
+    print(f"published runs: {path}; leave one source out ({len({p.source for p in preds})} "
+          f"sources), refitting {', '.join(FITTED)} per GPU generation from the priors "
+          f"{PRIORS}")
+    print(tabulate(rows, headers=["run", "source", "measured tok/s/GPU", "predicted (CV)",
+                                  "error (CV)", "error (in-sample)", "runs refitted on"],
+                   colalign=("left", "left") + ("right",) * 5))
+    out, ins = summary([p.error_out for p in preds]), summary([p.error_in for p in preds])
+    print(f"\n|error| on tokens/s per GPU over {len(preds)} runs:")
+    print(f"  out of sample (leave one source out): median {out['median']:.1%}, 90th percentile "
+          f"{out['p90']:.1%}, worst {out['worst']:.1%}")
+    print(f"  in sample (the catalog's constants):   median {ins['median']:.1%}, 90th percentile "
+          f"{ins['p90']:.1%}, worst {ins['worst']:.1%}")
+
+
 if __name__ == "__main__":
-    given = [Path(sys.argv[1])] if len(sys.argv) > 1 else [p for p in DEFAULT if p.exists()][:1]
-    main(given[0])
+    args = [a for a in sys.argv[1:] if a != "--cv"]
+    given = [Path(args[0])] if args else [p for p in DEFAULT if p.exists()][:1]
+    (cross_validated if "--cv" in sys.argv[1:] else main)(given[0])

@@ -8,6 +8,7 @@ quantity compared is tokens per second per GPU, which is free of FLOP-counting c
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,12 @@ class PublishedRun:
     plan: Plan
     tokens_per_s_per_gpu: float
     notes: str
+    source: str = ""  #: the paper or benchmark it comes from (its short name)
+
+
+def source_of(title: str) -> str:
+    """A source's short name from its title: the part before a comma, parenthesis or quote."""
+    return re.split(r",| \(| '", title)[0].strip()
 
 
 def _gpu(hw: dict[str, Any]) -> str:
@@ -118,7 +125,8 @@ def published_run(entry: dict[str, Any]) -> PublishedRun:
                 offload=Offload.NONE, sequence_parallel=bool(par.get("sequence_parallel")))
     measured = entry["measured"].get("tokens_per_sec_per_gpu") \
         or entry.get("derived", {}).get("tokens_per_sec_per_gpu")
-    return PublishedRun(entry["id"], spec, plan, float(measured), framework)
+    return PublishedRun(entry["id"], spec, plan, float(measured), framework,
+                        source_of(entry["source"].get("title", entry["id"])))
 
 
 def load_published(path: str | Path) -> list[PublishedRun]:
@@ -130,4 +138,4 @@ def error(run: PublishedRun, predicted_tokens_per_s: float) -> float:
     return predicted_tokens_per_s / run.tokens_per_s_per_gpu - 1
 
 
-__all__ = ["PublishedRun", "load_published", "published_run", "error"]
+__all__ = ["PublishedRun", "load_published", "published_run", "error", "source_of"]
