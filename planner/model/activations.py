@@ -89,7 +89,14 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
     qkv = d.e * sb * (d.q + 2 * d.k)
     flash = qkv + out + tables + FP32_BYTES * d.b * d.a * d.s
     if rope:
-        flash += d.e * sb * (d.q + d.k)  # rotated q and k are new tensors
+        # rotated q and k are new tensors, contiguous in (B, H, T, hd); the fused kernel returns
+        # its output in q's layout, so the transpose-and-reshape to (B, T, H·hd) before the
+        # output projection copies it, and the projection keeps that copy beside the kernel's
+        # own saved output: one more e·s·b·q.  Without RoPE q is a view of the fused QKV output,
+        # already (B, T, H, hd), and the reshape is a view.  Measured on the CPU
+        # (tests/executor/test_activation_accounting.py); on the H200 harness runs it is the
+        # ~0.69 GiB per 8,192 tokens a 22-layer d_model-2048 Llama lacked (issue 11).
+        flash += d.e * sb * (d.q + d.k) + d.e * sb * d.q
     kv = d.q if m.n_kv_heads != m.n_heads else d.k  # GQA repeats k and v to every query head
     eager = out + tables + d.e * sb * (d.q + 2 * kv)  # the batched matmuls' q, k^T, v
     math = math_fallback(m, plan)

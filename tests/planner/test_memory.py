@@ -202,12 +202,13 @@ def test_gpt2_block_tensor_parallel_with_and_without_sequence_parallel():
 
 def test_llama_block_rmsnorm_rope_swiglu_gqa():
     """RMSNorm keeps x in fp32 (4), its bf16 normalisation (2) and output (2) per element, and a
-    fp32 rsqrt per token; QKV out (64 + 2·32 wide), rotated q and k (64 + 32), attention out 64,
-    log-sum-exp; SwiGLU keeps gate+up (2·128), silu and product (128 each)."""
+    fp32 rsqrt per token; QKV out (64 + 2·32 wide), rotated q and k (64 + 32), attention out 64
+    and its (B, T, H·hd) copy for the output projection (q's layout after RoPE), log-sum-exp;
+    SwiGLU keeps gate+up (2·128), silu and product (128 each)."""
     spec = make_spec()
     sb = S * B
     norms = 2 * ((4 + 2 + 2) * sb * H + 4 * sb)
-    attention = (2 * sb * (64 + 64) + 2 * sb * (64 + 32) + 2 * sb * 64 + 4 * B * 4 * S
+    attention = (2 * sb * (64 + 64) + 2 * sb * (64 + 32) + 2 * 2 * sb * 64 + 4 * B * 4 * S
                  + 2 * S * 16)  # + RoPE's cos and sin tables (s x head_dim/2 each)
     mlp = 2 * sb * 128 * 4
     assert act.block_saved_bytes(spec.model, make_plan(tp=1, pp=1)) == norms + attention + mlp
@@ -256,7 +257,8 @@ def test_backward_through_the_loss_on_the_last_stage_by_hand():
     last = stages_to_check(spec.model, 2, 16)[1]
     sb = S * B
     block = (2 * ((4 + 2 + 2) * sb * H + 4 * sb)  # two RMSNorms (not split: no SP)
-             + (2 * sb * 128 + 2 * sb * 96 + 2 * sb * 64 + 4 * B * 4 * S) / 2  # attention / tp
+             # attention / tp: QKV out, rotated q and k, output and its copy, log-sum-exp
+             + (2 * sb * 128 + 2 * sb * 96 + 2 * 2 * sb * 64 + 4 * B * 4 * S) / 2
              + 2 * S * 16  # RoPE's cos and sin tables
              + 2 * sb * 128 * 4 / 2)  # SwiGLU / tp
     head = (4 + 2 + 2) * sb * H + 4 * sb + 2 * 8 * sb  # final norm + head input + ids, targets
