@@ -68,11 +68,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank_env(spec: Spec, procs_per_node: int, local: bool) -> dict[str, str]:
-    """Environment for every rank: the spec's NCCL settings and variables, and, only when the
-    cluster is a CPU, DeepSpeed's CPU accelerator with the cores shared out (on this machine,
-    when it is the one that trains)."""
-    env = {"PYTHONUNBUFFERED": "1", **spec.launch.job_env()}
+def allocator_env(spec: Spec, plan: Optional[Plan]) -> dict[str, str]:
+    """A plan the planner calls tight (it fits only if the caching allocator fragments less than
+    the spec assumes) runs with PyTorch's expandable segments, which grow one mapping instead of
+    caching fixed-size blocks and so fragment less (PyTorch's CUDA memory notes); a value the
+    spec's launch.env sets wins."""
+    if plan is None or spec.cluster.gpu.accelerator == "cpu" \
+            or "PYTORCH_CUDA_ALLOC_CONF" in spec.launch.job_env():
+        return {}
+    from planner.estimate.predict import estimate
+    if estimate(spec, plan, with_time=False).verdict != "tight":
+        return {}
+    return {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+
+
+def rank_env(spec: Spec, procs_per_node: int, local: bool,
+             plan: Optional[Plan] = None) -> dict[str, str]:
+    """Environment for every rank: the spec's NCCL settings and variables, the allocator
+    setting a tight plan needs, and, only when the cluster is a CPU, DeepSpeed's CPU
+    accelerator with the cores shared out (on this machine, when it is the one that trains)."""
+    env = {"PYTHONUNBUFFERED": "1", **spec.launch.job_env(), **allocator_env(spec, plan)}
     if spec.cluster.gpu.accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
         if local:
@@ -189,18 +204,18 @@ def launch_command(spec: Spec, plan: Plan, run_dirs: Sequence[Path], *,
         if nodes > 1:
             raise ExecutorError(f"the plan spans {nodes} nodes: use --launcher deepspeed with "
                                 f"--hosts, or --launcher slurm")
-        env = {**rank_env(spec, plan.world_size, local=True), **local_path_env(),
+        env = {**rank_env(spec, plan.world_size, local=True, plan=plan), **local_path_env(),
                **script_env(spec, run_dirs)}
         argv = torchrun_argv(sys.executable, plan.world_size, master_port or free_port(),
                              program)
         return Launch(argv, env)
     per_node = spec.cluster.gpus_per_node
-    env = {**rank_env(spec, per_node, local=False), **script_env(spec, run_dirs)}
+    env = {**rank_env(spec, per_node, local=False, plan=plan), **script_env(spec, run_dirs)}
     if launcher == "deepspeed":
         if nodes == 1:  # started here, as torchrun is
             return Launch(deepspeed_argv(spec, program, hostfile=None, master_addr=None,
                                          python=sys.executable),
-                          {**rank_env(spec, per_node, local=True), **local_path_env(),
+                          {**rank_env(spec, per_node, local=True, plan=plan), **local_path_env(),
                            **script_env(spec, run_dirs)})
         hosts = launch.hosts
         if launch.hostfile is None and (not hosts or len(hosts) != nodes):

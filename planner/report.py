@@ -77,6 +77,9 @@ def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]
         "required_gib": _gib(e.required_bytes),
         "usable_gib": _gib(e.usable_bytes),
         "free_gib": _gib(e.free_bytes),
+        "verdict": e.verdict,
+        "margin_gib": _gib(e.margin_bytes),
+        "floor_gib": _gib(e.floor_bytes),
         "host_offload_gib_per_node": _gib(e.host_bytes_per_node),
         "flops_per_step": e.flops.hardware,
         "model_flops_per_step": e.flops.model,
@@ -160,7 +163,24 @@ def _memory_table(e: Estimate, spec: Spec) -> str:
     rows.append(["required", f"{e.required_bytes / GiB:.3f}"])
     headroom = spec.search.memory_headroom
     rows.append([f"usable (capacity less {headroom:.0%} headroom)", f"{e.usable_bytes / GiB:.3f}"])
-    return tabulate(rows, headers=["per-GPU memory", "GiB"], colalign=("left", "right"))
+    return (tabulate(rows, headers=["per-GPU memory", "GiB"], colalign=("left", "right"))
+            + "\n" + verdict_line(e, spec))
+
+
+def verdict_line(e: Estimate, spec: Spec) -> str:
+    """The graded fit verdict with its margin (docs/memory-model.md)."""
+    frag = spec.runtime.allocator_fragmentation
+    if e.verdict == "fits":
+        return (f"verdict: fits, {e.margin_bytes / GiB:.1f} GiB to spare at +{frag:.0%} "
+                f"allocator fragmentation")
+    if e.verdict == "tight":
+        return (f"verdict: tight, {-e.margin_bytes / GiB:.1f} GiB short at +{frag:.0%} "
+                f"fragmentation; fits if the allocator reserves at most "
+                f"{e.tight_fragmentation:.1%} over what is allocated (the calibration runs "
+                f"show 6-45 %); plan --execute sets PYTORCH_CUDA_ALLOC_CONF="
+                f"expandable_segments:True for it")
+    return (f"verdict: does not fit, {(e.floor_bytes - e.usable_bytes) / GiB:.1f} GiB short "
+            f"even if the allocator reserved only what is allocated")
 
 
 def _alternatives_table(result: SearchResult, tokens: float) -> str:
@@ -168,7 +188,8 @@ def _alternatives_table(result: SearchResult, tokens: float) -> str:
     for i, e in enumerate(result.feasible[:result.spec.search.top + 1]):
         st = e.time.step
         comm = st.tp_comm + st.pp_comm + st.dp_comm
-        label = e.plan.label + (" *" if e.not_executable else "")
+        label = e.plan.label + (" *" if e.not_executable else "") + (
+            " (tight)" if e.verdict == "tight" else "")
         rows.append([i + 1, label, f"{st.total:.3g}", f"{st.compute:.3g}", f"{comm:.3g}",
                      f"{st.bubble:.3g}", f"{st.optimizer + st.offload:.3g}",
                      f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}", f"{e.days_to_train(tokens):,.1f}",
@@ -214,7 +235,8 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
         tokens, _ = _tokens(spec)
         steps = tokens / best.flops.tokens
         lines += [
-            f"best plan  {best.plan.label}",
+            f"best plan  {best.plan.label}" + (" (tight: see the memory verdict below)"
+                                               if best.verdict == "tight" else ""),
             f"           {len(result.feasible)} of {result.evaluated} candidates are feasible; "
             f"ranked by predicted time to train",
             f"speed      {best.step_time_s:.3g} s/step, {best.tokens_per_s:,.0f} tokens/s, "

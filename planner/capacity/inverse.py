@@ -65,7 +65,9 @@ class _Point:
 
     @property
     def fits(self) -> bool:
-        return self.est is not None and self.est.fits
+        """Fits with the spec's allocator fragmentation (a tight value is not an answer to
+        'the largest that fits': it runs only if the allocator fragments less)."""
+        return self.est is not None and self.est.fits_comfortably
 
 
 @dataclass

@@ -60,8 +60,34 @@ class Estimate:
         return self.usable_bytes - self.required_bytes
 
     @property
+    def floor_bytes(self) -> float:
+        """What the plan needs if the allocator reserved no more than is allocated."""
+        return floor_bytes_needed(self.peak_bytes, self.cuda_context_bytes)
+
+    @property
+    def verdict(self) -> str:
+        """'fits' (with the spec's allocator fragmentation), 'tight' (only if the allocator
+        fragments less: within its uncertainty) or 'does not fit' (not even with none)."""
+        return fit_verdict(self.required_bytes, self.floor_bytes, self.usable_bytes)
+
+    @property
+    def margin_bytes(self) -> float:
+        """Usable minus required: negative for a tight plan."""
+        return self.usable_bytes - self.required_bytes
+
+    @property
+    def tight_fragmentation(self) -> float:
+        """The largest reserved/allocated - 1 at which a tight plan still fits."""
+        return (self.usable_bytes - self.cuda_context_bytes) / self.peak_bytes - 1
+
+    @property
     def fits_gpu(self) -> bool:
-        return self.required_bytes <= self.usable_bytes
+        """Fits or tight: a tight plan can run (docs/memory-model.md, the fit verdict)."""
+        return self.floor_bytes <= self.usable_bytes
+
+    @property
+    def fits_comfortably(self) -> bool:
+        return self.required_bytes <= self.usable_bytes and self.fits_host
 
     @property
     def fits_host(self) -> bool:
@@ -74,7 +100,8 @@ class Estimate:
     def oom_reason(self) -> str:
         if not self.fits_gpu:
             return (f"needs {self.required_bytes / GiB:.1f} GiB per GPU (peak "
-                    f"{self.peak_bytes / GiB:.1f} allocated at {self.memory.moment}) but "
+                    f"{self.peak_bytes / GiB:.1f} allocated at {self.memory.moment}; "
+                    f"{self.floor_bytes / GiB:.1f} even if the allocator reserved only that) but "
                     f"{self.usable_bytes / GiB:.1f} GiB is usable")
         return (f"offload needs {self.host_bytes_per_node / GiB:.0f} GiB of host RAM per node, "
                 f"the node has {self.host_capacity_bytes / GiB:.0f} GiB")
@@ -89,6 +116,21 @@ def required_bytes(spec: Spec, peak):
     """What a plan with this allocated peak needs of the GPU: the allocator's reservation plus
     the CUDA context outside it (compared with ``usable_bytes``)."""
     return reserved_bytes(spec, peak) + spec.runtime.cuda_context_gib * GiB
+
+
+def floor_bytes_needed(peak, cuda_context_bytes):
+    """The least a plan with this allocated peak needs: the allocator holding exactly the peak
+    (reserved / allocated = 1, the lowest the calibration rows show), plus the context."""
+    return peak + cuda_context_bytes
+
+
+def fit_verdict(required: float, floor: float, usable: float) -> str:
+    if required <= usable:
+        return FITS
+    return TIGHT if floor <= usable else DOES_NOT_FIT
+
+
+FITS, TIGHT, DOES_NOT_FIT = "fits", "tight", "does not fit"
 
 
 def usable_bytes(spec: Spec) -> float:

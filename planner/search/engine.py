@@ -12,7 +12,8 @@ import numpy as np
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
 from planner.estimate.memory import host_offload_bytes, peak_bytes
-from planner.estimate.predict import Estimate, estimate, required_bytes, usable_bytes
+from planner.estimate.predict import (Estimate, estimate, floor_bytes_needed, required_bytes,
+                                      usable_bytes)
 from planner.estimate.timing import throughput
 from planner.plan.rule import Rejected, check_rules, first_failing
 from planner.plan.strategy import Plan, PlanBatch, column
@@ -159,13 +160,20 @@ def search(spec: Spec, *, backend: Backend = DEEPSPEED, executable: bool = False
     passed = np.flatnonzero(failed < 0)
     ok = batch.take(passed)
     cluster = spec.cluster
-    required = required_bytes(spec, peak_bytes(spec, ok, backend))
+    peak = peak_bytes(spec, ok, backend)
+    required = required_bytes(spec, peak)
+    usable = usable_bytes(spec)
     host = host_offload_bytes(spec, ok, backend) * cluster.gpus_per_node
-    fits = (required <= usable_bytes(spec)) & (host <= cluster.host_memory_gib * GiB)
+    # tight plans (they fit only if the allocator fragments less than assumed) run too
+    floor = floor_bytes_needed(peak, spec.runtime.cuda_context_gib * GiB)
+    fits = (floor <= usable) & (host <= cluster.host_memory_gib * GiB)
     fit_index = passed[fits]
     step = throughput(spec, ok.take(fits), backend).step.total if len(fit_index) \
         else np.zeros(0)
-    ranked = fit_index[np.lexsort((required[fits], np.round(step, 9)))]
+    # a comfortable plan ranks above a tight one unless the tight one is TIGHT_SLACK faster
+    tight = required[fits] > usable
+    ranked = fit_index[np.lexsort((required[fits],
+                                   np.round(step * np.where(tight, 1 + TIGHT_SLACK, 1.0), 9)))]
     rejected_index = np.flatnonzero(~np.isin(np.arange(len(batch)), fit_index))
     blocked = (first_failing(backend.executor_rules, spec, batch.take(ranked))
                if backend.executor_rules else np.full(len(ranked), -1))
@@ -197,6 +205,8 @@ def search(spec: Spec, *, backend: Backend = DEEPSPEED, executable: bool = False
 
 
 OOM = "out of memory"
+#: how much faster a tight plan must be to rank above a comfortable one
+TIGHT_SLACK = 0.03
 
 
 def why_infeasible(result: SearchResult) -> str:

@@ -213,3 +213,42 @@ def test_one_node_handed_to_slurm_is_not_trained_here():
     from executor.launch import trains_here
     assert trains_here(spec(per_node=8)) and not trains_here(spec(per_node=8, launcher="slurm"))
     assert not trains_here(spec(nodes=2, per_node=8))
+
+
+def test_a_tight_plan_launches_with_expandable_segments(tmp_path):
+    """Llama-2-7B on 64 A100s: the best plan (ZeRO-2, mb 2) is tight, so its ranks get
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; a comfortable plan does not, and a value
+    the spec's launch.env sets wins."""
+    from planner.estimate.predict import estimate
+    from planner.search.engine import search
+    from planner.spec.spec import load_spec
+    spec = load_spec(Path(__file__).resolve().parents[2] / "specs" / "7b_on_64xA100.yaml")
+    result = search(spec)
+    tight = result.best.plan
+    comfortable = next(e.plan for e in result.feasible[:10] if e.verdict == "fits")
+    assert estimate(spec, tight, with_time=False).verdict == "tight"
+    slurm = with_overrides(spec, launcher="slurm")
+    env = launch_command(slurm, tight, [tmp_path / "run"]).sbatch
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in env
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in launch_command(slurm, comfortable,
+                                                          [tmp_path / "run"]).sbatch
+    mine = spec_from_dict({**spec._written, "launch": {"launcher": "slurm", "env": {
+        "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}}})
+    text = launch_command(mine, tight, [tmp_path / "run"]).sbatch
+    assert "max_split_size_mb:512" in text and "expandable_segments" not in text
+
+
+def test_execute_never_ranks_cpu_checkpointing_with_full_recompute():
+    """The executor's recompute keeps its checkpoints on the GPU: with
+    runtime.cpu_checkpointing a full-recompute plan is marked, and --execute ranks others."""
+    from planner.search.engine import search
+    spec = spec_from_dict({
+        "model": "llama2-7b", "cluster": {"gpu": "A100", "nodes": 8, "gpus_per_node": 8},
+        "training": {"tokens": 1e9, "global_batch_sequences": 512},
+        "search": {"recompute": ["full", "none"], "zero": [3]},
+        "runtime": {"cpu_checkpointing": True}})
+    runnable = search(spec, executable=True)
+    assert runnable.best is not None
+    assert all(e.plan.recompute is not Recompute.FULL for e in runnable.feasible[:20])
+    marked = [e for e in search(spec).feasible[:50] if e.plan.recompute is Recompute.FULL]
+    assert marked and all("runtime.cpu_checkpointing" in e.not_executable for e in marked)

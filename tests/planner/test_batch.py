@@ -6,7 +6,7 @@ import pytest
 from planner.estimate.memory import host_offload_bytes, peak_bytes, peak_memory
 from planner.estimate.timing import throughput
 from planner.plan.strategy import PlanBatch
-from planner.search.engine import candidate_batch, candidates, search
+from planner.search.engine import TIGHT_SLACK, candidate_batch, candidates, search
 from planner.search.rules import RULES, check, first_failure
 from planner.spec.spec import load_spec, spec_from_dict
 
@@ -63,8 +63,11 @@ def test_candidate_batch_round_trips_plans():
 def test_search_ranks_by_step_time_and_counts_everything():
     spec = SPECS["7b-64xA100"]
     result = search(spec)
-    steps = [e.step_time_s for e in result.feasible[:50]]
-    assert steps == sorted(steps)
+    # ranked by step time, a tight plan counted TIGHT_SLACK slower (a comfortable one wins ties
+    # within a few per cent)
+    keys = [round(e.step_time_s * (1 + TIGHT_SLACK * (e.verdict == "tight")), 9)
+            for e in result.feasible[:50]]
+    assert keys == sorted(keys)
     assert result.evaluated == len(result.feasible) + len(result.rejected)
     assert sum(result.by_reason.values()) == len(result.rejected)
     assert set(result.examples) == set(result.by_reason)
