@@ -130,9 +130,17 @@ def block_input_bytes(m: ModelSpec, plan: Plan) -> float:
     return d.e * d.s * d.b * d.h * d.r
 
 
-def stored_per_block_bytes(m: ModelSpec, plan: Plan) -> float:
-    return where(plan.is_recompute(Recompute.FULL), block_input_bytes(m, plan),
-                 block_saved_bytes(m, plan))
+def stored_per_block_bytes(m: ModelSpec, plan: Plan, cpu_checkpointing: bool = False) -> float:
+    """What one block keeps on the GPU between its forward and backward: everything it saves,
+    or under full recompute its input (in host memory instead with CPU checkpointing)."""
+    checkpoint = 0.0 if cpu_checkpointing else block_input_bytes(m, plan)
+    return where(plan.is_recompute(Recompute.FULL), checkpoint, block_saved_bytes(m, plan))
+
+
+def host_checkpoint_bytes(m: ModelSpec, plan: Plan, cpu_checkpointing: bool) -> float:
+    """Host memory per block for CPU checkpointing under full recompute: its input."""
+    return where(plan.is_recompute(Recompute.FULL) & cpu_checkpointing,
+                 block_input_bytes(m, plan), 0.0)
 
 
 def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
@@ -142,6 +150,11 @@ def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
     d = _dims(m, plan)
     grads = d.e * d.s * d.b * (d.h + (4 if m.activation is Activation.SWIGLU else 2) * d.f)
     return grads + where(plan.is_recompute(Recompute.FULL), block_saved_bytes(m, plan), 0.0)
+
+
+def cpu_checkpoint_transient_bytes(m: ModelSpec, plan: Plan, cpu_checkpointing: bool) -> float:
+    """With CPU checkpointing, the block being recomputed has its input back on the GPU."""
+    return host_checkpoint_bytes(m, plan, cpu_checkpointing)
 
 
 def head_saved_bytes(m: ModelSpec, plan: Plan) -> float:

@@ -193,6 +193,11 @@ class RuntimeSpec(_Frozen):
         1.0e9, description="DeepSpeedCPUAdam throughput per GPU's share of the host")
     torch_adam: bool = Field(False, description="PyTorch's foreach AdamW instead of DeepSpeed's "
                              "fused kernel (adds a 4-byte/param temporary in the step)")
+    cpu_checkpointing: bool = Field(
+        False, description="DeepSpeed activation_checkpointing.cpu_checkpointing (with "
+                           "partition_activations): under full recompute each block's "
+                           "checkpointed input lives in host memory and crosses PCIe twice a "
+                           "step; the GPU holds only the block being recomputed")
 
 
 # ---------------------------------------------------------------------------------------- spec

@@ -85,6 +85,16 @@ def _zero(par: dict[str, Any]) -> int:
     return stage
 
 
+def _cpu_checkpointing(par: dict[str, Any]) -> bool:
+    """DeepSpeed's activation checkpoints in host memory, when the run says so."""
+    return "offloaded to CPU" in str(par.get("activation_recompute") or "")
+
+
+def _offload(framework: str) -> Offload:
+    """ZeRO-Offload of the optimizer states, when the framework line says so."""
+    return Offload.OPTIMIZER_CPU if "with CPU offload" in framework else Offload.NONE
+
+
 def _recompute(text: str) -> Recompute:
     for r in (Recompute.SELECTIVE, Recompute.FULL, Recompute.NONE):
         if text.startswith(r.value):
@@ -114,6 +124,7 @@ def published_run(entry: dict[str, Any]) -> PublishedRun:
                     "inter_node": {"nics_per_node": 8, "nic_gbit": node_gbit / 8}},
         "training": {"tokens": 1e12, "global_batch_sequences": gbs},
         "runtime": {"overlap_comm": _overlap(entry, framework),
+                    "cpu_checkpointing": _cpu_checkpointing(par),
                     "zero3_gather_granularity": _granularity(entry, framework),
                     "virtual_stages": par.get("interleaved_virtual_stages") or 1},
     })
@@ -122,7 +133,7 @@ def published_run(entry: dict[str, Any]) -> PublishedRun:
                 zero=ZeroStage(_zero(par)), precision=precision, micro_batch=mb,
                 grad_accum=max(1, gbs // (dp * mb)),
                 recompute=_recompute(par.get("activation_recompute") or "none"),
-                offload=Offload.NONE, sequence_parallel=bool(par.get("sequence_parallel")))
+                offload=_offload(framework), sequence_parallel=bool(par.get("sequence_parallel")))
     measured = entry["measured"].get("tokens_per_sec_per_gpu") \
         or entry.get("derived", {}).get("tokens_per_sec_per_gpu")
     return PublishedRun(entry["id"], spec, plan, float(measured), framework,

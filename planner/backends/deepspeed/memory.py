@@ -207,7 +207,8 @@ def _state(spec: Spec, plan: AnyPlan, stage: Stage) -> _StageState:
                 cublas_workspace=cublas_workspace_bytes(spec), stage=stage.index)
     resident_buffers = where(_is(wrapper(plan), Wrapper.ZERO3), ipg_bucket_bytes(plan, rt), 0.0) \
         + offload_gpu_buffer_bytes(plan, stats.largest) + pipeline_buffer_bytes(spec, plan, stage)
-    stored = stage.n_layers * act.stored_per_block_bytes(m, plan) * stage.in_flight
+    stored = stage.n_layers * act.stored_per_block_bytes(m, plan, rt.cpu_checkpointing) \
+        * stage.in_flight
     return _StageState(n, stats, base, resident_gradient_bytes(plan, n),
                        accumulated_gradient_bytes(plan, n), resident_buffers, stored)
 
@@ -232,6 +233,13 @@ def _hook_buffers(plan: AnyPlan, rt: RuntimeSpec, st: _StageState):
                  st.resident_buffers + ipg_bucket_bytes(plan, rt))
 
 
+def _backward_transient(spec: Spec, plan: AnyPlan):
+    """One block's backward, with its checkpoint back from the host under CPU checkpointing."""
+    m, rt = spec.model, spec.runtime
+    return act.block_backward_transient_bytes(m, plan) \
+        + act.cpu_checkpoint_transient_bytes(m, plan, rt.cpu_checkpointing)
+
+
 def last_block_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageState):
     """Backward through the last block; without ZeRO an untied head's gradient exists already."""
     m = spec.model
@@ -242,7 +250,7 @@ def last_block_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageState):
                                                 Wrapper.FP16_OPTIMIZER),
                            plan.grad_bytes * ld.vocab * ld.d_model, 0.0)
     return MemoryBreakdown(**st.base, gradients=st.resident_grads + st.carried + head_grads,
-                           activations=st.stored + act.block_backward_transient_bytes(m, plan),
+                           activations=st.stored + _backward_transient(spec, plan),
                            deepspeed_buffers=_hook_buffers(plan, spec.runtime, st),
                            moment="backward through the last block")
 
@@ -259,12 +267,13 @@ def first_flush_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageState)
     per_block = layer_params(m).per_rank(plan.tp)
     head = st.n - stage.n_layers * per_block
     done = np.minimum(stage.n_layers, -(-np.maximum(0, rt.reduce_bucket_size - head) // per_block))
-    alive = (stage.n_layers - done) * act.stored_per_block_bytes(m, plan) * stage.in_flight
+    alive = (stage.n_layers - done) * act.stored_per_block_bytes(m, plan, rt.cpu_checkpointing) \
+        * stage.in_flight
     partition = where(plan.zero == ZeroStage.GRADIENTS,
                       plan.grad_bytes * rt.reduce_bucket_size / plan.dp, 0.0)
     moment = MemoryBreakdown(
         **st.base, gradients=st.resident_grads + st.carried + partition,
-        activations=alive + act.block_backward_transient_bytes(m, plan),
+        activations=alive + _backward_transient(spec, plan),
         deepspeed_buffers=_hook_buffers(plan, rt, st) + flush_copy_bytes(plan, st.n, rt),
         moment="first gradient-bucket reduction in backward")
     return moment, applies
@@ -319,4 +328,10 @@ def host_offload_bytes(spec: Spec, plan: AnyPlan):
         + where((plan.zero < ZeroStage.PARAMETERS) & (plan.grad_accum > 1), plan.grad_bytes, 0) \
         + where(plan.params_off_gpu, plan.param_bytes, 0) \
         - where(plan.uses_nvme, 8.0, 0)  # NVMe: the Adam states swap through pinned buffers
-    return where(plan.optimizer_off_gpu, per_param * n / plan.dp, 0.0)
+    checkpoints = 0.0
+    if spec.runtime.cpu_checkpointing:  # the full-recompute checkpoints of every block in flight
+        held = 0
+        for stage in stages_to_check(spec.model, plan.pp, plan.grad_accum):
+            held = np.maximum(held, stage.n_layers * stage.in_flight)
+        checkpoints = held * act.host_checkpoint_bytes(spec.model, plan, True)
+    return where(plan.optimizer_off_gpu, per_param * n / plan.dp, 0.0) + checkpoints

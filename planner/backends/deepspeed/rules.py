@@ -3,7 +3,7 @@ project's executor cannot run with DeepSpeed yet.  Same form as planner/search/r
 from __future__ import annotations
 
 from planner.plan.rule import Rule
-from planner.spec.units import Optimizer, ZeroStage
+from planner.spec.units import Optimizer, Recompute, ZeroStage
 
 CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
 
@@ -54,6 +54,15 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-#: what this project's DeepSpeed executor (executor/) cannot run yet: nothing today; a layout it
-#: cannot build goes here, as a Rule, so the search never ranks it for --execute
-EXECUTOR_RULES: tuple[Rule, ...] = ()
+def _cpu_checkpointing(spec, p):
+    return spec.runtime.cpu_checkpointing & p.is_recompute(Recompute.FULL)
+
+
+#: what this project's DeepSpeed executor (executor/) cannot run yet, as Rules, so the search
+#: never ranks it for --execute: its full recompute is torch.utils.checkpoint, whose
+#: checkpoints stay on the GPU (DeepSpeed's cpu_checkpointing needs its own checkpointing API)
+EXECUTOR_RULES: tuple[Rule, ...] = (
+    Rule("cpu checkpointing", _cpu_checkpointing, lambda s, p: (
+        "runtime.cpu_checkpointing: the executor's full recompute keeps its checkpoints on the "
+        "GPU (torch.utils.checkpoint)")),
+)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from planner.backends.deepspeed.memory import MEMORY_OPT_ALLREDUCE_SIZE, Wrapper, wrapper
-from planner.model.shape import Stage, stage_params, tensor_stats
+from planner.model.activations import host_checkpoint_bytes
+from planner.model.shape import Stage, stage_params, stages_to_check, tensor_stats
 from planner.network import collectives as coll
 from planner.network.topology import group_link
 from planner.plan.strategy import Plan, where
@@ -95,5 +96,19 @@ def offload_seconds(spec: Spec, plan: Plan, n):
     local = n / plan.dp
     pcie = spec.cluster.gpu.pcie_gbps * 1e9
     transfer = local * (FP32_BYTES + plan.param_bytes) / pcie
-    return where(plan.optimizer_off_gpu, transfer + local / spec.runtime.host_adam_params_per_s,
-                 0.0)
+    optimizer = where(plan.optimizer_off_gpu,
+                      transfer + local / spec.runtime.host_adam_params_per_s, 0.0)
+    return optimizer + checkpoint_transfer_seconds(spec, plan)
+
+
+def checkpoint_transfer_seconds(spec: Spec, plan: Plan):
+    """CPU checkpointing: every block's checkpoint goes down in forward and back in backward,
+    each micro-batch, over PCIe (counted unoverlapped: DeepSpeed copies them on the compute
+    stream)."""
+    if not spec.runtime.cpu_checkpointing:
+        return 0.0
+    layers = 0
+    for stage in stages_to_check(spec.model, plan.pp, plan.grad_accum):
+        layers = np.maximum(layers, stage.n_layers)
+    per_block = host_checkpoint_bytes(spec.model, plan, True)
+    return 2 * layers * plan.grad_accum * per_block / (spec.cluster.gpu.pcie_gbps * 1e9)
