@@ -1,6 +1,8 @@
 """Regenerate the worked examples the docs quote from the planner's own output:
 
     python docs/regenerate.py          # rewrites the example in docs/json-report.md
+    python docs/regenerate.py --commands   # every ``` block that starts with "$ plan ...": rerun it
+                                       # and keep as many lines as the block shows
     python docs/regenerate.py --lab runs/scaling_tinystories
                                        # docs/scaling-lab.md's results and docs/lab/*.png from a
                                        # finished lab (plan specs/scaling_tinystories.yaml --execute)
@@ -107,7 +109,38 @@ def regenerate_lab(lab_dir: Path) -> None:
           f"{out.relative_to(ROOT)}/")
 
 
+COMMAND_BLOCK = re.compile(r"```\n\$ (plan [^\n]*)\n(.*?)```", re.S)
+
+
+def regenerate_commands() -> None:
+    """Rerun the `plan` command of every example block and keep the block's length (a block that
+    shows the head of a long report keeps showing its head); blocks with an elision are left."""
+    import shlex
+    import subprocess
+    plan = str(Path(sys.executable).with_name("plan"))
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+
+        def rerun(m):
+            command, old = m.group(1), m.group(2)
+            if "\n...\n" in "\n" + old or "…" in old:
+                print(f"  {doc.name}: left as written (elided): $ {command}")
+                return m.group(0)
+            argv = [plan, *shlex.split(command)[1:]]
+            out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True).stdout
+            keep = out.splitlines()[:len(old.splitlines())]
+            return "```\n$ " + command + "\n" + "\n".join(keep) + "\n```"
+
+        new, n = COMMAND_BLOCK.subn(rerun, text)
+        if new != text:
+            doc.write_text(new)
+            print(f"rewrote {n} command block(s) in {doc.relative_to(ROOT)}")
+
+
 def main() -> None:
+    if len(sys.argv) == 2 and sys.argv[1] == "--commands":
+        regenerate_commands()
+        return
     if len(sys.argv) == 3 and sys.argv[1] == "--lab":
         regenerate_lab(Path(sys.argv[2]))
         return

@@ -293,6 +293,11 @@ def _loss_warning(law, c: Candidate):
     return loss_warning(law, c.loss, c.model.vocab_size) if c.feasible else None
 
 
+def _plan_label(e: Estimate) -> str:
+    """A plan's label, marked when it fits only with less fragmentation than assumed."""
+    return e.plan.label + (" (tight)" if e.verdict == "tight" else "")
+
+
 def _candidate_row(c: Candidate, is_pick: bool, law) -> list:
     m, b = c.model, c.best
     shape = f"{m.n_layers} x {m.d_model}"
@@ -300,7 +305,7 @@ def _candidate_row(c: Candidate, is_pick: bool, law) -> list:
         return ["", m.name, shape, f"{c.params / 1e9:.3g}", "", "", "", "", "", c.reason]
     return ["<- pick" if is_pick else "", m.name, shape, f"{c.params / 1e9:.3g}",
             f"{c.tokens:.3g}", f"{c.tokens_per_param:.1f}", f"{c.days:,.1f}", f"{b.mfu:.1%}",
-            f"{c.loss:.4f}" + (" !" if _loss_warning(law, c) else ""), b.plan.label]
+            f"{c.loss:.4f}" + (" !" if _loss_warning(law, c) else ""), _plan_label(b)]
 
 
 def budget_text(result: BudgetResult, source: str = "") -> str:
@@ -338,7 +343,7 @@ def budget_text(result: BudgetResult, source: str = "") -> str:
         f"pick     {pick.model.name}: {pick.params / 1e9:.3g}B parameters, "
         f"{pick.tokens:.3g} tokens ({pick.tokens_per_param:.1f}/param), predicted loss "
         f"{pick.loss:.4f}; "
-        f"{pick.days:,.1f} days at MFU {pick.best.mfu:.1%} with {pick.best.plan.label}",
+        f"{pick.days:,.1f} days at MFU {pick.best.mfu:.1%} with {_plan_label(pick.best)}",
         f"         the law's compute-optimal split of the pick's 6ND = {opt.flops:.3g} FLOPs: "
         f"{opt.params / 1e9:.3g}B parameters x {opt.tokens:.3g} tokens "
         f"({opt.tokens_per_param:.1f}/param); the family's sizes are discrete",
@@ -389,7 +394,7 @@ def sweep_text(rows: list[SweepRow], path: str) -> str:
         table.append([r.value, *model, f"{b.step_time_s:.3g}", f"{b.tokens_per_s:,.0f}",
                       f"{b.mfu:.1%}", "" if r.days is None else f"{r.days:,.1f}",
                       f"{r.peak_gib:.1f}", "" if r.loss is None else f"{r.loss:.4f}",
-                      b.plan.label])
+                      _plan_label(b)])
     headers = [path, *(["pick"] if picked else []), "step s", "tokens/s", "MFU", "days",
                "peak GiB", "loss", "best plan / why not"]
     return tabulate(table, headers=headers, maxcolwidths=[None] * (len(headers) - 1) + [80],
@@ -451,7 +456,7 @@ def lab_text(grid: LabGrid, source: str = "") -> str:
     rows = [[p.level, f"{p.flops:.3g}", p.model.name, f"{p.model.n_layers} x {p.model.d_model}",
              count(p.params), count(p.tokens), f"{p.tokens / p.params:.1f}",
              f"{p.steps:,}", f"{lab_learning_rate(lab, p.model):.2g}",
-             p.best.plan.label if p.best else p.reason, duration(p.seconds)]
+             _plan_label(p.best) if p.best else p.reason, duration(p.seconds)]
             for p in grid.points]
     lines.append(tabulate(rows, headers=["level", "C (6ND)", "model", "layers x d", "N",
                                          "D tokens", "D/N", "steps", "peak lr",
