@@ -258,12 +258,14 @@ def _measured_runs(sources: tuple[str, ...]) -> list:
 
 class _PlanGroup(click.Group):
     """`plan SPEC ...` runs the planner; `plan calibrate RUN...` the calibration: a first word
-    that names no subcommand goes to `plan`."""
+    that names no other subcommand goes to the planner, under the program's own name (so its
+    usage and errors read `plan SPEC`)."""
 
-    def parse_args(self, ctx, args):
-        if not args or args[0] not in self.commands:
-            args = ["plan", *args]
-        return super().parse_args(ctx, args)
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        if args and args[0] in self.commands and args[0] != "plan":
+            return super().main(args, prog_name, **extra)
+        return plan_command.main(args, prog_name or "plan", **extra)
 
 
 main = _PlanGroup(name="plan", commands=[plan_command, calibrate_command], add_help_option=False)
