@@ -114,6 +114,8 @@ class ProfileRef(_Frozen):
     constants: dict[str, float] = Field(default_factory=dict, description="the values applied")
     kept: tuple[str, ...] = Field((), description="constants the spec sets itself (they win)")
     gpu: str = ""
+    gpu_figures: dict = Field(default_factory=dict, description="peaks and bandwidths it was "
+                              "fitted against")
     runs: int = 0
     residual_before: Optional[float] = None
     residual_after: Optional[float] = None
@@ -136,6 +138,13 @@ class ClusterSpec(_Frozen):
         if p is not None and p.gpu and p.gpu != self.gpu.name:
             raise ValueError(f"profile: {p.file} was fitted on {p.gpu}; this cluster's GPU is "
                              f"{self.gpu.name} (calibrate on runs of this GPU)")
+        if p is not None and p.gpu_figures:
+            from planner.spec.profile import gpu_figures
+            mine = gpu_figures(self.gpu)
+            if mine != p.gpu_figures:
+                raise ValueError(f"profile: {p.file} was fitted with {p.gpu} stated as "
+                                 f"{p.gpu_figures}; this spec states {mine}: its efficiencies "
+                                 f"are fractions of other peaks (calibrate with these)")
         return self
 
     @model_validator(mode="before")

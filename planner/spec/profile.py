@@ -9,7 +9,7 @@ silently overridden).  The fitting is planner/validate/calibrate.py.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,13 @@ class Profile:
     residual_after: float = float("nan")  #: and after
     fitted_on: tuple[str, ...] = ()
     source: str = ""
+    #: the GPU's stated figures the efficiencies are fractions of (peak TFLOP/s per dtype, HBM
+    #: and PCIe GB/s): a spec stating other figures for a GPU of the same name cannot reuse them
+    gpu_figures: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"gpu": self.gpu, "constants": dict(self.constants), "runs": self.runs,
+        return {"gpu": self.gpu, "gpu_figures": dict(self.gpu_figures),
+                "constants": dict(self.constants), "runs": self.runs,
                 "residual_before": self.residual_before, "residual_after": self.residual_after,
                 "fitted_on": list(self.fitted_on), "source": self.source}
 
@@ -83,7 +87,8 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
                    residual_before=float(data.get("residual_before", float("nan"))),
                    residual_after=float(data.get("residual_after", float("nan"))),
                    fitted_on=tuple(data.get("fitted_on") or ()),
-                   source=str(data.get("source") or ""))
+                   source=str(data.get("source") or ""),
+                   gpu_figures=dict(data.get("gpu_figures") or {}))
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -127,8 +132,14 @@ def merge_profile(data: dict, profile: Profile) -> tuple[dict, list[str]]:
 
 
 __all__ = ["CONSTANTS", "Constant", "Profile", "load_profile", "save_profile", "merge_profile",
-           "with_constants", "constant_value",
+           "with_constants", "constant_value", "gpu_figures",
            "profile_from_dict"]
+
+
+def gpu_figures(gpu) -> dict:
+    """What a GPU's efficiencies are fractions of: its stated peaks and bandwidths."""
+    return {"peak_tflops": dict(gpu.peak_tflops), "hbm_gbps": gpu.hbm_gbps,
+            "pcie_gbps": gpu.pcie_gbps}
 
 
 def with_constants(spec, values: dict[str, float]):

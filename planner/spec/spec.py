@@ -232,7 +232,8 @@ class Spec(_Frozen):
         data["cluster"]["profile"] = {
             "file": path, "constants": {k: v for k, v in profile.constants.items()
                                         if k not in kept},
-            "kept": tuple(kept), "gpu": profile.gpu, "runs": profile.runs,
+            "kept": tuple(kept), "gpu": profile.gpu, "gpu_figures": profile.gpu_figures,
+            "runs": profile.runs,
             "residual_before": _finite(profile.residual_before),
             "residual_after": _finite(profile.residual_after)}
         return data

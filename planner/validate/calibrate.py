@@ -15,6 +15,7 @@ reserved / allocated - 1 over the runs that record both.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -23,7 +24,8 @@ import numpy as np
 
 from planner.estimate.timing import step_time
 from planner.plan.strategy import Plan
-from planner.spec.profile import CONSTANTS, Profile, constant_value, with_constants
+from planner.spec.profile import (CONSTANTS, Profile, constant_value, gpu_figures,
+                                  with_constants)
 from planner.spec.catalog import find_gpu
 from planner.spec.cluster import EfficiencySpec
 from planner.spec.spec import RuntimeSpec, Spec
@@ -237,9 +239,10 @@ def calibrate(runs: Sequence[MeasuredRun], constants: Optional[Sequence[str]] = 
     if not runs:
         raise ValueError("no measured runs to calibrate on")
     gpus = sorted({r.spec.cluster.gpu.name for r in runs})
-    if len(gpus) > 1:
-        raise ValueError(f"the runs were measured on several GPUs ({', '.join(gpus)}): "
-                         f"calibrate each GPU's runs on their own")
+    figures = {json.dumps(gpu_figures(r.spec.cluster.gpu), sort_keys=True) for r in runs}
+    if len(gpus) > 1 or len(figures) > 1:
+        raise ValueError(f"the runs were measured on several GPUs ({', '.join(gpus)}, or one name "
+                         f"with different stated peaks): calibrate each GPU's runs on their own")
     unknown = set(constants or ()) - set(TIME_CONSTANTS)
     if unknown:
         raise ValueError(f"constants: unknown or not a step-time constant: {sorted(unknown)} "
@@ -263,7 +266,7 @@ def calibrate(runs: Sequence[MeasuredRun], constants: Optional[Sequence[str]] = 
     if memory:
         values["allocator_fragmentation"] = float(np.clip(np.median(memory), 0.0, 2.0))
     profile = Profile(
-        values, gpu=gpus[0], runs=len(runs),
+        values, gpu=gpus[0], runs=len(runs), gpu_figures=gpu_figures(runs[0].spec.cluster.gpu),
         residual_before=_rms([math.log(f.before_s / f.measured_s) for f in fits]),
         residual_after=_rms([math.log(f.after_s / f.measured_s) for f in fits]),
         fitted_on=tuple(r.name for r in runs), source=source)

@@ -156,3 +156,26 @@ def test_leave_one_source_out_never_sees_the_held_source():
     # the other A100 sources' predictions did move: they were refitted on the changed runs
     assert any(not math.isclose(after[r.id], before[r.id], rel_tol=1e-6) for r in runs
                if r.source != source and r.spec.cluster.gpu.name.startswith("A100"))
+
+
+def test_a_profile_of_the_same_gpu_name_with_other_stated_peaks_is_refused(tmp_path):
+    """Efficiencies are fractions of the peaks the runs' spec stated: a spec that states other
+    peaks for a GPU of the same name would apply them to the wrong base."""
+    cpu = {"name": "cpu", "memory_gib": 8, "peak_tflops": {"fp32": 0.333}, "hbm_gbps": 20,
+           "intra_node_gbps": 10, "accelerator": "cpu"}
+    spec = spec_from_dict({"model": "tiny-gpt", "cluster": {"gpu": cpu, "gpus_per_node": 1},
+                           "training": {"tokens": 1e6, "global_batch_sequences": 8}})
+    run = MeasuredRun("a", spec, Plan(1, 1, 1, ZeroStage.NONE, Precision.FP32, 8, 1,
+                                      Recompute.NONE), 0.05)
+    save_profile(calibrate([run]).profile, tmp_path / "cpu.yaml")
+    same = {**cpu}
+    other = {**cpu, "peak_tflops": {"fp32": 0.2}}
+    for gpu, ok in ((same, True), (other, False)):
+        data = {"model": "tiny-gpt", "cluster": {"gpu": gpu, "gpus_per_node": 1,
+                                                 "profile": str(tmp_path / "cpu.yaml")},
+                "training": {"tokens": 1e6, "global_batch_sequences": 8}}
+        if ok:
+            assert spec_from_dict(data).cluster.profile.runs == 1
+        else:
+            with pytest.raises(Exception, match="fractions of other peaks"):
+                spec_from_dict(data)
