@@ -193,7 +193,12 @@ def _sweep(spec, sweep_arg: str, as_json: bool) -> bool:
     from planner.capacity.whatif import parse_assignment, parse_value, sweep
     from planner.report import sweep_json, sweep_text
     path, _ = parse_assignment(sweep_arg)
-    values = [parse_value(v.strip()) for v in sweep_arg.partition("=")[2].split(",")]
+    texts = [v.strip() for v in sweep_arg.partition("=")[2].split(",")]
+    if not all(texts):
+        from planner.errors import SpecError
+        raise SpecError(path, f"--sweep {sweep_arg!r}: an empty value (write the values "
+                              f"between commas, e.g. {path}=4,8,16)")
+    values = [parse_value(v) for v in texts]
     rows = sweep(spec, path, values)
     if as_json:
         click.echo(json.dumps(sweep_json(rows, path), indent=2))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
-                      model_validator)
+from pydantic import Field, NonNegativeFloat, PositiveFloat, ValidationError, model_validator
 
 from planner.spec.base import Frozen as _Frozen
+from planner.spec.base import PositiveInt
 from planner.spec.catalog import find_gpu, gpu_catalog, over_entry
 from planner.spec.units import GiB, Precision
 
 LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
 
+#: the largest cluster the search enumerates (2^20 GPUs, ten times today's largest): beyond it the
+#: divisor and candidate enumeration no longer answers interactively
+MAX_WORLD_SIZE = 2**20
 #: what a GPU that is not in the catalog must state
 CUSTOM_GPU_FIELDS = {"memory_gib", "peak_tflops", "hbm_gbps", "intra_node_gbps"}
 
@@ -131,6 +134,14 @@ class ClusterSpec(_Frozen):
     intra_node: IntraNodeSpec = Field(description="defaults to the GPU's usual server link")
     inter_node: InterNodeSpec = InterNodeSpec()
     host_memory_gib: PositiveFloat = Field(1024, description="host RAM per node (offload)")
+
+    @model_validator(mode="after")
+    def _searchable_size(self) -> "ClusterSpec":
+        if self.world_size > MAX_WORLD_SIZE:
+            raise ValueError(f"nodes: {self.nodes:,} nodes x {self.gpus_per_node:,} GPUs = "
+                             f"{self.world_size:,} GPUs; the planner searches clusters of up to "
+                             f"{MAX_WORLD_SIZE:,} GPUs")
+        return self
 
     @model_validator(mode="after")
     def _profile_for_this_gpu(self) -> "ClusterSpec":

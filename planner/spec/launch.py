@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from planner.spec.base import Frozen as _Frozen
+from planner.spec.base import PositiveInt
 
 
 class SlurmSpec(_Frozen):

@@ -6,16 +6,18 @@ resolved here, and derived values (``head_dim``, ``world_size``) are properties.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (Field, NonNegativeFloat, PositiveFloat, PositiveInt, PrivateAttr,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (Field, NonNegativeFloat, PositiveFloat, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
 
 from planner.errors import SpecError
 from planner.spec.base import Frozen as _Frozen
+from planner.spec.base import PositiveInt
 from planner.spec.catalog import PRESET_META_KEYS, find_preset, model_presets, over_entry
 from planner.spec.cluster import (ClusterSpec, EfficiencySpec, GpuSpec,  # noqa: F401 (API)
                                   InterNodeSpec, IntraNodeSpec)
@@ -117,12 +119,19 @@ class ModelSpec(_Frozen):
 
 # -------------------------------------------------------------------------------------- search
 
+#: values one search axis may list (a longer list is a mistake, and its candidates unbounded)
+MAX_AXIS_VALUES = 1024
+
+
 def _as_axis(value: Any) -> Any:
     if value == "auto":
         return value
     if isinstance(value, (list, tuple)):
         if not value:
             raise ValueError("an empty list allows nothing; use 'auto' or list values")
+        if len(value) > MAX_AXIS_VALUES:
+            raise ValueError(f"{len(value):,} values; an axis lists at most {MAX_AXIS_VALUES:,} "
+                             f"(or 'auto')")
         return tuple(value)
     return (value,)
 
@@ -296,10 +305,31 @@ def _best_errors(errors: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+#: the largest integer a spec may hold (past it, arithmetic overflows float64 and numpy)
+MAX_SPEC_INT = 10**15
+
+
+def _check_numbers(data: Any, path: str = "") -> None:
+    """Every number a spec holds is finite and of a size arithmetic can take: ``.inf``, ``nan``,
+    ``1e400`` (YAML reads it as inf) and 400-digit integers are errors naming their field."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(data, (list, tuple)):
+        for v in data:
+            _check_numbers(v, path)
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise SpecError(path, f"{data} is not a finite number")
+    elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_SPEC_INT:
+        raise SpecError(path, f"an integer of {len(str(abs(data)))} digits is larger than any "
+                              f"spec needs (at most {MAX_SPEC_INT:.0e})")
+
+
 def spec_from_dict(data: Any, source: str = "spec") -> Spec:
     """Validate a parsed spec; raise SpecError naming the first bad field."""
     if not isinstance(data, dict):
         raise SpecError("", f"{source}: the top level must be a mapping of sections")
+    _check_numbers(data)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -327,7 +357,19 @@ def spec_to_dict(spec: Spec) -> dict:
 
 class _SpecLoader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, where ``4e6`` is a string; specs are written with YAML 1.2
-    numbers in mind (``tokens: 2e12``, ``global_batch_tokens: 4.194304e6``)."""
+    numbers in mind (``tokens: 2e12``, ``global_batch_tokens: 4.194304e6``).  A key written twice
+    in one mapping, at any depth, is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _SpecLoader.add_implicit_resolver(
@@ -340,13 +382,21 @@ def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError("", f"{path}: no such spec file")
+    raw = path.read_bytes()
     try:
-        data = yaml.load(path.read_text(), Loader=_SpecLoader)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError("", f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                        f"{exc.start}); save the spec as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_SpecLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise SpecError("", f"{path}: invalid YAML{where}: "
                         f"{getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise SpecError("", f"{path}: nested too deeply to be a spec") from None
     return spec_from_dict(_relative_to(data, path.parent), str(path))
 
 

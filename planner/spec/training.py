@@ -7,9 +7,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from planner.spec.base import Frozen as _Frozen
+from planner.spec.base import PositiveInt
 from planner.spec.catalog import find_scaling_law, over_entry, scaling_laws
 from planner.spec.units import Optimizer
 
