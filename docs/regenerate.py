@@ -110,30 +110,40 @@ def regenerate_lab(lab_dir: Path) -> None:
 
 
 COMMAND_BLOCK = re.compile(r"```\n\$ (plan [^\n]*)\n(.*?)```", re.S)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def command_output(command: str) -> str:
+    """What `plan ARGS` prints today (run from the repository root)."""
+    import shlex
+    import subprocess
+    argv = [sys.executable, "-m", "pretrain.cli", *shlex.split(command)[1:]]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True).stdout
+
+
+def command_blocks(doc: Path):
+    """(match, command, lines as written, lines today) of every example block that starts with
+    "$ plan": a block keeps its length (one that shows the head of a long report keeps showing
+    its head); a block with an elision ("...") is skipped."""
+    for m in COMMAND_BLOCK.finditer(doc.read_text()):
+        command, old = m.group(1), m.group(2)
+        if "\n...\n" in "\n" + old or "…" in old:
+            continue
+        written = old.splitlines()
+        yield m, command, written, command_output(command).splitlines()[:len(written)]
 
 
 def regenerate_commands() -> None:
-    """Rerun the `plan` command of every example block and keep the block's length (a block that
-    shows the head of a long report keeps showing its head); blocks with an elision are left."""
-    import shlex
-    import subprocess
-    plan = str(Path(sys.executable).with_name("plan"))
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        text = doc.read_text()
-
-        def rerun(m):
-            command, old = m.group(1), m.group(2)
-            if "\n...\n" in "\n" + old or "…" in old:
-                print(f"  {doc.name}: left as written (elided): $ {command}")
-                return m.group(0)
-            argv = [plan, *shlex.split(command)[1:]]
-            out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True).stdout
-            keep = out.splitlines()[:len(old.splitlines())]
-            return "```\n$ " + command + "\n" + "\n".join(keep) + "\n```"
-
-        new, n = COMMAND_BLOCK.subn(rerun, text)
-        if new != text:
-            doc.write_text(new)
+    """Rerun the `plan` command of every example block (command_blocks) and rewrite it."""
+    for doc in DOCS:
+        text, n = doc.read_text(), 0
+        for m, command, written, today in reversed(list(command_blocks(doc))):
+            if today != written:
+                block = "```\n$ " + command + "\n" + "\n".join(today) + "\n```"
+                text = text[:m.start()] + block + text[m.end():]
+                n += 1
+        if n:
+            doc.write_text(text)
             print(f"rewrote {n} command block(s) in {doc.relative_to(ROOT)}")
 
 
