@@ -39,7 +39,7 @@ from planner.search.engine import search, why_infeasible
 from planner.spec.spec import Spec
 
 from .errors import ExecutorError
-from .rundir import RunDir, check_checkpoint, complete_checkpoints
+from .rundir import RunDir, RunOptions, check_checkpoint, complete_checkpoints
 from .run import (DEFAULT_CACHE, ExecuteRequest, current_device, make_options, plan_problem,
                   machine_problem, prepare_run_dir, stream)
 
@@ -108,33 +108,26 @@ def grid_record(runs: list[LabRun]) -> list[dict]:
 def lab_data(spec: Spec, runs: list[LabRun], lab_dir: Path, request: ExecuteRequest,
              cache_dir: Path) -> tuple[dict, tuple]:
     """(what lab.json records, the prepared tokenizer and shards): one corpus and one tokenizer
-    for every point: the tokenizer is trained once and saved in
-    the lab directory.  Generated stories are made numerous enough that the largest point sees
-    each training token once (unless --stories says how many)."""
-    from .data import build_shards, load_corpus
-    from .run import check_vocab
+    for every point, the tokenizer trained once and saved in the lab directory.  Generated
+    stories are made numerous enough that the largest point sees each training token once
+    (unless --stories says how many)."""
+    from .data import build_shards
+    from .run import corpus_tokens
     from .stories import generate_stories
-    from .tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 
-    seed = request.seed if request.seed is not None else 1234
+    options = RunOptions(**{k: v for k, v in dict(
+        seed=request.seed, stories=request.stories or MIN_STORIES, data=request.data,
+        tokenizer=request.tokenizer).items() if v is not None})
     needed = max(r.point.tokens for r in runs)
-    stories = request.stories or MIN_STORIES
-    docs = load_corpus(request.data) if request.data else generate_stories(stories, seed)
-    if request.tokenizer is None:
-        tok = train_bpe(docs, spec.model.vocab_size)
-    elif request.tokenizer == "byte":
-        tok = ByteTokenizer()
-    else:
-        tok = load_tokenizer(request.tokenizer)
-    check_vocab(tok.vocab_size, spec)
-    shards = build_shards(docs, tok, cache_dir / "shards")
+    tok, shards, source = corpus_tokens(spec, options, cache_dir)
+    stories = options.stories
     if request.data is None and request.stories is None and shards.tokens("train") < needed:
         stories = math.ceil(stories * DATA_MARGIN * needed / shards.tokens("train"))
-        shards = build_shards(generate_stories(stories, seed), tok, cache_dir / "shards")
+        shards = build_shards(generate_stories(stories, options.seed), tok, cache_dir / "shards",
+                              val_fraction=options.val_fraction)
+        source = f"{stories} generated stories (seed {options.seed})"
     tok.save(lab_dir / "tokenizer")
     train_tokens = shards.tokens("train")
-    source = (f"corpus {request.data}" if request.data else
-              f"{stories} generated stories (seed {seed})")
     info = {"source": source, "stories": None if request.data else stories,
             "train_tokens": train_tokens, "val_tokens": shards.tokens("val"),
             "epochs_of_largest_point": needed / train_tokens}

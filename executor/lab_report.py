@@ -90,6 +90,17 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, ax, out: Path, title: str, legend: bool = False) -> None:
+    """Title, legend, grid; write the PNG and free the figure."""
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def _count_axis(axis) -> None:
     """Log-scale parameter counts labelled 20K, 100K, 1M (no overlapping minor labels)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -129,12 +140,8 @@ def plot_loss_curves(records: list[dict], out: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("compute spent, 6·N·tokens (FLOPs)")
     ax.set_ylabel("eval loss (nats/token)")
-    ax.set_title("training curves, coloured by model size")
     fig.colorbar(mappable, ax=ax, label="parameters N (all)")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, out, "training curves, coloured by model size")
 
 
 def plot_isoflop(points: Sequence[LabPointResult], fit: LabFit, out: Path) -> None:
@@ -160,12 +167,7 @@ def plot_isoflop(points: Sequence[LabPointResult], fit: LabFit, out: Path) -> No
     _count_axis(ax.xaxis)
     ax.set_xlabel("parameters N (all)")
     ax.set_ylabel("final eval loss (nats/token)")
-    ax.set_title("IsoFLOP profiles (approach 2)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, out, "IsoFLOP profiles (approach 2)", legend=True)
 
 
 def plot_frontier(fit: LabFit, out: Path, top: float = 1e24) -> None:
@@ -193,12 +195,8 @@ def plot_frontier(fit: LabFit, out: Path, top: float = 1e24) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("compute C = 6ND (FLOPs)")
     ax.set_ylabel("compute-optimal parameters N_opt")
-    ax.set_title("compute-optimal frontier: the lab beside published laws")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, out, "compute-optimal frontier: the lab beside published laws",
+            legend=True)
 
 
 def plot_residuals(points: Sequence[LabPointResult], fit: LabFit, out: Path) -> None:
@@ -220,11 +218,7 @@ def plot_residuals(points: Sequence[LabPointResult], fit: LabFit, out: Path) -> 
     _count_axis(ax.xaxis)
     ax.set_xlabel("parameters N (all)")
     ax.set_ylabel("measured - fitted loss (nats)")
-    ax.set_title("residuals of the approach-3 fit (in-sample)")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, out, "residuals of the approach-3 fit (in-sample)")
 
 
 def plot_lab(spec: Spec, results: Path, fit: LabFit, out_dir: Path,
