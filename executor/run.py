@@ -200,7 +200,7 @@ def execute(spec: Spec, plan: Plan, run_dir: str | Path,
     if r.resume:
         spec, plan, options = resume_checks(run, spec, plan)
     else:
-        if run.path.exists():
+        if run.path.exists() and not r.dry_run:  # a dry run writes nothing
             raise ExecutorError(f"run directory {run.path} exists; pass --resume or choose another")
         if r.data is not None and not Path(r.data).exists():
             raise ExecutorError(f"data path {r.data} does not exist")

@@ -112,7 +112,7 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
         "feasible": len(result.feasible),
         "best": estimate_json(best, tokens) if best else None,
         "alternatives": [estimate_json(e, tokens) for e in
-                         result.feasible[1:spec.search.top + 1]],
+                         result.feasible[1:spec.search.top]],
         "rejected": {"total": len(result.rejected), "by_reason": dict(result.by_reason.most_common()),
                      "examples": result.examples},
         "nearest_fix": fixes,
@@ -185,7 +185,7 @@ def verdict_line(e: Estimate, spec: Spec) -> str:
 
 def _alternatives_table(result: SearchResult, tokens: float) -> str:
     rows = []
-    for i, e in enumerate(result.feasible[:result.spec.search.top + 1]):
+    for i, e in enumerate(result.feasible[:result.spec.search.top]):
         st = e.time.step
         comm = st.tp_comm + st.pp_comm + st.dp_comm
         label = e.plan.label + (" *" if e.not_executable else "") + (
@@ -241,7 +241,8 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
             f"ranked by predicted time to train",
             f"speed      {best.step_time_s:.3g} s/step, {best.tokens_per_s:,.0f} tokens/s, "
             f"MFU {best.mfu:.1%}; {best.days_to_train(tokens):,.1f} days for {steps:,.0f} steps "
-            f"on {best.plan.world_size} GPUs (ranks placed {best.time.step.placement})",
+            f"on {best.plan.world_size} GPU{'s' if best.plan.world_size != 1 else ''} (ranks "
+            f"placed {best.time.step.placement})",
             *_execute_lines(result),
             f"FLOPs      {best.flops.hardware:.3e} per step (model {best.flops.model:.3e}, "
             f"6ND {best.flops.six_nd:.3e}); {best.flops.hardware * steps:.3e} in total",
@@ -256,7 +257,7 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
             lines.append(f"host RAM for offload: {best.host_bytes_per_node / GiB:.1f} GiB per node "
                          f"of {best.host_capacity_bytes / GiB:.0f}")
         lines += ["", "top plans (seconds per step):", _alternatives_table(result, tokens)]
-        blocked = [e for e in result.feasible[:spec.search.top + 1] if e.not_executable]
+        blocked = [e for e in result.feasible[:spec.search.top] if e.not_executable]
         if blocked:
             lines.append(f"* plan --execute cannot run the plans marked * with "
                          f"{result.backend.name}: "

@@ -14,6 +14,8 @@ from planner.errors import PlannerError
 
 #: problems the user can fix: one line, exit code 1
 USER_ERRORS = (PlannerError, ExecutorError)
+#: what `pip install -e .` leaves out and --execute needs (the executor extra, pyproject.toml)
+EXECUTOR_PACKAGES = {"torch", "deepspeed", "tokenizers", "matplotlib", "tqdm", "ninja"}
 
 
 def _fail(message: str, verbose: bool) -> None:
@@ -35,7 +37,7 @@ def _infeasible_line(result, fixes: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (docs/json-report.md).")
 @click.option("--schema", is_flag=True, help="Print the spec's JSON schema and exit.")
 @click.option("--top", type=click.IntRange(min=1), default=None,
-              help="Alternatives to show (overrides search.top).")
+              help="Plans in the report's table, the best included (overrides search.top).")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
               help="Override a spec field by its dotted path, e.g. cluster.nodes=16 (a YAML "
                    "scalar; null removes the field). Repeatable.")
@@ -100,6 +102,14 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
     except USER_ERRORS as exc:
         _fail(str(exc), verbose)
         return
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in EXECUTOR_PACKAGES:
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose)", verbose)
+            return
+        _fail(f"--execute needs the executor's packages ({exc.name} is missing): pip install "
+              f"torch==2.13.0, then pip install --no-build-isolation deepspeed, then pip install "
+              f"-e '.[executor]' (README, the test command)", verbose)
+        return
     except Exception as exc:  # an internal error still gets one line unless --verbose
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose)", verbose)
         return
@@ -114,7 +124,12 @@ def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
     overrides = dict(parse_assignment(text) for text in sets)
     if top is not None:
         overrides["search.top"] = top
-    return edit(spec, overrides) if overrides else spec
+    if not overrides:
+        return spec
+    edited = edit(spec, overrides)
+    if sets and edited.name:  # the spec's own name no longer describes it: say what changed
+        edited = edited.model_copy(update={"name": f"{edited.name}, with {', '.join(sets)}"})
+    return edited
 
 
 def _request(spec_path: str, verbose: bool, options: dict):

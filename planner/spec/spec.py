@@ -150,7 +150,7 @@ class SearchSpec(_Frozen):
     sequence_parallel: Union[Literal["auto"], tuple[bool, ...]] = (False,)
     memory_headroom: float = Field(0.0, ge=0, lt=0.9,
                                    description="fraction of GPU memory kept free")
-    top: PositiveInt = Field(5, description="alternatives shown in the report")
+    top: PositiveInt = Field(5, description="plans in the report's table, the best included")
 
     @field_validator("dp", "tp", "pp", "zero", "precision", "micro_batch", "recompute",
                      "offload", "sequence_parallel", mode="before")

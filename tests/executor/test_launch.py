@@ -189,6 +189,15 @@ def test_a_gpu_spec_is_not_trained_on_this_cpu(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_dry_run_after_a_run_shows_the_launch(tmp_path, capsys):
+    """A dry run writes nothing, so an existing run directory does not stop it (the README's
+    order: train, then look at the launch)."""
+    (tmp_path / "run").mkdir()
+    assert execute(spec(per_node=2), plan(), tmp_path / "run", ExecuteRequest(dry_run=True)) == 0
+    assert "torch.distributed.run" in capsys.readouterr().out
+    assert list((tmp_path / "run").iterdir()) == []
+
+
 def test_own_script_trains_with_the_plans_config(tmp_path):
     """examples/own_training_script.py launched by execute() on 2 CPU processes: it reads the
     DeepSpeed config and plan the executor wrote, and DeepSpeed runs it with the plan's ZeRO

@@ -198,3 +198,38 @@ def test_real_command(tmp_path, command):
     assert bad.returncode == 1
     assert bad.stdout == ""
     assert bad.stderr == "error: model.n_layer: unknown key\n"
+
+
+def test_top_n_shows_n_plans_and_the_json_n_minus_one_alternatives():
+    out = CliRunner().invoke(main, ["specs/7b_on_64xA100.yaml", "--top", "3"])
+    table = out.stdout.split("top plans (seconds per step):")[1].split("\n\n")[0]
+    rows = [line for line in table.splitlines()[3:] if line.strip()]
+    assert [r.split()[0] for r in rows] == ["1", "2", "3"]
+    report = json.loads(CliRunner().invoke(main, ["specs/7b_on_64xA100.yaml", "--top", "3",
+                                                  "--json"]).stdout)
+    assert len(report["alternatives"]) == 2
+
+
+def test_the_header_says_what_set_changed():
+    out = CliRunner().invoke(main, ["specs/7b_on_64xA100.yaml", "--set", "cluster.nodes=16"])
+    assert out.stdout.splitlines()[0].endswith(
+        "(llama2-7b on 64 x A100-80GB, with cluster.nodes=16)")
+    assert "on 128 GPUs" in out.stdout
+
+
+def test_one_gpu_is_not_plural():
+    out = CliRunner().invoke(main, ["specs/1.1b_on_1xH200.yaml"])
+    assert "on 1 GPU (ranks placed" in out.stdout
+
+
+def test_execute_without_the_executor_packages_says_what_to_install(monkeypatch):
+    import executor.run
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'tokenizers'", name="tokenizers")
+    monkeypatch.setattr(executor.run, "execute", missing)
+    out = CliRunner().invoke(main, ["specs/tiny_cpu.yaml", "--execute"])
+    assert out.exit_code == 1
+    assert out.stderr.startswith("error: --execute needs the executor's packages (tokenizers is "
+                                 "missing): pip install torch==2.13.0")
+    assert "internal error" not in out.stderr
