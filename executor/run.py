@@ -336,7 +336,8 @@ def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool =
     if bar is not None:
         bar.close()
     for message in errors:
-        print(f"error: {message}", file=sys.stderr)
+        where = f"; the full log is {run.log}" if rc != 0 else ""
+        print(f"error: {message}{where}", file=sys.stderr)
     if rc != 0 and not errors:
         sys.stderr.write("".join(tail))
         print(f"error: training exited with code {rc}; the full log is {run.log}", file=sys.stderr)

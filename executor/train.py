@@ -453,8 +453,32 @@ def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def die_with_parent() -> None:
+    """torchrun starts every rank in a session of its own, so a scheduler that kills the job's
+    process group (SIGTERM or SIGKILL to `plan --execute` and torchrun) would leave the ranks
+    training and writing: ask Linux to send this rank SIGTERM when its parent dies
+    (prctl PR_SET_PDEATHSIG), and leave at once if it is already gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(EXIT_CRASH)
+
+
+def report_crash(exc: BaseException) -> None:
+    """The rank's own one-line reason, as an event the parent prints (the traceback stays in
+    the log)."""
+    reason = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0][:500]
+    rank = os.environ.get("RANK", "0")
+    emit("error", {"message": f"rank {rank}: {reason}", "exit_code": EXIT_CRASH})
+
+
 def main(argv: Optional[Iterable[str]] = None) -> None:
     args = parse_args(argv)
+    die_with_parent()
     rc = EXIT_CRASH
     try:
         import deepspeed
@@ -472,8 +496,9 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
             rc = train(run, resume=resume, max_steps=args.max_steps)
             if rc != EXIT_OK:
                 break
-    except Exception:  # a rank that dies must say why, then leave without hanging the others
+    except Exception as exc:  # a rank that dies must say why, then leave without hanging others
         traceback.print_exc()
+        report_crash(exc)
         rc = EXIT_CRASH
     sys.stdout.flush()
     sys.stderr.flush()
