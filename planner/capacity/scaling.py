@@ -29,6 +29,21 @@ from planner.model.shape import ParamCounts, param_counts
 from planner.spec.spec import ModelSpec, ScalingLawSpec, Spec
 
 SIX = 6.0  #: FLOPs per parameter per token, forward + backward (Kaplan et al. 2020)
+#: e^LOG_FLOAT_MAX is near the largest float; a law's answer beyond it is not a number
+LOG_FLOAT_MAX = 700.0
+
+
+def _pow(x: float, exponent: float) -> float:
+    """x^exponent without overflow: a term too large for a float is refused, one too small is 0."""
+    return _bounded_exp(exponent * math.log(x), "the law")
+
+
+def _bounded_exp(log_value: float, law: str) -> float:
+    if log_value > LOG_FLOAT_MAX:
+        from planner.errors import SpecError
+        raise SpecError("training.scaling_law", f"{law} gives e^{log_value:.0f} here, beyond any "
+                        f"number (its exponents are far outside the published laws' range)")
+    return math.exp(log_value)
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,8 @@ class ScalingLaw:
         return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
 
     def loss(self, params: float, tokens: float) -> float:
-        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+        # in log space: a steep fitted exponent makes N^alpha overflow a float, its term ~0
+        return self.E + self.A * _pow(params, -self.alpha) + self.B * _pow(tokens, -self.beta)
 
     @property
     def G(self) -> float:
@@ -88,8 +104,8 @@ class ScalingLaw:
 
     def optimal_tokens(self, params: float) -> float:
         """D*(N): the tokens for which N is the compute-optimal size (module docstring)."""
-        per_six = (params / self.G) ** ((self.alpha + self.beta) / self.beta)
-        return per_six / params
+        log_per_six = (self.alpha + self.beta) / self.beta * math.log(params / self.G)
+        return _bounded_exp(log_per_six - math.log(params), self.name)
 
     def allocation(self, params: float, tokens: float) -> Allocation:
         return Allocation(params, tokens, SIX * params * tokens, self.loss(params, tokens))
@@ -132,7 +148,8 @@ class KaplanLaw:
                 "alpha_D": self.alpha_D}
 
     def loss(self, params: float, tokens: float) -> float:
-        return ((self.N_c / params) ** self.r + self.D_c / tokens) ** self.alpha_D
+        inner = _bounded_exp(self.r * math.log(self.N_c / params), self.name) + self.D_c / tokens
+        return inner ** self.alpha_D
 
     def optimal_params(self, flops: float) -> float:
         return (self.r * self.N_c ** self.r * flops / (SIX * self.D_c)) ** (1 / (self.r + 1))
@@ -144,7 +161,7 @@ class KaplanLaw:
 
     def optimal_tokens(self, params: float) -> float:
         """D*(N): the tokens for which N is the compute-optimal size: D = D_c N^r / (r N_c^r)."""
-        return self.D_c * params ** self.r / (self.r * self.N_c ** self.r)
+        return self.D_c / self.r * _bounded_exp(self.r * math.log(params / self.N_c), self.name)
 
     def allocation(self, params: float, tokens: float) -> Allocation:
         return Allocation(params, tokens, SIX * params * tokens, self.loss(params, tokens))

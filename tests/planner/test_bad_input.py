@@ -40,9 +40,11 @@ def run(tmp_path, text=None, raw=None, args=()):
     (BASE + "search: {micro_batch: [" + ", ".join(str(i) for i in range(1, 3000)) + "]}\n",
      "search.micro_batch: 2,999 values; an axis lists at most 1,024"),
     ("model: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    (BASE.replace("tokens: 2.0e12", "tokens: chinchilla, scaling_law: {E: 1.7, A: 400, B: 400, "
+                  "alpha: 9.0, beta: 0.001}"), "training.scaling_law: custom gives e^"),
 ], ids=["nodes-1e8-float", "nodes-1e8", "gpus-per-node-1e8", "bool", "float", "string",
         "duplicate-in-section", "inf", "1e400", "host-inf", "400-digits", "huge-axis",
-        "deep-nesting"])
+        "deep-nesting", "law-overflow"])
 def test_bad_input_gets_one_line_fast(tmp_path, text, words):
     out, seconds = run(tmp_path, text)
     assert out.exit_code == 1, out.output
