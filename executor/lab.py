@@ -35,7 +35,6 @@ from planner.capacity.labfit import LabFit, LabPointResult, fit_lab, lab_fit_jso
 from planner.capacity.scaling import save_law
 from planner.model.shape import param_counts
 from planner.plan.strategy import Plan
-from planner.search.engine import search, why_infeasible
 from planner.spec.spec import Spec
 
 from .errors import ExecutorError
@@ -79,20 +78,16 @@ def point_dir_name(i: int, p: LabPoint) -> str:
 
 
 def lab_runs(spec: Spec, grid: LabGrid, lab_dir: Path) -> list[LabRun]:
-    """Every point with the best plan the executor can run on the spec's cluster."""
-    out, missing = [], []
-    for i, p in enumerate(grid.points):
-        pspec = point_spec(spec, p.model, p.tokens)
-        result = search(pspec, executable=True)
-        if result.best is None:
-            missing.append(f"{p.model.name} at {p.flops:.3g} FLOPs: {why_infeasible(result)}")
-            continue
-        out.append(LabRun(i, p, pspec, result.best.plan, RunDir(lab_dir / "points" /
-                                                               point_dir_name(i, p))))
+    """Every point with its plan: the grid's best plan on the spec's cluster, which the grid
+    already ranked among those the executor can run."""
+    missing = [f"{p.model.name} at {p.flops:.3g} FLOPs: {p.reason}" for p in grid.points
+               if p.best is None]
     if missing:
         raise ExecutorError(f"training.lab: {len(missing)} point(s) have no plan the executor "
                             f"can run: {'; '.join(missing)}")
-    return out
+    return [LabRun(i, p, point_spec(spec, p.model, p.tokens), p.best.plan,
+                   RunDir(lab_dir / "points" / point_dir_name(i, p)))
+            for i, p in enumerate(grid.points)]
 
 
 def grid_record(runs: list[LabRun]) -> list[dict]:

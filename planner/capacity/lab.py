@@ -119,7 +119,8 @@ def level_shapes(spec: Spec, flops: float) -> list[tuple[int, ModelSpec]]:
 def _point(spec: Spec, level: int, flops: float, n: int, model: ModelSpec) -> LabPoint:
     tokens = flops / SIX / n
     steps = max(1, math.ceil(tokens / tokens_per_step(model, spec.global_batch_sequences)))
-    result = search(point_spec(spec, model, tokens))
+    # the plan --execute trains: only what the backend's executor can run is ranked
+    result = search(point_spec(spec, model, tokens), executable=True)
     reason = "" if result.best is not None else why_infeasible(result)
     return LabPoint(level, flops, model, n, tokens, steps, result.best, reason)
 
