@@ -33,7 +33,7 @@ CPU = {"name": "cpu", "memory_gib": 8, "peak_tflops": {"fp32": 0.333, "bf16": 0.
        "cublas_workspace_mib": 0, "accelerator": "cpu"}
 #: (layers, d_model, heads): host-bound, in between, compute-bound; the middle one is held out
 SHAPES = {"small": (2, 64, 2), "middle": (2, 192, 3), "large": (4, 384, 6)}
-STEPS = 40
+STEPS = 100
 PLAN = Plan(1, 1, 1, ZeroStage.NONE, Precision.FP32, 16, 1, Recompute.NONE)
 
 
