@@ -26,6 +26,9 @@ from planner.spec.units import OPTIMIZER_STATE_BYTES, Activation, GiB, Offload
 #: widths of the candidates, ~60M to ~800B parameters with a 32k vocabulary
 D_MODEL_LADDER = (512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 7168, 8192,
                   10240, 12288, 14336, 16384, 20480)
+#: widths the pick is refined over between its ladder neighbours: multiples of 256 (heads of 128,
+#: SwiGLU d_ff a multiple of 256)
+FINE_WIDTHS = tuple(range(512, 20480 + 1, 256))
 HEAD_DIM = 128  #: Llama, GPT-3 >= 2.7B, Chinchilla
 #: bytes per parameter of weights + gradients + fp32 master (2 + 2 + 4, or 4 + 4 + 0 in fp32) on
 #: top of the optimizer states: what ZeRO-3 shards over every GPU (Rajbhandari et al. 2020, 3.1)
@@ -104,6 +107,7 @@ class Candidate:
     tokens: float = 0.0  #: what the budget trains (0 when nothing fits)
     loss: Optional[float] = None  #: predicted, nats/token
     reason: str = ""  #: why the candidate cannot train ("" when it can)
+    refined: bool = False  #: a width between the ladder's, searched around the ladder's pick
 
     @property
     def best(self) -> Optional[Estimate]:
@@ -147,7 +151,7 @@ def evaluate(spec: Spec, candidate: Candidate, law: Law) -> Candidate:
     model, n = candidate.model, candidate.params
     states = states_lower_bound_bytes(spec, n)
     usable = usable_bytes(spec)
-    if states > usable and not _offload_allowed(spec):
+    if states > usable and not offload_allowed(spec):
         ws = spec.cluster.world_size
         over = f"sharded over all {ws} GPUs" if ws > 1 else "on its one GPU"
         return replace(candidate, reason=f"model states alone need {states / GiB:,.0f} GiB per "
@@ -163,16 +167,38 @@ def evaluate(spec: Spec, candidate: Candidate, law: Law) -> Candidate:
     return replace(candidate, result=result, tokens=tokens, loss=loss)
 
 
-def _offload_allowed(spec: Spec) -> bool:
+def offload_allowed(spec: Spec) -> bool:
     axis = spec.search.offload
     return axis == "auto" or any(o is not Offload.NONE for o in axis)
 
 
+def _candidate(spec: Spec, law: Law, d_model: int, refined: bool = False) -> Candidate:
+    model = family_shape(spec.model, d_model)
+    return evaluate(spec, Candidate(model, param_counts(model).total, refined=refined), law)
+
+
+def _refine(spec: Spec, law: Law, ladder: list[Candidate]) -> list[Candidate]:
+    """Every width of FINE_WIDTHS strictly between the ladder pick's neighbours: the ladder's
+    steps are up to 25 % in width (~2x in parameters), which the law's loss resolves."""
+    feasible = [c for c in ladder if c.feasible]
+    if not feasible:
+        return []
+    i = ladder.index(min(feasible, key=lambda c: c.loss))
+    lo = ladder[i - 1].model.d_model if i > 0 else 0
+    hi = ladder[i + 1].model.d_model if i + 1 < len(ladder) else FINE_WIDTHS[-1] + 1
+    done = {c.model.d_model for c in ladder}
+    return [_candidate(spec, law, d, refined=True) for d in FINE_WIDTHS
+            if lo < d < hi and d not in done]
+
+
 def plan_budget(spec: Spec) -> BudgetResult:
-    """Every family candidate for the spec's budget, evaluated on its cluster (smallest first)."""
+    """Every family candidate for the spec's budget, evaluated on its cluster (smallest first):
+    the ladder's widths, then the widths of FINE_WIDTHS around the lowest predicted loss.  The
+    one algorithm behind budget mode and ``largest_model`` (planner/capacity/inverse.py)."""
     if spec.training.budget is None:
         raise SpecError("training.budget", "budget mode needs a budget (gpu_hours, days, flops "
                         "or dollars)")
     law = law_of(spec)
-    candidates = [Candidate(m, param_counts(m).total) for m in family_shapes(spec.model)]
-    return BudgetResult(spec, law, [evaluate(spec, c, law) for c in candidates])
+    ladder = [_candidate(spec, law, d) for d in D_MODEL_LADDER]
+    candidates = sorted(ladder + _refine(spec, law, ladder), key=lambda c: c.model.d_model)
+    return BudgetResult(spec, law, candidates)

@@ -22,14 +22,16 @@ from typing import Callable, Optional
 
 import sympy
 
-from planner.capacity.budget import Candidate, evaluate, family_shape
-from planner.capacity.scaling import law_of
+from planner.capacity.budget import FINE_WIDTHS as WIDTHS
+from planner.capacity.budget import (Candidate, evaluate, family_shape, offload_allowed,
+                                     plan_budget, states_lower_bound_bytes)
+from planner.capacity.scaling import law_of, model_flops_per_token, training_tokens
 from planner.capacity.whatif import set_path
 from planner.errors import InfeasibleError, SpecError
-from planner.estimate.predict import Estimate, estimate, usable_bytes
+from planner.estimate.predict import SECONDS_PER_DAY, Estimate, estimate, usable_bytes
 from planner.model.shape import param_counts
 from planner.plan.strategy import Plan
-from planner.search.engine import divisors, search, why_infeasible
+from planner.search.engine import SearchResult, divisors, precisions, search, why_infeasible
 from planner.search.rules import check
 from planner.spec.spec import Spec, spec_from_dict, spec_to_dict
 from planner.spec.units import AttentionKernel, GiB
@@ -240,28 +242,77 @@ def seq_len_values(spec: Spec, multiple_of: int, cap: int) -> list[int]:
     return [d for d in both if d % multiple_of == 0 and d <= cap]
 
 
+def _with_seq_len(written: dict, s: int) -> tuple[Optional[Spec], str]:
+    data = copy.deepcopy(written)
+    set_path(data, "model.seq_len", s)
+    try:
+        return spec_from_dict(data), ""
+    except SpecError as exc:
+        return None, str(exc)
+
+
 def largest_seq_len(spec: Spec, plan: Optional[Plan] = None, multiple_of: int = 128,
                     cap: int = 2**20) -> Answer:
-    """The largest sequence length (a multiple of multiple_of) that fits with the plan's parallel
-    degrees, ZeRO stage, precision, micro-batch and recompute; the global batch keeps its
-    definition (tokens or sequences), so gradient accumulation follows."""
-    plan = _best_plan(spec, plan)
+    """The largest sequence length (a multiple of multiple_of) that trains on the spec's cluster.
+    Without a plan the search re-plans at every length (parallel degrees, ZeRO, micro-batch and
+    recompute all change with it); with one, the plan's choices are held and only gradient
+    accumulation follows (a memory formula, solved with sympy).  The global batch keeps its
+    definition (tokens or sequences)."""
+    values = seq_len_values(spec, multiple_of, cap)
+    if plan is None:
+        return _replanned_seq_len(spec, values, cap)
     written = spec_to_dict(spec)
 
     def build(s: int):
-        data = copy.deepcopy(written)
-        set_path(data, "model.seq_len", s)
-        try:
-            edited = spec_from_dict(data)
-        except SpecError as exc:
-            return None, None, str(exc)
+        edited, why = _with_seq_len(written, s)
+        if edited is None:
+            return None, None, why
         ga = max(1, edited.global_batch_sequences // (plan.dp * plan.micro_batch))
         return edited, replace(plan, grad_accum=ga), ""
 
     degree = 2 if spec.model.attention is AttentionKernel.EAGER else 1
-    values = seq_len_values(spec, multiple_of, cap)
     var = _Variable("seq_len", values, degree, build, f"the largest value considered ({cap})")
     return _solve("largest seq_len", var, usable_bytes(spec))
+
+
+#: lengths above the bisection's answer that are still searched (feasibility need not be
+#: monotone in the length: a length that divides the batch differently can fit again)
+CHECK_ABOVE_REPLANNED = 8
+
+
+def _replanned_seq_len(spec: Spec, values: list[int], cap: int) -> Answer:
+    written = spec_to_dict(spec)
+    results: dict[int, tuple[Optional[SearchResult], str]] = {}
+
+    def run(i: int) -> tuple[Optional[SearchResult], str]:
+        if i not in results:
+            edited, why = _with_seq_len(written, values[i])
+            result = None if edited is None else search(edited)
+            results[i] = (result, why if result is None else (
+                "" if result.best is not None else why_infeasible(result)))
+        return results[i]
+
+    def ok(i: int) -> bool:
+        return not run(i)[1]
+
+    lo, hi = -1, 0
+    while hi < len(values) and ok(hi):
+        lo, hi = hi, 2 * hi + 1
+    hi = min(hi, len(values))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    for i in range(lo + 1, min(lo + 1 + CHECK_ABOVE_REPLANNED, len(values))):
+        if ok(i):
+            lo = i
+    method = "bisection, re-planned at each length"
+    if lo < 0:
+        return Answer("largest seq_len", None, f"seq_len {values[0]}: {run(0)[1]}", method)
+    binding = (f"the largest value considered ({cap})" if lo + 1 >= len(values)
+               else f"seq_len {values[lo + 1]}: {run(lo + 1)[1]}")
+    best = run(lo)[0].best
+    return Answer("largest seq_len", values[lo], binding, method, estimate=best,
+                  label=f"with {best.plan.label}")
 
 
 def _layouts(spec: Spec):
@@ -277,48 +328,184 @@ def _on(spec: Spec, nodes: int, per_node: int) -> Spec:
                                    "search": spec.search.model_copy(update={"dp": "auto"})})
 
 
-def fewest_gpus(spec: Spec, *, executable: bool = False) -> Answer:
+@dataclass(frozen=True)
+class Bounds:
+    """What a run may take besides memory: wall-clock days and money for the spec's tokens."""
+
+    days: Optional[float] = None
+    usd: Optional[float] = None
+
+    def __bool__(self) -> bool:
+        return self.days is not None or self.usd is not None
+
+    def words(self) -> str:
+        parts = ([f"in at most {self.days:g} days"] if self.days is not None else []) + (
+            [f"for at most ${self.usd:,.0f}"] if self.usd is not None else [])
+        return " and ".join(parts)
+
+    def broken(self, spec: Spec, e: Estimate, tokens: float) -> str:
+        """Which bound the plan breaks, with its numbers ("" when it meets them)."""
+        days = e.days_to_train(tokens)
+        if self.days is not None and days > self.days:
+            return (f"time: {days:,.1f} days > {self.days:g} with its fastest plan "
+                    f"({e.plan.label})")
+        if self.usd is not None:
+            cost = e.gpu_hours(tokens) * price_of(spec)
+            if cost > self.usd:
+                return f"cost: ${cost:,.0f} > ${self.usd:,.0f} with {e.plan.label}"
+        return ""
+
+
+def price_of(spec: Spec) -> float:
+    price, _ = spec.cluster.price
+    if price is None:
+        raise SpecError("cluster.price_per_gpu_hour", f"a cost question needs a price: the "
+                        f"catalog has none for {spec.cluster.gpu.name}; set "
+                        f"cluster.price_per_gpu_hour")
+    return price
+
+
+def _tokens_for_bounds(spec: Spec, bounds: Bounds) -> float:
+    tokens = training_tokens(spec)
+    if bounds and tokens is None:
+        raise SpecError("training.tokens", "a time or cost bound needs the tokens to train "
+                        "(training.tokens; budget mode picks them itself)")
+    return tokens or 0.0
+
+
+def fewest_gpus_lower_bound(spec: Spec, bounds: Bounds, tokens: float) -> int:
+    """No fewer GPUs can meet the time bound under the time model: every model FLOP runs on
+    some GPU at no more than its best dtype's peak times its best kernel efficiency (GEMMs,
+    attention), and recomputation, communication and bubbles only add time."""
+    if bounds.days is None:
+        return 1
+    gpu = spec.cluster.gpu
+    peak = max(gpu.peak_tflops.get(p.value, 0.0) for p in precisions(spec)) or max(
+        gpu.peak_tflops.values())
+    best = peak * 1e12 * max(
+        gpu.efficiency.gemm_max, gpu.efficiency.attention_fwd, gpu.efficiency.attention_bwd, 1e-9)
+    flops = model_flops_per_token(spec.model) * tokens
+    return max(1, math.floor(flops / (best * bounds.days * SECONDS_PER_DAY)))
+
+
+def fewest_gpus(spec: Spec, *, executable: bool = False, days: Optional[float] = None,
+                usd: Optional[float] = None) -> Answer:
     """The fewest GPUs (part of one node, else whole nodes) on which the spec's search space has a
-    feasible plan (with ``executable``, one the backend's executor can run): doubling over the
-    node counts that are powers of two (other counts rarely divide the global batch), then
-    bisection between the last probe that failed and the first that fit."""
+    feasible plan (with ``executable``, one the backend's executor can run) that trains the
+    spec's tokens within ``days`` and ``usd`` when given.
+
+    Doubling over the node counts that are powers of two (other counts rarely divide the global
+    batch) brackets the answer, bisection narrows it, and every count below it down to a lower
+    bound is then checked one by one: a fixed global batch makes feasibility and time irregular in
+    the GPU count (a count that does not divide the batch needs tensor or pipeline parallelism),
+    so the first count that works is not found by bisection alone.  The lower bound is memory's
+    (the model states sharded over every GPU must fit) and, with a time bound, the time model's
+    (every FLOP at the GPU's best peak and efficiency)."""
+    bounds = Bounds(days, usd)
+    tokens = _tokens_for_bounds(spec, bounds)
     layouts = list(_layouts(spec))
     results: dict[int, object] = {}
 
-    def ok(i: int) -> bool:
+    def why_not(i: int) -> str:
         if i not in results:
             results[i] = search(_on(spec, *layouts[i]), executable=executable)
-        return results[i].best is not None
+        best = results[i].best
+        if best is None:
+            return why_infeasible(results[i])
+        return bounds.broken(spec, best, tokens) if bounds else ""
 
     probes = [i for i, (nodes, _) in enumerate(layouts) if nodes & (nodes - 1) == 0]
     lo = -1
     for hi in probes:
-        if ok(hi):
+        if not why_not(hi):
             break
         lo = hi
     else:
-        return Answer("fewest GPUs", None, f"nothing fits on up to {MAX_NODES} nodes: "
-                      f"{why_infeasible(results[probes[-1]])}", "bisection")
+        return Answer("fewest GPUs", None, f"nothing fits on up to {MAX_NODES} nodes"
+                      f"{' ' + bounds.words() if bounds else ''}: {why_not(probes[-1])}",
+                      "bisection")
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+        lo, hi = (lo, mid) if not why_not(mid) else (mid, hi)
+    floor = max(fewest_gpus_lower_bound(spec, bounds, tokens),
+                _memory_floor_gpus(spec))
+    below = [i for i in range(hi - 1, -1, -1) if layouts[i][0] * layouts[i][1] >= floor]
+    for i in below[:MAX_CHECKED_BELOW]:
+        if not why_not(i):
+            hi = i
+    method = "bisection, then every count above the lower bound" if len(
+        below) <= MAX_CHECKED_BELOW else f"bisection, then {MAX_CHECKED_BELOW} counts below"
     nodes, per_node = layouts[hi]
-    fewer = 0 if lo < 0 else layouts[lo][0] * layouts[lo][1]
-    binding = ("one GPU is enough" if lo < 0 else
-               f"on {fewer} GPU{'s' if fewer > 1 else ''}: {why_infeasible(results[lo])}")
-    return Answer("fewest GPUs", nodes * per_node, binding, "bisection",
+    binding = "one GPU is enough" if hi == 0 else _gpus_binding(layouts, hi, why_not, results,
+                                                                 bounds)
+    return Answer("fewest GPUs", nodes * per_node, binding, method,
                   estimate=results[hi].best, label=f"{nodes} node(s) x {per_node} GPUs")
 
 
-#: widths tried for the largest model: multiples of 256 (the family rule's heads are 128 wide)
-WIDTHS = tuple(range(512, 20480 + 1, 256))
+def _gpus_binding(layouts, hi: int, why_not, results: dict, bounds: Bounds) -> str:
+    """What rejects the next smaller count; when that is the batch's divisibility and a bound is
+    given, also the nearest smaller count that has a plan and the bound it breaks."""
+    def gpus(i: int) -> int:
+        return layouts[i][0] * layouts[i][1]
+
+    first = f"on {gpus(hi - 1):,} GPU{'s' if gpus(hi - 1) > 1 else ''}: {why_not(hi - 1)}"
+    if not bounds or results[hi - 1].best is not None:
+        return first
+    near = next((i for i in range(hi - 2, -1, -1)
+                 if i in results and results[i].best is not None), None)
+    if near is None:
+        return first
+    return f"{first}; the nearest count below with a plan, {gpus(near):,} GPUs: {why_not(near)}"
+
+
+#: counts checked one by one below the bisection's answer (each is one search, ~10-50 ms)
+MAX_CHECKED_BELOW = 256
+
+
+def _memory_floor_gpus(spec: Spec) -> int:
+    """Fewest GPUs whose memory could hold the model states sharded over all of them (no plan
+    without offload needs less; 1 when offload is allowed)."""
+    if offload_allowed(spec):
+        return 1
+    states = states_lower_bound_bytes(spec, param_counts(spec.model).total)
+    return max(1, math.floor(states * spec.cluster.world_size / usable_bytes(spec)))
 
 
 def largest_model(spec: Spec, tokens_per_param: Optional[float] = None) -> Answer:
-    """The widest family shape (planner/budget.py) that trains its compute-optimal tokens (or
-    tokens_per_param x N) within the spec's budget on its cluster: bisection over widths."""
+    """The model the budget trains best: budget mode's pick (planner/capacity/budget.py, the
+    family shape with the lowest predicted loss when each trains the tokens the budget buys it),
+    so ``plan SPEC --max model`` and budget mode cannot disagree.  With ``tokens_per_param``:
+    the widest shape that trains that many tokens per parameter within the budget (bisection
+    over widths)."""
     if spec.training.budget is None:
         raise SpecError("training.budget", "largest_model needs a budget")
+    if tokens_per_param is not None:
+        return _widest_at_ratio(spec, tokens_per_param)
+    result = plan_budget(spec)
+    pick = result.pick
+    if pick is None:
+        first = result.candidates[0]
+        return Answer("largest model", None, f"{first.model.name}: {first.reason}",
+                      "budget search")
+    wider = [c for c in result.candidates if c.model.d_model > pick.model.d_model]
+    if not wider:
+        binding = f"the widest shape considered (d_model {pick.model.d_model})"
+    elif not wider[0].feasible:
+        binding = f"{wider[0].model.name} ({wider[0].params / 1e9:.3g}B): {wider[0].reason}"
+    else:
+        w = wider[0]
+        binding = (f"the budget: {w.model.name} ({w.params / 1e9:.3g}B) would train "
+                   f"{w.tokens:.3g} tokens ({w.tokens_per_param:.1f}/param) to a predicted "
+                   f"loss of {w.loss:.4f} > {pick.loss:.4f}")
+    m = pick.model
+    return Answer("largest model", pick.params, binding, "budget search (lowest predicted loss)",
+                  estimate=pick.best,
+                  label=f"{m.name}, {m.n_layers} layers x {m.d_model}, {pick.params / 1e9:.3g}B "
+                        f"parameters on {pick.tokens:.3g} tokens, predicted loss "
+                        f"{pick.loss:.4f}")
+
+
+def _widest_at_ratio(spec: Spec, tokens_per_param: float) -> Answer:
     law = law_of(spec)
     probes: dict[int, tuple[Candidate, float]] = {}
 
@@ -326,11 +513,9 @@ def largest_model(spec: Spec, tokens_per_param: Optional[float] = None) -> Answe
         if i not in probes:
             model = family_shape(spec.model, WIDTHS[i])
             counts = param_counts(model)
-            n = law.params(counts)  # the law's own count (Kaplan: non-embedding)
-            need = law.optimal_tokens(n) if tokens_per_param is None else tokens_per_param * n
+            need = tokens_per_param * law.params(counts)
             probes[i] = (evaluate(spec, Candidate(model, counts.total), law), need)
-        c, need = probes[i]
-        return c, need
+        return probes[i]
 
     def ok(i: int) -> bool:
         c, need = probe(i)

@@ -47,6 +47,10 @@ class Estimate:
     def days_to_train(self, tokens: float) -> float:
         return tokens / self.tokens_per_s / SECONDS_PER_DAY
 
+    def gpu_hours(self, tokens: float) -> float:
+        """GPU-hours to train ``tokens``: every GPU of the plan is held for the whole run."""
+        return tokens / self.tokens_per_s / 3600.0 * self.plan.world_size
+
     @property
     def peak_bytes(self) -> float:
         return self.memory.total

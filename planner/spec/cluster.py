@@ -53,6 +53,10 @@ class GpuSpec(_Frozen):
     accelerator: Literal["cuda", "rocm", "cpu"] = Field(
         "cuda", description="what the framework runs on: cuda, rocm, or cpu (a CPU lab: "
                             "DeepSpeed's CPU accelerator over gloo)")
+    price_per_gpu_hour: Optional[PositiveFloat] = Field(
+        None, description="the catalog's indicative on-demand price, US$ per GPU-hour (None: "
+                          "no cited price; set cluster.price_per_gpu_hour)")
+    price_source: str = ""
     source: str = "user supplied"
 
     @model_validator(mode="before")
@@ -134,6 +138,9 @@ class ClusterSpec(_Frozen):
     intra_node: IntraNodeSpec = Field(description="defaults to the GPU's usual server link")
     inter_node: InterNodeSpec = InterNodeSpec()
     host_memory_gib: PositiveFloat = Field(1024, description="host RAM per node (offload)")
+    price_per_gpu_hour: Optional[PositiveFloat] = Field(
+        None, description="what one GPU-hour costs you, US$ (default: the GPU catalog's "
+                          "indicative on-demand price, marked as such in the report)")
 
     @model_validator(mode="after")
     def _searchable_size(self) -> "ClusterSpec":
@@ -173,3 +180,12 @@ class ClusterSpec(_Frozen):
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def price(self) -> tuple[Optional[float], str]:
+        """(US$ per GPU-hour or None, where it comes from): the spec's own, else the catalog's."""
+        if self.price_per_gpu_hour is not None:
+            return self.price_per_gpu_hour, "cluster.price_per_gpu_hour"
+        if self.gpu.price_per_gpu_hour is not None:
+            return self.gpu.price_per_gpu_hour, f"catalog default: {self.gpu.price_source}"
+        return None, ""

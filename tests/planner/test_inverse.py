@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import sympy
 
-from planner.capacity.budget import Candidate, evaluate, family_shape
+from planner.capacity.budget import Candidate, evaluate, family_shape, plan_budget
 from planner.capacity.inverse import (WIDTHS, fewest_gpus, largest_micro_batch, largest_model,
                                       largest_seq_len, seq_len_values)
 from planner.capacity.scaling import law_of
@@ -117,7 +117,7 @@ def test_divisibility_binds_when_memory_would_allow_more():
 
 def test_eager_attention_is_quadratic_in_seq_len():
     spec = SPECS["gpt2-eager"]()
-    answer = largest_seq_len(spec, multiple_of=128, cap=16384)
+    answer = largest_seq_len(spec, search(spec).best.plan, multiple_of=128, cap=16384)
     assert answer.method == "sympy"
     assert sympy.degree(sympy.sympify(answer.expression.removesuffix(" GiB"))) == 2
 
@@ -135,23 +135,79 @@ def test_fewest_gpus_is_the_boundary():
     assert feasible(answer.value) and not feasible(2) and not feasible(1)
 
 
-def test_largest_model_agrees_with_a_scan_of_widths():
+def test_largest_model_is_budget_modes_pick_and_the_lowest_loss_of_a_scan():
+    """One algorithm: --max model answers what budget mode picks, and no width of the fine grid
+    (multiples of 256) up to twice the pick's predicts a lower loss."""
     spec = spec_from_dict({"model": "llama2-7b", "cluster": {"gpu": "H100", "nodes": 1},
                            "training": {"budget": {"days": 7}, "global_batch_tokens": 1048576},
                            "search": {"precision": "bf16"}})
     law = law_of(spec)
     answer = largest_model(spec)
+    pick = plan_budget(spec).pick
+    assert answer.value == pick.params
+    assert answer.binding.startswith("the budget:")
+
+    def loss(d):
+        model = family_shape(spec.model, d)
+        c = evaluate(spec, Candidate(model, param_counts(model).total), law)
+        return c.loss if c.feasible else float("inf")
+
+    scan = {d: loss(d) for d in WIDTHS if d <= 2 * pick.model.d_model}
+    assert min(scan, key=scan.get) == pick.model.d_model
+
+
+def test_largest_model_at_a_fixed_ratio_agrees_with_a_scan_of_widths():
+    spec = spec_from_dict({"model": "llama2-7b", "cluster": {"gpu": "H100", "nodes": 1},
+                           "training": {"budget": {"days": 7}, "global_batch_tokens": 1048576},
+                           "search": {"precision": "bf16"}})
+    law = law_of(spec)
+    answer = largest_model(spec, tokens_per_param=20)
 
     def ok(d):
         model = family_shape(spec.model, d)
         n = param_counts(model).total
         c = evaluate(spec, Candidate(model, n), law)
-        return c.feasible and c.tokens >= law.optimal_tokens(n)
+        return c.feasible and c.tokens >= 20 * law.params(param_counts(model))
 
-    widths = [d for d in WIDTHS if d <= 6144]
-    largest = max(d for d in widths if ok(d))
+    largest = max(d for d in WIDTHS if d <= 6144 and ok(d))
     assert answer.value == param_counts(family_shape(spec.model, largest)).total
     assert answer.binding.startswith("budget:")
+
+
+def test_replanned_seq_len_agrees_with_a_scan():
+    """Without a plan the search re-plans at each length: the answer has a plan, and no length
+    above it up to twice the answer has one."""
+    spec = shipped("1.1b_on_1xH200.yaml")
+    answer = largest_seq_len(spec, multiple_of=1024, cap=2**20)
+    assert answer.method.startswith("bisection, re-planned")
+    values = seq_len_values(spec, 1024, 2**20)
+
+    def feasible(s):
+        return search(edit(spec, {"model.seq_len": s})).best is not None
+
+    assert feasible(answer.value)
+    assert not any(feasible(s) for s in values if answer.value < s <= 2 * answer.value)
+    assert answer.binding.startswith(f"seq_len {values[values.index(answer.value) + 1]}:")
+
+
+def test_fewest_gpus_in_30_days_agrees_with_a_brute_force_sweep():
+    """plan specs/70b_on_512xH100.yaml --min gpus --days 30: every whole-node count below the
+    answer either has no plan or trains 2e12 tokens in more than 30 days."""
+    spec = shipped("70b_on_512xH100.yaml")
+    answer = fewest_gpus(spec, days=30)
+    assert answer.value is not None and answer.estimate.days_to_train(2e12) <= 30
+    nodes = answer.value // 8
+
+    def days(n):
+        on = edit(spec, {"cluster.nodes": n, "search.dp": "auto"})
+        best = search(on).best
+        return None if best is None else best.days_to_train(2e12)
+
+    assert days(nodes) <= 30
+    for n in range(1, nodes):
+        d = days(n)
+        assert d is None or d > 30, n
+    assert "30 days" in answer.binding or "> 30" in answer.binding
 
 
 def test_largest_model_needs_a_budget():
