@@ -21,7 +21,7 @@ LAYERS = (
     ("planner.estimate",),
     ("planner.search",),
     ("planner.capacity", "planner.validate"),
-    ("planner.report", "planner.api", "planner"),
+    ("planner.report", "planner.compare_report", "planner.plots", "planner.api", "planner"),
     ("executor",),
     ("pretrain",),
 )
