@@ -2,6 +2,7 @@
 Nothing here computes an estimate; it only formats."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from tabulate import tabulate
@@ -35,6 +36,58 @@ def _gib(x: float) -> float:
     return round(x / GiB, 3)
 
 
+def decimals(values: list[Optional[float]], sig: int = 3) -> int:
+    """Decimals that give the largest value ``sig`` significant figures."""
+    top = max((abs(v) for v in values if v is not None), default=0.0)
+    if top == 0 or not math.isfinite(top):
+        return 0
+    return max(0, sig - 1 - math.floor(math.log10(top)))
+
+
+def sig(v: Optional[float], figures: int = 3) -> str:
+    """A number at ``figures`` significant figures, never in exponent form (153, 18.0, 2.16,
+    0.00118), with thousands separators; None is blank."""
+    if v is None:
+        return ""
+    return f"{v:,.{decimals([v], figures)}f}"
+
+
+def column(values: list[Optional[float]], sig: int = 3, places: Optional[int] = None) -> list[str]:
+    """A table column at one precision, so that its numbers line up and add up (17.8, 0.8, 0.0
+    rather than 17.8, 0.821, 0.00194): ``places`` decimals, by default those that give its
+    largest value ``sig`` significant figures; None is blank."""
+    places = decimals(values, sig) if places is None else places
+    return ["" if v is None else f"{v:,.{places}f}" for v in values]
+
+
+def money(x: float) -> str:
+    """$1,234; $12.3K; $4.56M: three significant figures above ten thousand dollars."""
+    for suffix, size in (("B", 1e9), ("M", 1e6), ("K", 1e4)):
+        if x >= size:
+            size = 1e3 if suffix == "K" else size
+            return f"${x / size:.3g}{suffix}"
+    return f"${x:,.0f}"
+
+
+def cost(spec: Spec, e: Estimate, tokens: float) -> dict[str, Any]:
+    """GPU-hours and money to train ``tokens`` with this plan; the price's source says whether it
+    is the spec's own or the catalog's default."""
+    price, source = spec.cluster.price
+    hours = e.gpu_hours(tokens)
+    return {"gpu_hours": hours, "price_per_gpu_hour": price, "price_source": source or None,
+            "cost_usd": None if price is None else hours * price}
+
+
+def cost_words(spec: Spec, e: Estimate, tokens: float) -> str:
+    c = cost(spec, e, tokens)
+    hours = f"{c['gpu_hours']:,.0f} GPU-hours"
+    if c["cost_usd"] is None:
+        return (f"{hours}; no price for {spec.cluster.gpu.name} in the catalog (set "
+                f"cluster.price_per_gpu_hour)")
+    return (f"{hours}, {money(c['cost_usd'])} at ${c['price_per_gpu_hour']:.2f}/GPU-hour "
+            f"({c['price_source']})")
+
+
 def _tokens(spec: Spec) -> tuple[Optional[float], str]:
     tokens = training_tokens(spec)
     if spec.training.tokens == "chinchilla":
@@ -53,14 +106,18 @@ def _scaling_line(spec: Spec, tokens: float) -> str:
     return line + (f"\n         warning: {s['warning']}" if s["warning"] else "")
 
 
-def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]:
+def estimate_json(e: Estimate, tokens: Optional[float] = None,
+                  spec: Optional[Spec] = None) -> dict[str, Any]:
     t = e.time
+    priced = cost(spec, e, tokens) if (t is not None and tokens and spec is not None) else {}
     timing = {} if t is None else {
         "step_time_s": t.step.total,
         "tokens_per_s": t.tokens_per_s,
         "mfu": t.mfu,
         "hfu": t.hfu,
         "days_to_train": e.days_to_train(tokens) if tokens else None,
+        "gpus": e.plan.world_size,
+        **priced,
         "step_time_breakdown_s": t.step.as_dict(),
         "placement": t.step.placement,
     }
@@ -88,7 +145,8 @@ def estimate_json(e: Estimate, tokens: Optional[float] = None) -> dict[str, Any]
     }
 
 
-def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[str, Any]:
+def to_json(result: SearchResult, fixes: list[str], source: str = "",
+            notes: tuple[str, ...] = ()) -> dict[str, Any]:
     spec = result.spec
     tokens, _ = _tokens(spec)
     best = result.best
@@ -110,12 +168,13 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "") -> dict[st
         "execute_pick_rank": result.first_executable if best else None,
         "evaluated": result.evaluated,
         "feasible": len(result.feasible),
-        "best": estimate_json(best, tokens) if best else None,
-        "alternatives": [estimate_json(e, tokens) for e in
+        "best": estimate_json(best, tokens, spec) if best else None,
+        "alternatives": [estimate_json(e, tokens, spec) for e in
                          result.feasible[1:spec.search.top]],
         "rejected": {"total": len(result.rejected), "by_reason": dict(result.by_reason.most_common()),
                      "examples": result.examples},
         "nearest_fix": fixes,
+        "notes": list(notes),
     }
 
 
@@ -155,16 +214,25 @@ def _profile_lines(spec: Spec) -> list[str]:
 
 
 def _memory_table(e: Estimate, spec: Spec) -> str:
-    rows = [[TERM_LABELS[t], f"{getattr(e.memory, t) / GiB:.3f}"] for t in TERMS]
-    rows.append(["peak allocated", f"{e.memory.total / GiB:.3f}"])
+    """Every term, then the arithmetic from allocated to free, all in GiB on one GPU."""
     frag = spec.runtime.allocator_fragmentation
-    rows.append([f"allocator reserves (+{frag:.0%} fragmentation)", f"{e.reserved_bytes / GiB:.3f}"])
-    rows.append(["CUDA context (outside the allocator)", f"{e.cuda_context_bytes / GiB:.3f}"])
-    rows.append(["required", f"{e.required_bytes / GiB:.3f}"])
     headroom = spec.search.memory_headroom
-    rows.append([f"usable (capacity less {headroom:.0%} headroom)", f"{e.usable_bytes / GiB:.3f}"])
-    return (tabulate(rows, headers=["per-GPU memory", "GiB"], colalign=("left", "right"))
-            + "\n" + verdict_line(e, spec))
+    cap = spec.cluster.gpu.memory_bytes
+    rows = [(TERM_LABELS[t], getattr(e.memory, t)) for t in TERMS] + [
+        ("= peak allocated", e.memory.total),
+        (f"+ allocator fragmentation ({frag:.0%} of allocated)", e.reserved_bytes - e.memory.total),
+        ("= reserved by the caching allocator", e.reserved_bytes),
+        ("+ CUDA context (outside the allocator)", e.cuda_context_bytes),
+        ("= required", e.required_bytes),
+        ("capacity", cap),
+        (f"- headroom kept free ({headroom:.0%})", cap - e.usable_bytes),
+        ("= usable", e.usable_bytes),
+        ("free (usable - required)", e.free_bytes)]
+    values = column([v / GiB for _, v in rows], places=2)
+    table = tabulate([[label, v] for (label, _), v in zip(rows, values)],
+                     headers=["per-GPU memory", "GiB"], colalign=("left", "right"),
+                     disable_numparse=True)
+    return table + "\n" + verdict_line(e, spec)
 
 
 def verdict_line(e: Estimate, spec: Spec) -> str:
@@ -184,19 +252,38 @@ def verdict_line(e: Estimate, spec: Spec) -> str:
 
 
 def _alternatives_table(result: SearchResult, tokens: float) -> str:
+    spec = result.spec
+    shown = result.feasible[:spec.search.top]
+    steps = [e.time.step for e in shown]
+    places = decimals([st.total for st in steps])  # the time columns add up to the step's
+    cols = {
+        "step s": column([st.total for st in steps], places=places),
+        "compute": column([st.compute for st in steps], places=places),
+        "comm": column([st.tp_comm + st.pp_comm + st.dp_comm for st in steps], places=places),
+        "bubble": column([st.bubble for st in steps], places=places),
+        "optim": column([st.optimizer + st.offload for st in steps], places=places),
+        "tokens/s": [f"{e.tokens_per_s:,.0f}" for e in shown],
+        "MFU": [f"{e.mfu:.1%}" for e in shown],
+        "days": column([e.days_to_train(tokens) for e in shown]),
+        "GPU-h": [count(e.gpu_hours(tokens)) for e in shown],
+        "cost": [("" if c["cost_usd"] is None else money(c["cost_usd"]))
+                 for c in (cost(spec, e, tokens) for e in shown)],
+        "alloc": column([e.memory.total / GiB for e in shown]),
+        "required": column([e.required_bytes / GiB for e in shown]),
+        "free": column([e.free_bytes / GiB for e in shown]),
+    }
     rows = []
-    for i, e in enumerate(result.feasible[:result.spec.search.top]):
-        st = e.time.step
-        comm = st.tp_comm + st.pp_comm + st.dp_comm
+    for i, e in enumerate(shown):
         label = e.plan.label + (" *" if e.not_executable else "") + (
             " (tight)" if e.verdict == "tight" else "")
-        rows.append([i + 1, label, f"{st.total:.3g}", f"{st.compute:.3g}", f"{comm:.3g}",
-                     f"{st.bubble:.3g}", f"{st.optimizer + st.offload:.3g}",
-                     f"{e.tokens_per_s:,.0f}", f"{e.mfu:.1%}", f"{e.days_to_train(tokens):,.1f}",
-                     f"{e.memory.total / GiB:.1f}", f"{e.free_bytes / GiB:.1f}"])
-    return tabulate(rows, headers=["#", "plan", "step s", "compute", "comm", "bubble", "optim",
-                                   "tokens/s", "MFU", "days", "peak GiB", "free GiB"],
-                    colalign=("right", "left") + ("right",) * 10)
+        rows.append([i + 1, label, *(c[i] for c in cols.values())])
+    table = tabulate(rows, headers=["#", "plan", *cols], colalign=("right", "left") + (
+        "right",) * len(cols), disable_numparse=True)
+    frag = spec.runtime.allocator_fragmentation
+    usable = shown[0].usable_bytes / GiB if shown else 0.0
+    return (table + f"\nmemory columns in GiB per GPU: required = alloc x {1 + frag:.2f} "
+            f"(allocator fragmentation) + {spec.runtime.cuda_context_gib:g} CUDA context; free = "
+            f"usable {usable:.1f} - required")
 
 
 def _time_table(e: Estimate) -> str:
@@ -205,10 +292,12 @@ def _time_table(e: Estimate) -> str:
               "tp_comm": "tensor-parallel all-reduces", "pp_comm": "pipeline transfers",
               "bubble": "pipeline bubble", "dp_comm": "data-parallel traffic (exposed)",
               "optimizer": "optimizer step", "offload": "offload (PCIe + host Adam)"}
-    rows = [[label, f"{getattr(st, k):.4g}", f"{getattr(st, k) / st.total:.1%}"]
-            for k, label in labels.items()]
-    rows.append(["step", f"{st.total:.4g}", "100%"])
-    return tabulate(rows, headers=["step time", "s", "share"], colalign=("left", "right", "right"))
+    values = column([getattr(st, k) for k in labels] + [st.total], sig=4)
+    rows = [[label, v, f"{getattr(st, k) / st.total:.1%}"]
+            for (k, label), v in zip(labels.items(), values)]
+    rows.append(["= step", values[-1], "100.0%"])
+    return tabulate(rows, headers=["step time", "s", "share"], colalign=("left", "right", "right"),
+                    disable_numparse=True)
 
 
 def _execute_lines(result: SearchResult) -> list[str]:
@@ -224,7 +313,8 @@ def _execute_lines(result: SearchResult) -> list[str]:
             f"({best.not_executable}); {then}"]
 
 
-def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
+def to_text(result: SearchResult, fixes: list[str], source: str = "",
+            notes: tuple[str, ...] = ()) -> str:
     spec = result.spec
     lines = _header(spec, source)
     best = result.best
@@ -240,9 +330,12 @@ def to_text(result: SearchResult, fixes: list[str], source: str = "") -> str:
             f"           {len(result.feasible)} of {result.evaluated} candidates are feasible; "
             f"ranked by predicted time to train",
             f"speed      {best.step_time_s:.3g} s/step, {best.tokens_per_s:,.0f} tokens/s, "
-            f"MFU {best.mfu:.1%}; {best.days_to_train(tokens):,.1f} days for {steps:,.0f} steps "
-            f"on {best.plan.world_size} GPU{'s' if best.plan.world_size != 1 else ''} (ranks "
+            f"MFU {best.mfu:.1%}; {duration(best.days_to_train(tokens) * SECONDS_PER_DAY)} for "
+            f"{steps:,.0f} steps "
+            f"on {best.plan.world_size:,} GPU{'s' if best.plan.world_size != 1 else ''} (ranks "
             f"placed {best.time.step.placement})",
+            f"cost       {cost_words(spec, best, tokens)}",
+            *[f"note       {n}" for n in notes],
             *_execute_lines(result),
             f"FLOPs      {best.flops.hardware:.3e} per step (model {best.flops.model:.3e}, "
             f"6ND {best.flops.six_nd:.3e}); {best.flops.hardware * steps:.3e} in total",
@@ -304,7 +397,7 @@ def _candidate_row(c: Candidate, is_pick: bool, law) -> list:
     shape = f"{m.n_layers} x {m.d_model}"
     if not c.feasible:
         return ["", m.name, shape, f"{c.params / 1e9:.3g}", "", "", "", "", "", c.reason]
-    return ["<- pick" if is_pick else "", m.name, shape, f"{c.params / 1e9:.3g}",
+    return ["<- pick" if is_pick else ("+" if c.refined else ""), m.name, shape, f"{c.params / 1e9:.3g}",
             f"{c.tokens:.3g}", f"{c.tokens_per_param:.1f}", f"{c.days:,.1f}", f"{b.mfu:.1%}",
             f"{c.loss:.4f}" + (" !" if _loss_warning(law, c) else ""), _plan_label(b)]
 
@@ -332,6 +425,9 @@ def budget_text(result: BudgetResult, source: str = "") -> str:
                           colalign=("left", "left", "right", "right", "right", "right", "right",
                                     "right", "right", "left"), maxcolwidths=[None] * 9 + [70],
                           disable_numparse=True))
+    if any(c.refined for c in result.candidates):
+        lines.append("+ widths between the ladder's, searched around the lowest predicted loss "
+                     "(multiples of 256)")
     warned = [c for c in result.candidates if _loss_warning(law, c)]
     if warned:
         lines.append(f"! {_loss_warning(law, warned[0])}")
@@ -345,6 +441,7 @@ def budget_text(result: BudgetResult, source: str = "") -> str:
         f"{pick.tokens:.3g} tokens ({pick.tokens_per_param:.1f}/param), predicted loss "
         f"{pick.loss:.4f}; "
         f"{pick.days:,.1f} days at MFU {pick.best.mfu:.1%} with {_plan_label(pick.best)}",
+        f"         {cost_words(pick.result.spec, pick.best, pick.tokens)}",
         f"         the law's compute-optimal split of the pick's 6ND = {opt.flops:.3g} FLOPs: "
         f"{opt.params / 1e9:.3g}B parameters x {opt.tokens:.3g} tokens "
         f"({opt.tokens_per_param:.1f}/param); the family's sizes are discrete",
@@ -379,28 +476,82 @@ def budget_json(result: BudgetResult, source: str = "") -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------- inverse questions
+
+def answer_text(answer, spec: Spec, source: str = "") -> str:
+    """One inverse question's answer (planner/capacity/inverse.py): the value, the plan that
+    achieves it with its time and cost, what binds and how it was found."""
+    title = f" ({spec.name})" if spec.name else ""
+    lines = [f"pretrain-planner: {source}{title}", f"question {answer.question}"]
+    if answer.value is None:
+        lines.append("answer   none")
+    else:
+        what = f" ({answer.label})" if answer.label else ""
+        lines.append(f"answer   {answer.value:,}{what}")
+    e = answer.estimate
+    if e is not None:
+        lines.append(f"plan     {e.plan.label}: {e.required_bytes / GiB:.1f} of "
+                     f"{e.usable_bytes / GiB:.1f} GiB usable per GPU ({e.verdict})")
+        if e.time is not None and answer.tokens:
+            lines.append(f"speed    {e.step_time_s:.3g} s/step, MFU {e.mfu:.1%}; "
+                         f"{duration(e.days_to_train(answer.tokens) * SECONDS_PER_DAY)} for "
+                         f"{answer.tokens:.3g} tokens on {e.plan.world_size:,} GPU"
+                         f"{'s' if e.plan.world_size != 1 else ''}")
+            lines.append(f"cost     {cost_words(spec, e, answer.tokens)}")
+    lines.append(f"binding  {answer.binding}")
+    if answer.expression:
+        lines.append(f"memory   required(x) = {answer.expression}; = usable at x = "
+                     f"{answer.memory_limit:.4g}")
+    lines.append(f"method   {answer.method}")
+    return "\n".join(lines)
+
+
+def answer_json(answer, spec: Spec, source: str = "") -> dict[str, Any]:
+    e = answer.estimate
+    return {"mode": "question", "spec": source, "name": spec.name,
+            "question": answer.question, "value": answer.value, "label": answer.label or None,
+            "binding": answer.binding, "method": answer.method,
+            "memory_limit": answer.memory_limit, "expression": answer.expression,
+            "tokens": answer.tokens,
+            "plan": None if e is None else estimate_json(e, answer.tokens, spec)}
+
+
 # --------------------------------------------------------------------------------------- sweep
 
 def sweep_text(rows: list[SweepRow], path: str) -> str:
-    """One row per value; in budget mode each row is the pick for that value."""
+    """One row per value; in budget mode each row is the pick for that value.  A line below says
+    from which value on the global batch leaves one micro-batch per data-parallel rank."""
     picked = any(r.picked for r in rows)
+    ok = [r for r in rows if r.best is not None]
     table = []
     for r in rows:
         b = r.best
         name = f"{r.spec.model.name} ({r.params / 1e9:.3g}B)" if r.best else ""
         model = [name] if picked else []
         if b is None:
-            table.append([r.value, *model, "", "", "", "", "", "", r.reason])
+            table.append([r.value, f"{r.gpus:,}", *model, "", "", "", "", "", "", "", "",
+                          r.reason])
             continue
-        table.append([r.value, *model, f"{b.step_time_s:.3g}", f"{b.tokens_per_s:,.0f}",
-                      f"{b.mfu:.1%}", "" if r.days is None else f"{r.days:,.1f}",
+        table.append([r.value, f"{r.gpus:,}", *model, sig(b.step_time_s),
+                      f"{b.tokens_per_s:,.0f}", f"{b.mfu:.1%}", sig(r.days),
+                      "" if r.gpu_hours is None else count(r.gpu_hours),
+                      "" if r.cost_usd is None else money(r.cost_usd),
                       f"{r.peak_gib:.1f}", "" if r.loss is None else f"{r.loss:.4f}",
                       _plan_label(b)])
-    headers = [path, *(["pick"] if picked else []), "step s", "tokens/s", "MFU", "days",
-               "peak GiB", "loss", "best plan / why not"]
-    return tabulate(table, headers=headers, maxcolwidths=[None] * (len(headers) - 1) + [80],
-                    disable_numparse=True, colalign=("right",) + ("left",) * picked + ("right",) * 6
-                    + ("left",))
+    headers = [path, "GPUs", *(["pick"] if picked else []), "step s", "tokens/s", "MFU", "days",
+               "GPU-h", "cost", "peak GiB", "loss", "best plan / why not"]
+    text = tabulate(table, headers=headers, maxcolwidths=[None] * (len(headers) - 1) + [80],
+                    disable_numparse=True, colalign=("right", "right") + ("left",) * picked
+                    + ("right",) * 8 + ("left",))
+    capped = next((r for r in ok if r.best.plan.grad_accum == 1), None)
+    if capped is not None:
+        p = capped.best.plan
+        text += (f"\nfrom {path}={capped.value} on, the global batch "
+                 f"({capped.spec.global_batch_sequences:,} sequences) leaves one micro-batch per "
+                 f"data-parallel rank (mb{p.micro_batch}×ga1 at dp {p.dp}): more GPUs shrink "
+                 f"micro-batches and expose communication; plan SPEC (no sweep) says what batch "
+                 f"would restore the MFU")
+    return text
 
 
 def sweep_json(rows: list[SweepRow], path: str) -> dict[str, Any]:

@@ -18,6 +18,38 @@ USER_ERRORS = (PlannerError, ExecutorError)
 EXECUTOR_PACKAGES = {"torch", "deepspeed", "tokenizers", "matplotlib", "tqdm", "ninja"}
 
 
+class Progress:
+    """Progress on stderr for work that takes more than a second: silent until then, then one
+    line rewritten in place on a terminal, or a line per tenth of the work in a log."""
+
+    AFTER_S = 1.0
+
+    def __init__(self, what: str):
+        self.what, self.start, self.shown, self.tty = what, 0.0, -1, sys.stderr.isatty()
+
+    def __enter__(self) -> "Progress":
+        import time
+        self.start = time.monotonic()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.AFTER_S or done >= total:
+            return
+        tenth = done * 10 // total
+        if not self.tty and tenth == self.shown:
+            return
+        self.shown = tenth
+        eta = elapsed / done * (total - done)
+        line = f"{self.what}: {done}/{total} in {elapsed:.1f} s, about {eta:.0f} s left"
+        click.echo(f"\r{line}" if self.tty else line, err=True, nl=not self.tty)
+
+    def __exit__(self, *exc) -> None:
+        if self.tty and self.shown >= 0:
+            click.echo("", err=True)
+
+
 def _fail(message: str, verbose: bool) -> None:
     if verbose:
         traceback.print_exc()
@@ -38,11 +70,29 @@ def _infeasible_line(result, fixes: list[str]) -> str:
 @click.option("--schema", is_flag=True, help="Print the spec's JSON schema and exit.")
 @click.option("--top", type=click.IntRange(min=1), default=None,
               help="Plans in the report's table, the best included (overrides search.top).")
+@click.option("--max", "max_what", type=click.Choice(["micro_batch", "seq_len", "model"]),
+              help="Answer 'the largest ... that trains': micro_batch (the best plan's), seq_len "
+                   "(re-planned at each length), model (needs a budget: training.budget, --days "
+                   "or --budget-usd), with the constraint that binds.")
+@click.option("--min", "min_what", type=click.Choice(["gpus"]),
+              help="Answer 'the fewest GPUs': that fit, and with --days/--budget-usd that "
+                   "train the spec's tokens within them.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True, max=1e6),
+              help="Wall-clock bound for --min gpus, or the budget for --max model.")
+@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True, max=1e15),
+              help="Money bound for --min gpus, or the budget for --max model (at "
+                   "cluster.price_per_gpu_hour or the catalog's price).")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
               help="Override a spec field by its dotted path, e.g. cluster.nodes=16 (a YAML "
                    "scalar; null removes the field). Repeatable.")
 @click.option("--sweep", "sweep_arg", metavar="PATH=V1,V2,...",
               help="Plan once per value of one field, e.g. cluster.nodes=4,8,16,32: a table.")
+@click.option("--compare", "compare_arg", metavar="AXIS=V1,V2,...",
+              help="The best plan with one field set to each value, e.g. zero=2,3 or tp=1,2: "
+                   "its memory and time terms side by side (docs/plots.md).")
+@click.option("--plot", "plot_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=str),
+              help="Also write PNG charts to DIR: the top plans' memory and step time, a "
+                   "--sweep's curves, a --compare's bars (needs matplotlib; docs/plots.md).")
 @click.option("--verbose", "-v", is_flag=True, help="Tracebacks and the full report on errors.")
 @click.option("--execute", is_flag=True,
               help="Train the best plan with DeepSpeed (docs/executor.md); options below.")
@@ -84,10 +134,20 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
         return
     if spec_path is None:
         raise click.UsageError("missing SPEC (a YAML file; see docs/spec.md) or --schema")
+    compare_arg, plot_dir = run_options.pop("compare_arg"), run_options.pop("plot_dir")
+    question = _question_options(run_options, sweep_arg, compare_arg, execute)
+    if sweep_arg is not None and compare_arg is not None:
+        raise click.UsageError("--sweep and --compare ask different questions: give one")
     try:
         spec = _load(spec_path, sets, top)
-        if sweep_arg is not None:
-            ok = _sweep(spec, sweep_arg, as_json)
+        if plot_dir is not None:
+            _check_plot(spec, sweep_arg is not None or compare_arg is not None)
+        if question is not None:
+            ok = _question(spec, spec_path, question, as_json)
+        elif sweep_arg is not None:
+            ok = _sweep(spec, sweep_arg, as_json, plot_dir)
+        elif compare_arg is not None:
+            ok = _compare(spec, spec_path, compare_arg, as_json, plot_dir)
         elif spec.training.budget is not None:
             ok = _budget(spec, spec_path, as_json)
         elif spec.training.lab is not None:
@@ -97,6 +157,8 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
         else:
             result = _plan(spec, spec_path, as_json and not execute, verbose, executable=execute)
             ok = result.best is not None
+            if ok and plot_dir is not None:
+                _plot_report(result, plot_dir, as_json)
             if ok and execute:
                 sys.exit(_execute(spec, spec_path, result.best.plan, verbose, run_options))
     except USER_ERRORS as exc:
@@ -132,6 +194,67 @@ def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
     return edited
 
 
+def _question_options(options: dict, sweep_arg, compare_arg, execute: bool):
+    """(--max or --min's target, its direction, days, dollars) or None; usage errors for
+    combinations that ask two things at once."""
+    max_what, min_what = options.pop("max_what"), options.pop("min_what")
+    days, usd = options.pop("days"), options.pop("budget_usd")
+    if max_what and min_what:
+        raise click.UsageError("--max and --min ask different questions: give one")
+    what = max_what or min_what
+    if what is None:
+        if days is not None or usd is not None:
+            raise click.UsageError("--days and --budget-usd bound a question: add --min gpus or "
+                                   "--max model")
+        return None
+    if sweep_arg is not None or compare_arg is not None or execute:
+        raise click.UsageError(f"--{'max' if max_what else 'min'} {what} answers one question; "
+                               f"it does not combine with --sweep, --compare or --execute")
+    if what in ("micro_batch", "seq_len") and (days is not None or usd is not None):
+        raise click.UsageError(f"--days and --budget-usd bound --min gpus and --max model, not "
+                               f"--max {what}")
+    if days is not None and usd is not None and what == "model":
+        raise click.UsageError("--max model takes one budget: --days or --budget-usd")
+    return what, days, usd
+
+
+def _question(spec, spec_path: str, question, as_json: bool) -> bool:
+    """An inverse question (planner/capacity/inverse.py), with the constraint that binds."""
+    from planner.capacity import inverse
+    from planner.report import answer_json, answer_text
+    what, days, usd = question
+    if what == "gpus":
+        answer = inverse.fewest_gpus(spec, days=days, usd=usd)
+    elif what == "micro_batch":
+        answer = inverse.largest_micro_batch(spec)
+    elif what == "seq_len":
+        answer = inverse.largest_seq_len(spec)
+    else:
+        spec = _with_budget(spec, days, usd)
+        answer = inverse.largest_model(spec)
+    if as_json:
+        click.echo(json.dumps(answer_json(answer, spec, spec_path), indent=2))
+    else:
+        click.echo(answer_text(answer, spec, spec_path))
+    return answer.value is not None
+
+
+def _with_budget(spec, days, usd):
+    """The spec in budget mode for --max model: --days or --budget-usd replace its budget or
+    tokens; without them the spec must have a budget."""
+    from planner.capacity.inverse import price_of
+    from planner.capacity.whatif import edit
+    if days is None and usd is None:
+        if spec.training.budget is None:
+            from planner.errors import SpecError
+            raise SpecError("training.budget", "--max model needs a budget: training.budget in "
+                            "the spec, or --days N or --budget-usd X")
+        return spec
+    budget = {"days": days} if days is not None else {
+        "dollars": usd, "price_per_gpu_hour": price_of(spec)}
+    return edit(spec, {"training.budget": budget, "training.tokens": None})
+
+
 def _request(spec_path: str, verbose: bool, options: dict):
     """(run directory, ExecuteRequest) from the --execute flags."""
     from pathlib import Path
@@ -162,15 +285,17 @@ def _execute_lab(spec, spec_path: str, verbose: bool, options: dict) -> int:
 def _plan(spec, spec_path: str, as_json: bool, verbose: bool, executable: bool = False):
     """The report; with ``executable`` (``--execute``) only plans the backend's executor can run
     are ranked."""
-    from planner.capacity.advice import nearest_fix
+    from planner.capacity.advice import batch_limit, nearest_fix
     from planner.report import to_json, to_text
     from planner.search.engine import search
     result = search(spec, executable=executable)
     fixes = nearest_fix(spec, executable=executable) if result.best is None else []
+    limit = batch_limit(result, executable=executable)
+    notes = () if limit is None else (str(limit),)
     if as_json:
-        click.echo(json.dumps(to_json(result, fixes, spec_path), indent=2))
+        click.echo(json.dumps(to_json(result, fixes, spec_path, notes), indent=2))
     elif result.best is not None or verbose:
-        click.echo(to_text(result, fixes, spec_path))
+        click.echo(to_text(result, fixes, spec_path, notes))
     if result.best is None:
         click.echo(f"error: {_infeasible_line(result, fixes)}", err=True)
     return result
@@ -179,7 +304,8 @@ def _plan(spec, spec_path: str, as_json: bool, verbose: bool, executable: bool =
 def _budget(spec, spec_path: str, as_json: bool) -> bool:
     from planner.capacity.budget import plan_budget
     from planner.report import budget_json, budget_text, to_text
-    result = plan_budget(spec)
+    with Progress("budget mode: searching model sizes") as progress:
+        result = plan_budget(spec, progress=progress)
     pick = result.pick
     if as_json:
         click.echo(json.dumps(budget_json(result, spec_path), indent=2))
@@ -204,7 +330,7 @@ def _lab(spec, spec_path: str, as_json: bool) -> bool:
     return all(p.best is not None for p in grid.points)
 
 
-def _sweep(spec, sweep_arg: str, as_json: bool) -> bool:
+def _sweep(spec, sweep_arg: str, as_json: bool, plot_dir: str | None = None) -> bool:
     from planner.capacity.whatif import parse_assignment, parse_value, sweep
     from planner.report import sweep_json, sweep_text
     path, _ = parse_assignment(sweep_arg)
@@ -214,12 +340,52 @@ def _sweep(spec, sweep_arg: str, as_json: bool) -> bool:
         raise SpecError(path, f"--sweep {sweep_arg!r}: an empty value (write the values "
                               f"between commas, e.g. {path}=4,8,16)")
     values = [parse_value(v) for v in texts]
-    rows = sweep(spec, path, values)
+    with Progress(f"sweep of {path}") as progress:
+        rows = sweep(spec, path, values, progress=progress)
     if as_json:
         click.echo(json.dumps(sweep_json(rows, path), indent=2))
     else:
         click.echo(sweep_text(rows, path))
+    if plot_dir is not None:
+        from planner.plots import plot_sweep
+        _wrote(plot_sweep(rows, path, plot_dir), as_json)
     return any(r.best is not None for r in rows)
+
+
+def _compare(spec, spec_path: str, compare_arg: str, as_json: bool, plot_dir: str | None) -> bool:
+    """The best plan with one field changed to each value (planner/capacity/compare.py)."""
+    from planner.capacity.compare import compare, parse_compare
+    from planner.compare_report import compare_json, compare_text
+    comparison = compare(spec, *parse_compare(compare_arg))
+    if as_json:
+        click.echo(json.dumps(compare_json(comparison, spec_path), indent=2))
+    else:
+        click.echo(compare_text(comparison, spec_path))
+    if plot_dir is not None:
+        from planner.plots import plot_compare
+        _wrote(plot_compare(comparison, plot_dir), as_json)
+    return any(v.estimate is not None for v in comparison.variants)
+
+
+def _check_plot(spec, sweep_or_compare: bool) -> None:
+    """--plot: matplotlib is there (checked before any work) and the report is one it draws."""
+    from planner.plots import require_matplotlib
+    require_matplotlib()
+    if not sweep_or_compare and (spec.training.budget is not None
+                                 or spec.training.lab is not None):
+        raise PlannerError("--plot draws the plan report, a --sweep or a --compare; a budget or "
+                           "lab spec's own report has no plot (add --sweep PATH=V1,V2,...)")
+
+
+def _plot_report(result, plot_dir: str, as_json: bool) -> None:
+    from planner.plots import plot_report
+    _wrote(plot_report(result, plot_dir), as_json)
+
+
+def _wrote(paths, as_json: bool) -> None:
+    """One line per file written; on stderr under --json, so stdout stays one JSON object."""
+    for path in paths:
+        click.echo(f"wrote {path}", err=as_json)
 
 
 @click.command("calibrate", context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,9 +1,15 @@
-"""The nearest fix for a spec with no feasible plan: which relaxation of the search space makes
-something fit, and the fewest GPUs on which the spec's own search space does (one algorithm:
-planner/capacity/inverse.py's fewest_gpus)."""
+"""Advice beside a plan: the nearest fix for a spec with no feasible plan (which relaxation of the
+search space makes something fit, and the fewest GPUs on which the spec's own search space does:
+one algorithm, planner/capacity/inverse.py's fewest_gpus), and whether the global batch caps the
+cluster's scaling."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 from planner.capacity.inverse import fewest_gpus
+from planner.capacity.whatif import edit
+from planner.errors import SpecError
 from planner.search.engine import SearchResult, search
 from planner.spec.spec import Spec
 
@@ -55,3 +61,69 @@ def nearest_fix(spec: Spec, *, executable: bool = False) -> list[str]:
     if gpus.value is not None:
         fixes.append(f"needs at least {gpus.value} GPUs ({gpus.label})")
     return fixes
+
+
+#: multiples of the global batch tried when it may limit scaling
+BATCH_MULTIPLES = (2, 4, 8, 16)
+#: a larger batch "restores" scaling when its best MFU is this much above today's (relative)
+BATCH_GAIN = 1.10
+
+
+@dataclass(frozen=True)
+class BatchLimit:
+    """The global batch caps how far this cluster scales: each data-parallel rank already runs
+    its whole share of the batch in few micro-batches, so communication and the pipeline bubble
+    cannot hide behind accumulation; a larger batch (same tokens) would raise MFU."""
+
+    sequences: int  #: the spec's global batch
+    per_rank: int  #: sequences per data-parallel rank per step
+    split: str  #: how the best plan runs them: "mb2×ga1"
+    overhead: float  #: share of the step spent in exposed communication and the bubble
+    mfu: float  #: the best plan's
+    better_sequences: int  #: the smallest multiple tried that reaches better_mfu
+    better_mfu: float
+    better_plan: str
+
+    def __str__(self) -> str:
+        return (f"the global batch limits scaling: {self.sequences:,} sequences leave "
+                f"{self.per_rank:,} per data-parallel rank ({self.split}; exposed communication "
+                f"and bubble {self.overhead:.0%} of the step, MFU {self.mfu:.1%}); a global batch of "
+                f"{self.better_sequences:,} sequences would reach MFU {self.better_mfu:.1%} "
+                f"({self.better_plan}) if the model trains as well at that batch (its critical "
+                f"batch size, McCandlish et al. 2018)")
+
+
+def batch_limit(result: SearchResult, *, executable: bool = False) -> Optional[BatchLimit]:
+    """Whether the spec's fixed global batch caps its scaling on this cluster, and what batch
+    would restore it: the same search at 2, 4, 8 and 16 times the batch (the tokens to train
+    unchanged).  Checked only when the best plan has no accumulation left or a tenth of its step
+    is exposed communication and bubble; None when a larger batch gains less than 10 %."""
+    spec, best = result.spec, result.best
+    if best is None or best.time is None:
+        return None
+    st = best.time.step
+    overhead = (st.tp_comm + st.pp_comm + st.dp_comm + st.bubble) / st.total
+    if best.plan.grad_accum > 1 and overhead < 0.1:
+        return None
+    gb = spec.global_batch_sequences
+    field = ("training.global_batch_tokens" if spec.training.global_batch_tokens is not None
+             else "training.global_batch_sequences")
+    now = getattr(spec.training, field.split(".")[1])
+    tried = []
+    for k in BATCH_MULTIPLES:
+        try:
+            bigger = edit(spec, {field: now * k})
+        except SpecError:
+            break
+        found = search(bigger, executable=executable).best
+        if found is not None:
+            tried.append((bigger.global_batch_sequences, found))
+    if not tried:
+        return None
+    top = max(e.mfu for _, e in tried)
+    if top < best.mfu * BATCH_GAIN:
+        return None
+    sequences, e = next((s, e) for s, e in tried if e.mfu >= best.mfu + 0.9 * (top - best.mfu))
+    split = f"mb{best.plan.micro_batch}×ga{best.plan.grad_accum}"
+    return BatchLimit(gb, gb // best.plan.dp, split, overhead, best.mfu, sequences, e.mfu,
+                      e.plan.label)

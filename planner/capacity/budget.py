@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
 from planner.capacity.scaling import Law, law_of, model_flops_per_token
 from planner.errors import SpecError
@@ -191,14 +191,20 @@ def _refine(spec: Spec, law: Law, ladder: list[Candidate]) -> list[Candidate]:
             if lo < d < hi and d not in done]
 
 
-def plan_budget(spec: Spec) -> BudgetResult:
-    """Every family candidate for the spec's budget, evaluated on its cluster (smallest first):
+def plan_budget(spec: Spec,
+                progress: Optional[Callable[[int, int], None]] = None) -> BudgetResult:
+    """Every family candidate for the spec's budget, evaluated on its cluster (smallest first;
+    ``progress(done, total)`` after each ladder width):
     the ladder's widths, then the widths of FINE_WIDTHS around the lowest predicted loss.  The
     one algorithm behind budget mode and ``largest_model`` (planner/capacity/inverse.py)."""
     if spec.training.budget is None:
         raise SpecError("training.budget", "budget mode needs a budget (gpu_hours, days, flops "
                         "or dollars)")
     law = law_of(spec)
-    ladder = [_candidate(spec, law, d) for d in D_MODEL_LADDER]
+    ladder = []
+    for d in D_MODEL_LADDER:
+        ladder.append(_candidate(spec, law, d))
+        if progress is not None:
+            progress(len(ladder), len(D_MODEL_LADDER))
     candidates = sorted(ladder + _refine(spec, law, ladder), key=lambda c: c.model.d_model)
     return BudgetResult(spec, law, candidates)

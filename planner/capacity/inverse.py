@@ -53,6 +53,7 @@ class Answer:
     expression: Optional[str] = None  #: the fitted required(x), GiB
     estimate: Optional[Estimate] = None  #: of the answer
     label: str = ""  #: what the value stands for, when a number is not enough
+    tokens: Optional[float] = None  #: what the answer's plan trains (for its time and cost)
 
     def __str__(self) -> str:
         what = f" = {self.label}" if self.label else ""
@@ -312,7 +313,7 @@ def _replanned_seq_len(spec: Spec, values: list[int], cap: int) -> Answer:
                else f"seq_len {values[lo + 1]}: {run(lo + 1)[1]}")
     best = run(lo)[0].best
     return Answer("largest seq_len", values[lo], binding, method, estimate=best,
-                  label=f"with {best.plan.label}")
+                  label=f"with {best.plan.label}", tokens=training_tokens(run(lo)[0].spec))
 
 
 def _layouts(spec: Spec):
@@ -421,7 +422,8 @@ def fewest_gpus(spec: Spec, *, executable: bool = False, days: Optional[float] =
             break
         lo = hi
     else:
-        return Answer("fewest GPUs", None, f"nothing fits on up to {MAX_NODES} nodes"
+        return Answer("fewest GPUs" + (f" {bounds.words()}" if bounds else ""), None,
+                      f"nothing fits on up to {MAX_NODES} nodes"
                       f"{' ' + bounds.words() if bounds else ''}: {why_not(probes[-1])}",
                       "bisection")
     while hi - lo > 1:
@@ -438,8 +440,10 @@ def fewest_gpus(spec: Spec, *, executable: bool = False, days: Optional[float] =
     nodes, per_node = layouts[hi]
     binding = "one GPU is enough" if hi == 0 else _gpus_binding(layouts, hi, why_not, results,
                                                                  bounds)
-    return Answer("fewest GPUs", nodes * per_node, binding, method,
-                  estimate=results[hi].best, label=f"{nodes} node(s) x {per_node} GPUs")
+    question = "fewest GPUs" + (f" to train {tokens:.3g} tokens {bounds.words()}" if bounds
+                                else "")
+    return Answer(question, nodes * per_node, binding, method, estimate=results[hi].best,
+                  label=f"{nodes} node(s) x {per_node} GPUs", tokens=tokens or None)
 
 
 def _gpus_binding(layouts, hi: int, why_not, results: dict, bounds: Bounds) -> str:
@@ -502,7 +506,7 @@ def largest_model(spec: Spec, tokens_per_param: Optional[float] = None) -> Answe
                   estimate=pick.best,
                   label=f"{m.name}, {m.n_layers} layers x {m.d_model}, {pick.params / 1e9:.3g}B "
                         f"parameters on {pick.tokens:.3g} tokens, predicted loss "
-                        f"{pick.loss:.4f}")
+                        f"{pick.loss:.4f}", tokens=pick.tokens)
 
 
 def _widest_at_ratio(spec: Spec, tokens_per_param: float) -> Answer:

@@ -10,7 +10,7 @@ a learned position table that was left to its default, a new ``model.preset`` re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import yaml
 
@@ -112,12 +112,31 @@ class SweepRow:
     def peak_gib(self) -> Optional[float]:
         return None if self.best is None else self.best.peak_bytes / GiB
 
+    @property
+    def gpus(self) -> int:
+        return self.spec.cluster.world_size
+
+    @property
+    def gpu_hours(self) -> Optional[float]:
+        if self.best is None or not self.tokens:
+            return None
+        return self.best.gpu_hours(self.tokens)
+
+    @property
+    def cost_usd(self) -> Optional[float]:
+        price, _ = self.spec.cluster.price
+        hours = self.gpu_hours
+        return None if hours is None or price is None else hours * price
+
     def as_dict(self) -> dict:
         b = self.best
-        return {"value": self.value, "plan": b.plan.label if b else None,
+        price, source = self.spec.cluster.price
+        return {"value": self.value, "gpus": self.gpus, "plan": b.plan.label if b else None,
                 "step_time_s": b.step_time_s if b else None,
                 "tokens_per_s": b.tokens_per_s if b else None, "mfu": b.mfu if b else None,
-                "days": self.days, "peak_gib": self.peak_gib, "params": self.params,
+                "days": self.days, "gpu_hours": self.gpu_hours, "cost_usd": self.cost_usd,
+                "price_per_gpu_hour": price, "price_source": source or None,
+                "peak_gib": self.peak_gib, "params": self.params,
                 "model": self.spec.model.name if self.picked and b else None,
                 "tokens": self.tokens, "predicted_loss": self.loss, "rejected": self.reason or None}
 
@@ -139,8 +158,11 @@ def _row(value: Any, spec: Spec) -> SweepRow:
                     law.loss(law.params(counts), tokens))
 
 
-def sweep(spec: Spec, path: str, values: Iterable[Any]) -> list[SweepRow]:
-    """Plan the spec once per value of one dotted path (an invalid value raises SpecError)."""
+def sweep(spec: Spec, path: str, values: Iterable[Any],
+          progress: Optional[Callable[[int, int], None]] = None) -> list[SweepRow]:
+    """Plan the spec once per value of one dotted path (an invalid value raises SpecError);
+    ``progress(done, total)`` is called after each value."""
+    values = list(values)
     rows = []
     for value in values:
         try:
@@ -148,4 +170,6 @@ def sweep(spec: Spec, path: str, values: Iterable[Any]) -> list[SweepRow]:
         except SpecError as exc:
             raise SpecError(exc.path, f"{exc.problem} (with {path}={value})") from None
         rows.append(_row(value, edited))
+        if progress is not None:
+            progress(len(rows), len(values))
     return rows

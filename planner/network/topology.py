@@ -107,5 +107,13 @@ def _group_link(fabric: _Fabric, size: int, stride: int) -> Link:
 
 
 def _graph(cluster: ClusterSpec) -> nx.Graph:
-    """Two nodes are enough: a group's bandwidth only needs one node's links and its uplink."""
-    return build_graph(cluster.model_copy(update={"nodes": min(cluster.nodes, 2)}))
+    """Two nodes are enough: a group's bandwidth only needs one node's links and its uplink; so
+    every cluster of two nodes or more with the same node shares one graph (built once)."""
+    key = (min(cluster.nodes, 2), cluster.gpus_per_node, cluster.intra_node, cluster.inter_node,
+           cluster.gpu.pcie_gbps)
+    if key not in _GRAPHS:
+        _GRAPHS[key] = build_graph(cluster.model_copy(update={"nodes": key[0]}))
+    return _GRAPHS[key]
+
+
+_GRAPHS: dict[tuple, nx.Graph] = {}

@@ -204,7 +204,7 @@ def test_top_n_shows_n_plans_and_the_json_n_minus_one_alternatives():
     out = CliRunner().invoke(main, ["specs/7b_on_64xA100.yaml", "--top", "3"])
     table = out.stdout.split("top plans (seconds per step):")[1].split("\n\n")[0]
     rows = [line for line in table.splitlines()[3:] if line.strip()]
-    assert [r.split()[0] for r in rows] == ["1", "2", "3"]
+    assert [r.split()[0] for r in rows] == ["1", "2", "3", "memory"]  # and the columns' key
     report = json.loads(CliRunner().invoke(main, ["specs/7b_on_64xA100.yaml", "--top", "3",
                                                   "--json"]).stdout)
     assert len(report["alternatives"]) == 2

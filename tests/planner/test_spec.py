@@ -294,8 +294,10 @@ def test_explicit_gpu_without_catalog():
            "hbm_gbps": 900, "intra_node_link": "pcie", "intra_node_gbps": 64, "pcie_gbps": 16,
            "cublas_workspace_mib": 4, "accelerator": "cuda", "source": "bench notes"}
     spec = spec_from_dict(build({"cluster.gpu": gpu}))
-    assert spec.cluster.gpu.model_dump(exclude={"efficiency"}) == gpu
+    assert spec.cluster.gpu.model_dump(exclude={"efficiency"}) == {
+        **gpu, "price_per_gpu_hour": None, "price_source": ""}
     assert spec.cluster.gpu.memory_bytes == 24 * 2**30
+    assert spec.cluster.price == (None, "")  # no cited price: the report asks for one
 
 
 def test_overriding_one_efficiency_keeps_the_catalog_rest():

@@ -1,0 +1,151 @@
+"""The questions a capacity planner is bought for, on the CLI (issue 12): --min gpus under a time or
+cost bound, --max micro_batch / seq_len / model, cost in every report, and the line that says when
+the global batch caps scaling."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from planner.capacity.advice import batch_limit
+from planner.capacity.budget import plan_budget
+from planner.capacity.whatif import edit
+from planner.report import column, money, sig
+from planner.search.engine import search
+from planner.spec.spec import load_spec
+from pretrain.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_min_gpus_in_30_days_names_the_count_the_plan_and_what_binds():
+    out = run("specs/70b_on_512xH100.yaml", "--min", "gpus", "--days", "30")
+    assert out.exit_code == 0, out.output
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines()[1:])
+    assert lines["question"] == "fewest GPUs to train 2e+12 tokens in at most 30 days"
+    assert lines["answer"].startswith("2,048 (256 node(s) x 8 GPUs)")
+    assert lines["plan"].startswith("dp")
+    days = float(lines["speed"].split("; ")[1].split(" days")[0])
+    assert days <= 30
+    assert "> 30" in lines["binding"]
+    assert "$" in lines["cost"] and "catalog default" in lines["cost"]
+
+
+def test_min_gpus_json_agrees_with_the_text():
+    out = run("specs/70b_on_512xH100.yaml", "--min", "gpus", "--days", "30", "--json")
+    answer = json.loads(out.stdout)
+    assert answer["value"] == 2048 and answer["plan"]["gpus"] == 2048
+    assert answer["plan"]["days_to_train"] <= 30
+    assert answer["plan"]["cost_usd"] == pytest.approx(answer["plan"]["gpu_hours"] * 2.99)
+
+
+def test_a_cost_bound_is_met_and_the_next_smaller_count_breaks_it_or_has_no_plan():
+    spec = load_spec("specs/7b_on_64xA100.yaml")
+    out = run("specs/7b_on_64xA100.yaml", "--min", "gpus", "--budget-usd", "250000", "--json")
+    answer = json.loads(out.stdout)
+    assert answer["plan"]["cost_usd"] <= 250000
+    assert spec.cluster.price[0] == answer["plan"]["price_per_gpu_hour"]
+
+
+def test_max_model_is_budget_modes_pick():
+    spec = load_spec("specs/budget_64xA100_30days.yaml")
+    out = json.loads(run("specs/budget_64xA100_30days.yaml", "--max", "model", "--json").stdout)
+    assert out["value"] == plan_budget(spec).pick.params
+    days = json.loads(run("specs/7b_on_64xA100.yaml", "--max", "model", "--days", "30",
+                          "--json").stdout)
+    assert days["value"] == out["value"]  # the same cluster and 30 days: the same answer
+
+
+def test_max_seq_len_and_micro_batch_answer_with_a_binding():
+    seq = run("specs/1.1b_on_1xH200.yaml", "--max", "seq_len")
+    assert seq.exit_code == 0 and "re-planned at each length" in seq.stdout
+    mb = run("specs/7b_on_64xA100.yaml", "--max", "micro_batch")
+    assert "answer   1" in mb.stdout and "binding  memory at" in mb.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max", "model", "--min", "gpus"], "--max and --min ask different questions"),
+    (["--days", "3"], "--days and --budget-usd bound a question"),
+    (["--max", "micro_batch", "--days", "3"], "not --max micro_batch"),
+    (["--min", "gpus", "--sweep", "cluster.nodes=1,2"], "does not combine"),
+    (["--max", "model", "--days", "3", "--budget-usd", "5"], "one budget"),
+])
+def test_questions_that_ask_two_things_are_usage_errors(args, message):
+    out = run("specs/7b_on_64xA100.yaml", *args)
+    assert out.exit_code == 2 and message in out.stderr
+
+
+def test_max_model_without_a_budget_names_the_field():
+    out = run("specs/7b_on_64xA100.yaml", "--max", "model")
+    assert out.exit_code == 1
+    assert out.stderr.startswith("error: training.budget: --max model needs a budget")
+
+
+def test_a_cost_question_without_a_price_names_the_field():
+    out = run("specs/tiny_cpu.yaml", "--min", "gpus", "--budget-usd", "10")
+    assert out.exit_code == 1 and out.stderr.startswith("error: cluster.price_per_gpu_hour:")
+
+
+def test_the_report_and_json_carry_gpu_hours_and_cost():
+    spec = load_spec("specs/7b_on_64xA100.yaml")
+    best = search(spec).best
+    report = json.loads(run("specs/7b_on_64xA100.yaml", "--json").stdout)
+    hours = 2e12 / best.tokens_per_s / 3600 * 64
+    assert report["best"]["gpu_hours"] == pytest.approx(hours)
+    assert report["best"]["cost_usd"] == pytest.approx(hours * 1.5)
+    assert report["best"]["price_source"].startswith("catalog default")
+    own = json.loads(run("specs/7b_on_64xA100.yaml", "--json", "--set",
+                         "cluster.price_per_gpu_hour=2").stdout)
+    assert own["best"]["cost_usd"] == pytest.approx(hours * 2)
+    assert own["best"]["price_source"] == "cluster.price_per_gpu_hour"
+    text = run("specs/7b_on_64xA100.yaml").stdout
+    assert "cost       " in text and "GPU-hours" in text and "$1.50/GPU-hour" in text
+
+
+def test_sweep_rows_have_gpus_gpu_hours_and_cost_and_say_when_the_batch_caps_scaling():
+    out = run("specs/7b_on_64xA100.yaml", "--sweep", "cluster.nodes=8,64,256")
+    header = out.stdout.splitlines()[0].split()
+    assert header[:2] == ["cluster.nodes", "GPUs"] and "GPU-h" in header and "cost" in header
+    assert "2,048" in out.stdout.splitlines()[4]
+    assert "from cluster.nodes=64 on, the global batch (1,024 sequences) leaves one " \
+           "micro-batch per data-parallel rank" in out.stdout
+    rows = json.loads(run("specs/7b_on_64xA100.yaml", "--sweep", "cluster.nodes=8,64",
+                          "--json").stdout)["rows"]
+    assert [r["gpus"] for r in rows] == [64, 512]
+    assert all(r["cost_usd"] == pytest.approx(r["gpu_hours"] * 1.5) for r in rows)
+
+
+def test_batch_limit_names_a_batch_that_raises_mfu():
+    spec = edit(load_spec("specs/7b_on_64xA100.yaml"), {"cluster.nodes": 256})
+    result = search(spec)
+    limit = batch_limit(result)
+    assert limit is not None and limit.per_rank == 2 and limit.better_sequences > 1024
+    bigger = edit(spec, {"training.global_batch_tokens": limit.better_sequences * 4096})
+    assert search(bigger).best.mfu == pytest.approx(limit.better_mfu)
+    assert limit.better_mfu >= 1.1 * result.best.mfu
+    assert "the global batch limits scaling" in run("specs/7b_on_64xA100.yaml", "--set",
+                                                    "cluster.nodes=256").stdout
+    assert batch_limit(search(load_spec("specs/7b_on_64xA100.yaml"))) is None
+
+
+def test_columns_keep_one_precision_and_numbers_keep_three_figures():
+    assert column([17.81, 0.8214, 0.001944]) == ["17.8", "0.8", "0.0"]
+    assert column([0.2092, 0.0013]) == ["0.209", "0.001"]
+    assert [sig(v) for v in (153.2, 17.81, 2.5, 0.00118)] == ["153", "17.8", "2.50", "0.00118"]
+    assert [money(v) for v in (950, 12_345, 434_000, 4.14e6)] == ["$950", "$12.3K", "$434K",
+                                                                  "$4.14M"]
+
+
+def test_memory_table_adds_up():
+    """allocated + fragmentation = reserved; + context = required; capacity - headroom =
+    usable; usable - required = free: each line of the printed table, to its rounding."""
+    text = run("specs/7b_on_64xA100.yaml").stdout
+    table = text.split("per-GPU memory")[1].split("verdict:")[0]
+    rows = {line.rsplit(None, 1)[0].strip(): float(line.rsplit(None, 1)[1])
+            for line in table.splitlines()[2:] if line.strip()}
+    get = lambda prefix: next(v for k, v in rows.items() if k.startswith(prefix))  # noqa: E731
+    assert get("= reserved") == pytest.approx(get("= peak") + get("+ allocator"), abs=0.011)
+    assert get("= required") == pytest.approx(get("= reserved") + get("+ CUDA"), abs=0.011)
+    assert get("= usable") == pytest.approx(get("capacity") - get("- headroom"), abs=0.011)
+    assert get("free") == pytest.approx(get("= usable") - get("= required"), abs=0.011)
