@@ -1,8 +1,8 @@
 """``plan SPEC --compare AXIS=V1,V2``: a Comparison (planner/capacity/compare.py) as one aligned
 table, a column per value and a row per memory and time term, or as one JSON object.  The rows
-are the text report's: the memory terms add up to the peak allocated, the peak plus fragmentation
-and the CUDA context to what the plan requires, and the time terms to the step time.  Nothing
-here computes an estimate; it only formats."""
+add up as the text report's do: the memory terms to the peak allocated, the peak plus the
+allocator's fragmentation and the CUDA context to what the plan requires, the time terms to the
+step time.  Nothing here computes an estimate; it only formats."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -65,12 +65,13 @@ def _rows(c: Comparison) -> list[tuple[str, list[Row]]]:
     memory: list[Row] = [(TERM_LABELS[t], (lambda e, t=t: getattr(e.memory, t)), _gib, _dgib)
                          for t in TERMS]
     memory += [
-        ("peak allocated", lambda e: e.memory.total, _gib, _dgib),
-        (f"allocator reserves (+{frag:.0%} fragmentation)", lambda e: e.reserved_bytes, _gib,
-         _dgib),
-        ("CUDA context (outside the allocator)", lambda e: e.cuda_context_bytes, _gib, _dgib),
-        ("required", lambda e: e.required_bytes, _gib, _dgib),
+        ("= peak allocated", lambda e: e.memory.total, _gib, _dgib),
+        (f"+ allocator fragmentation ({frag:.0%} of allocated)",
+         lambda e: e.reserved_bytes - e.memory.total, _gib, _dgib),
+        ("+ CUDA context (outside the allocator)", lambda e: e.cuda_context_bytes, _gib, _dgib),
+        ("= required", lambda e: e.required_bytes, _gib, _dgib),
         (f"usable (capacity less {headroom:.0%} headroom)", lambda e: e.usable_bytes, _gib, None),
+        ("free (usable - required)", lambda e: e.free_bytes, _gib, _dgib),
         ("verdict", lambda e: e.verdict, str, None),
     ]
     if any(v.estimate is not None and v.estimate.host_bytes_per_node for v in c.variants):
@@ -79,7 +80,7 @@ def _rows(c: Comparison) -> list[tuple[str, list[Row]]]:
     time: list[Row] = [(TIME_LABELS[k], (lambda e, k=k: getattr(e.time.step, k)), _s, _ds)
                        for k in TIME_TERMS]
     time += [
-        ("step", lambda e: e.step_time_s, _s, _ds),
+        ("= step", lambda e: e.step_time_s, _s, _ds),
         ("tokens/s", lambda e: e.tokens_per_s, lambda x: f"{x:,.0f}", lambda x: f"{x:+,.0f}"),
         ("MFU", lambda e: e.mfu, lambda x: f"{x:.1%}", lambda x: f"{x * 100:+.1f} pp"),
     ]
