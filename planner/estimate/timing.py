@@ -156,7 +156,9 @@ def head_seconds(spec: Spec, plan: Plan) -> float:
     """LM head GEMM (vocab-parallel) and the loss's memory traffic for one micro-batch."""
     ld = local_dims(spec.model, plan)
     tokens = ld.tokens
-    gemm = gemm_seconds(spec, plan, [(tokens, np.floor(ld.vocab), ld.d_model)])
+    # a rank's vocabulary shard is rounded up (the last shard is padded), never to 0 rows: a
+    # vocabulary smaller than tp still costs each rank a 1-row GEMM, not 0/0
+    gemm = gemm_seconds(spec, plan, [(tokens, np.ceil(ld.vocab), ld.d_model)])
     return gemm + loss_bytes_per_token(spec, plan) * tokens / spec.cluster.gpu.hbm_bytes_per_s
 
 

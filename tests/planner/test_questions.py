@@ -149,3 +149,30 @@ def test_memory_table_adds_up():
     assert get("= required") == pytest.approx(get("= reserved") + get("+ CUDA"), abs=0.011)
     assert get("= usable") == pytest.approx(get("capacity") - get("- headroom"), abs=0.011)
     assert get("free") == pytest.approx(get("= usable") - get("= required"), abs=0.011)
+
+
+def test_every_peak_moment_the_report_can_name_is_in_the_docs():
+    """The memory model's moments (planner/backends/deepspeed/memory.py) are the rows of the
+    table in docs/memory-model.md, so a name in a report is one a user can look up."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    code = (root / "planner/backends/deepspeed/memory.py").read_text()
+    names = set(re.findall(r'moment="([^"]+)"', code)) | set(
+        re.findall(r'\("((?:forward|backward) through the loss)"', code))
+    documented = set(re.findall(r"^\| ([a-z][^|]*?) \|", (root / "docs/memory-model.md")
+                                .read_text(), re.M))
+    assert len(names) >= 6 and names <= documented, names - documented
+
+
+def test_a_vocabulary_smaller_than_tp_costs_no_0_by_0_division():
+    """Budget mode over a 2-token vocabulary: shards of less than a row are rounded up."""
+    import warnings
+
+    from planner.spec.spec import spec_from_dict
+    spec = spec_from_dict({"model": {"preset": "llama2-7b", "vocab_size": 2},
+                           "cluster": {"gpu": "A100", "nodes": 1},
+                           "training": {"budget": {"days": 1}, "global_batch_sequences": 64}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plan_budget(spec).pick is not None
