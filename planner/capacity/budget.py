@@ -139,11 +139,15 @@ class BudgetResult:
 
 
 def planned_spec(spec: Spec, model: ModelSpec, tokens: Optional[float] = None) -> Spec:
-    """The budget spec with a chosen model and, once known, its tokens (plan mode again)."""
-    training = spec.training
+    """The budget spec with a chosen model and, once known, its tokens (plan mode again); a
+    dollars budget's price becomes the cluster's, so the pick's cost is at that price."""
+    training, cluster = spec.training, spec.cluster
     if tokens is not None:
         training = training.model_copy(update={"tokens": tokens, "budget": None})
-    return spec.model_copy(update={"model": model, "training": training})
+        price = spec.training.budget.price_per_gpu_hour
+        if price is not None and cluster.price_per_gpu_hour is None:  # a dollars budget's price
+            cluster = cluster.model_copy(update={"price_per_gpu_hour": price})
+    return spec.model_copy(update={"model": model, "training": training, "cluster": cluster})
 
 
 def evaluate(spec: Spec, candidate: Candidate, law: Law) -> Candidate:
