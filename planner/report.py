@@ -99,10 +99,12 @@ def _tokens(spec: Spec) -> tuple[Optional[float], str]:
 
 def _scaling_line(spec: Spec, tokens: float) -> str:
     s = chinchilla_summary(spec, tokens)
-    line = (f"loss     {s['predicted_loss']:.4f} nats/token predicted by {s['law']} at "
-            f"{s['tokens_per_param']:.1f} tokens/param (compute-optimal for this model: "
-            f"{s['compute_optimal_tokens']:.3g} tokens, {s['compute_optimal_tokens_per_param']:.1f}"
-            f"/param)")
+    loss = "no number" if s["predicted_loss"] is None else f"{s['predicted_loss']:.4f} nats/token"
+    optimal = ("no number" if s["compute_optimal_tokens"] is None else
+               f"{s['compute_optimal_tokens']:.3g} tokens, "
+               f"{s['compute_optimal_tokens_per_param']:.1f}/param")
+    line = (f"loss     {loss} predicted by {s['law']} at {s['tokens_per_param']:.1f} tokens/param "
+            f"(compute-optimal for this model: {optimal})")
     return line + (f"\n         warning: {s['warning']}" if s["warning"] else "")
 
 

@@ -255,14 +255,27 @@ def loss_warning(law: Law, loss: float, vocab_size: int) -> Optional[str]:
 
 
 def chinchilla_summary(spec: Spec, tokens: float) -> dict:
-    """Predicted loss of the spec's run and the law's compute-optimal tokens for its model."""
+    """Predicted loss of the spec's run and the law's compute-optimal tokens for its model.  A
+    law whose exponents put an answer beyond any float leaves that answer None with a warning
+    (the plan itself does not depend on it)."""
+    from planner.errors import SpecError
     law = law_of(spec)
     n = law.params(param_counts(spec.model))
     flops = training_flops(spec.model, tokens)
-    optimal = law.optimal_tokens(n)
-    loss = law.loss(n, tokens)
+    outside = []
+
+    def bounded(f, *args):
+        try:
+            return f(*args)
+        except SpecError as exc:
+            outside.append(exc.problem)
+            return None
+
+    optimal = bounded(law.optimal_tokens, n)
+    loss = bounded(law.loss, n, tokens)
+    warning = (f"outside the law's range: {outside[0]}" if outside
+               else loss_warning(law, loss, spec.model.vocab_size))
     return {"law": law.name, "params": n, "tokens": tokens, "tokens_per_param": tokens / n,
             "predicted_loss": loss, "compute_optimal_tokens": optimal,
-            "compute_optimal_tokens_per_param": optimal / n,
-            "six_nd_flops": flops.six_nd, "exact_flops": flops.exact,
-            "warning": loss_warning(law, loss, spec.model.vocab_size)}
+            "compute_optimal_tokens_per_param": None if optimal is None else optimal / n,
+            "six_nd_flops": flops.six_nd, "exact_flops": flops.exact, "warning": warning}

@@ -176,3 +176,19 @@ def test_a_vocabulary_smaller_than_tp_costs_no_0_by_0_division():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert plan_budget(spec).pick is not None
+
+
+def test_a_law_beyond_any_float_is_a_note_when_the_tokens_are_given(tmp_path):
+    """The plan does not depend on the law: its compute-optimal tokens become 'no number' with
+    a warning, and the report still prints (with tokens: chinchilla the law decides the tokens,
+    so that spec is an error naming training.scaling_law: tests/planner/test_bad_input.py)."""
+    spec = tmp_path / "law.yaml"
+    spec.write_text("model: llama2-7b\ncluster: {gpu: A100, nodes: 8}\ntraining: {tokens: 2.0e12, "
+                    "global_batch_sequences: 1024, scaling_law: {E: 1.7, A: 400, B: 400, "
+                    "alpha: 9.0, beta: 0.001}}\n")
+    out = run(str(spec))
+    assert out.exit_code == 0
+    assert "(compute-optimal for this model: no number)" in out.stdout
+    assert "warning: outside the law's range: custom gives e^" in out.stdout
+    report = json.loads(run(str(spec), "--json").stdout)
+    assert report["scaling"]["compute_optimal_tokens"] is None
