@@ -248,8 +248,10 @@ def sweep_figure(rows: Sequence[SweepRow], path: str, title: str):
         if points:
             ax.plot(*zip(*points), marker="o", color="C0")
         if name.startswith("peak"):
+            # a mark per value, not a line: the usable memory of a GPU is not interpolated
             ax.plot(xs, [usable_bytes(r.spec) / GiB for r in rows], color="crimson",
-                    linestyle="--", linewidth=1, label="usable")
+                    linestyle="none", marker="_", markersize=18, markeredgewidth=2,
+                    label="usable")
             ax.legend(fontsize=8)
         for x in infeasible:
             ax.axvline(x, color="crimson", alpha=0.2, linewidth=8)
@@ -265,7 +267,9 @@ def sweep_figure(rows: Sequence[SweepRow], path: str, title: str):
         if log:
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs)
-        ax.set_xticklabels([str(v) for v in values], fontsize=8)
+        long = not numeric and max(len(str(v)) for v in values) > 6
+        ax.set_xticklabels([str(v) for v in values], fontsize=8, rotation=25 if long else 0,
+                           ha="right" if long else "center")
         if log:
             ax.minorticks_off()
         ax.set_xlabel(path, fontsize=8)

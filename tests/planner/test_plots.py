@@ -224,3 +224,11 @@ def test_a_budget_spec_plots_only_a_sweep(tmp_path):
     assert result.stderr.startswith("error: --plot draws the plan report, a --sweep or a "
                                     "--compare")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_question_has_no_plot(tmp_path):
+    result = invoke(SPEC_7B, "--min", "gpus", "--days", "60", "--plot", tmp_path / "plots")
+    assert result.exit_code == 1
+    assert result.stderr == ("error: --plot draws the plan report, a --sweep or a --compare, not "
+                             "the answer to --max or --min\n")
+    assert not (tmp_path / "plots").exists()
