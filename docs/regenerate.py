@@ -6,6 +6,7 @@
     python docs/regenerate.py --lab runs/scaling_tinystories
                                        # docs/scaling-lab.md's results and docs/lab/*.png from a
                                        # finished lab (plan specs/scaling_tinystories.yaml --execute)
+    python docs/regenerate.py --plots  # docs/plots/*.png: the --plot commands docs/plots.md shows
 
 The JSON example is `plan specs/125m_on_1xH100.yaml --json` with `alternatives` trimmed to its
 first entry (the doc says so)."""
@@ -147,9 +148,33 @@ def regenerate_commands() -> None:
             print(f"rewrote {n} command block(s) in {doc.relative_to(ROOT)}")
 
 
+#: the commands docs/plots.md shows; each writes its PNGs into docs/plots/
+PLOT_COMMANDS = (
+    "plan specs/7b_on_64xA100.yaml --plot docs/plots",
+    "plan specs/7b_on_64xA100.yaml --sweep cluster.gpu=A100-40GB-SXM,A100-80GB-SXM,H100-SXM,H200,"
+    "V100-16GB-SXM --plot docs/plots",
+    "plan specs/7b_on_64xA100.yaml --compare zero=2,3 --plot docs/plots",
+)
+
+
+def regenerate_plots() -> None:
+    """Rerun PLOT_COMMANDS (not test_docs' blocks: a test would rewrite the PNGs)."""
+    import shlex
+    import subprocess
+    for command in PLOT_COMMANDS:
+        argv = [sys.executable, "-m", "pretrain.cli", *shlex.split(command)[1:]]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{command}: {done.stderr.strip()}")
+        print("\n".join(line for line in done.stdout.splitlines() if line.startswith("wrote ")))
+
+
 def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == "--commands":
         regenerate_commands()
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--plots":
+        regenerate_plots()
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--lab":
         regenerate_lab(Path(sys.argv[2]))
