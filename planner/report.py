@@ -65,7 +65,7 @@ def money(x: float) -> str:
     for suffix, size in (("B", 1e9), ("M", 1e6), ("K", 1e4)):
         if x >= size:
             size = 1e3 if suffix == "K" else size
-            return f"${x / size:.3g}{suffix}"
+            return f"${sig(x / size)}{suffix}"
     return f"${x:,.0f}"
 
 
@@ -398,9 +398,10 @@ def _candidate_row(c: Candidate, is_pick: bool, law) -> list:
     m, b = c.model, c.best
     shape = f"{m.n_layers} x {m.d_model}"
     if not c.feasible:
-        return ["", m.name, shape, f"{c.params / 1e9:.3g}", "", "", "", "", "", c.reason]
-    return ["<- pick" if is_pick else ("+" if c.refined else ""), m.name, shape, f"{c.params / 1e9:.3g}",
-            f"{c.tokens:.3g}", f"{c.tokens_per_param:.1f}", f"{c.days:,.1f}", f"{b.mfu:.1%}",
+        return ["", m.name, shape, sig(c.params / 1e9), "", "", "", "", "", c.reason]
+    return ["<- pick" if is_pick else ("+" if c.refined else ""), m.name, shape,
+            sig(c.params / 1e9), f"{c.tokens:.2e}", sig(c.tokens_per_param), sig(c.days),
+            f"{b.mfu:.1%}",
             f"{c.loss:.4f}" + (" !" if _loss_warning(law, c) else ""), _plan_label(b)]
 
 
@@ -580,8 +581,8 @@ def count(n: float) -> str:
     """A parameter or token count with a suffix: 35.2K, 1.25M, 6.74B."""
     for suffix, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
-            return f"{n / size:.3g}{suffix}"
-    return f"{n:.3g}"
+            return f"{sig(n / size)}{suffix}"
+    return sig(n)
 
 
 def _lab_lr(lab) -> str:
@@ -608,7 +609,7 @@ def lab_text(grid: LabGrid, source: str = "") -> str:
         f"schedule peak lr {_lab_lr(lab)}, warmup {lab.warmup_fraction:.0%} of each point's "
         f"steps, cosine to 10% of peak at the point's last step", ""]
     rows = [[p.level, f"{p.flops:.3g}", p.model.name, f"{p.model.n_layers} x {p.model.d_model}",
-             count(p.params), count(p.tokens), f"{p.tokens / p.params:.1f}",
+             count(p.params), count(p.tokens), sig(p.tokens / p.params),
              f"{p.steps:,}", f"{lab_learning_rate(lab, p.model):.2g}",
              _plan_label(p.best) if p.best else p.reason, duration(p.seconds)]
             for p in grid.points]
