@@ -327,6 +327,8 @@ def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool =
                 bar.update(ev["step"] - bar.n)
             elif kind == "eval":
                 (bar.write if bar else print)(f"step {ev['step']}: eval loss {ev['eval_loss']:.4f}")
+            elif kind == "note":  # e.g. a resume falling back to an older checkpoint
+                (bar.write if bar else print)(f"note: {ev['message']}", file=sys.stderr)
             elif kind == "error":
                 errors.append(ev["message"])
                 exit_code = ev.get("exit_code", exit_code)

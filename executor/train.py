@@ -2,9 +2,9 @@
 
 Each run directory was prepared by ``executor.run`` (spec, plan, options, DeepSpeed config,
 tokenizer, token shards).  Several run directories train one after another in one process group,
-which amortises the start-up (the tests use this).  Rank 0 prints ``@progress``/``@eval``/
-``@done``/``@error`` lines with a JSON payload for the parent to stream; everything else it
-prints is DeepSpeed's or torch's.
+which amortises the start-up (the tests use this).  Rank 0 prints ``@start``/``@progress``/
+``@eval``/``@note``/``@done``/``@error`` lines with a JSON payload for the parent to stream;
+everything else it prints is DeepSpeed's or torch's.
 
 Exit codes: 0 done, 1 crashed, 3 stopped on a non-finite loss (the last good checkpoint stays).
 """
@@ -35,7 +35,9 @@ from .ds_config import LRSchedule, tokens_per_step
 from .model import GPT
 from .tensor_parallel import unshard_state
 from .parallel import parallelize, pipeline_param_names, process_grid
-from .rundir import RunDir, RunOptions, complete_checkpoints, mark_complete
+from .errors import ExecutorError
+from .rundir import (RunDir, RunOptions, checkpoint_files, complete_checkpoints, file_digests,
+                     mark_complete, resume_point, set_aside)
 
 EXIT_OK, EXIT_CRASH, EXIT_NONFINITE = 0, 1, 3
 
@@ -167,8 +169,8 @@ def rank_state_path(tag_dir: Path, rank: int) -> Path:
 
 def save_checkpoint(engine, run: RunDir, step: int, sampler: BatchSampler, rank: int,
                     keep: int) -> None:
-    """DeepSpeed's checkpoint plus, per rank, the data position and RNG state; marked complete
-    only once every rank has written (a crash mid-save leaves no marker)."""
+    """DeepSpeed's checkpoint plus, per rank, the data position and RNG state; marked complete,
+    with its manifest, only once every rank has written (a crash mid-save leaves no marker)."""
     import deepspeed.comm as dist
     tag = f"global_step{step}"
     tag_dir = run.checkpoints / tag
@@ -177,21 +179,55 @@ def save_checkpoint(engine, run: RunDir, step: int, sampler: BatchSampler, rank:
                rank_state_path(tag_dir, rank))
     engine.save_checkpoint(str(run.checkpoints), tag=tag, client_state={"step": step})
     dist.barrier()
+    files = manifest_over_ranks(tag_dir, rank)
     if rank == 0:
-        mark_complete(run, tag, step, dist.get_world_size())
+        mark_complete(run, tag, step, dist.get_world_size(), files)
         for old in complete_checkpoints(run)[:-max(keep, 1)]:
             shutil.rmtree(run.checkpoints / old, ignore_errors=True)
     dist.barrier()
 
 
+def manifest_over_ranks(tag_dir: Path, rank: int) -> dict[str, dict]:
+    """Size and sha256 of every file of a checkpoint every rank has written, the hashing shared
+    out: rank 0 lists the files and each rank hashes every world_size-th, so a save pays for
+    1/world_size of the bytes on each rank."""
+    import deepspeed.comm as dist
+    world = dist.get_world_size()
+    names = [checkpoint_files(tag_dir) if rank == 0 else None]
+    dist.broadcast_object_list(names, src=0)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, file_digests(tag_dir, names[0][rank::world]))
+    return dict(sorted((name, digest) for part in parts for name, digest in part.items()))
+
+
+def choose_resume_tag(run: RunDir) -> tuple[Optional[str], Optional[str]]:
+    """Rank 0: (the tag to load, None) or (None, why none can be).  The newest complete
+    checkpoint that passes its manifest (``resume_point``); newer ones that fail are set aside
+    and the one line saying so goes to the parent."""
+    try:
+        point = resume_point(run)
+    except ExecutorError as exc:
+        return None, str(exc)
+    kept = [set_aside(run, tag).name for tag, _ in point.failed]
+    if point.note:
+        emit("note", {"message": point.note + (f" (set aside as {', '.join(kept)})" if kept
+                                               else "")})
+    return point.tag, None
+
+
 def restore_checkpoint(engine, run: RunDir, sampler: BatchSampler, rank: int) -> int:
-    tags = complete_checkpoints(run)
-    if not tags:
-        raise RuntimeError(f"{run.checkpoints}: no complete checkpoint to resume from")
-    path, _ = engine.load_checkpoint(str(run.checkpoints), tag=tags[-1])
+    """Every rank loads the tag rank 0 chose, by name: DeepSpeed's ``latest`` file names the
+    newest checkpoint whatever its state."""
+    import deepspeed.comm as dist
+    chosen = [choose_resume_tag(run) if rank == 0 else None]
+    dist.broadcast_object_list(chosen, src=0)
+    tag, problem = chosen[0]
+    if tag is None:
+        raise RuntimeError(problem)
+    path, _ = engine.load_checkpoint(str(run.checkpoints), tag=tag)
     if path is None:
-        raise RuntimeError(f"{run.checkpoints / tags[-1]}: DeepSpeed could not load it")
-    state = torch.load(rank_state_path(run.checkpoints / tags[-1], rank), weights_only=False)
+        raise RuntimeError(f"{run.checkpoints / tag}: DeepSpeed could not load it")
+    state = torch.load(rank_state_path(run.checkpoints / tag, rank), weights_only=False)
     sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     return int(state["step"])
