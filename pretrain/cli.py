@@ -141,7 +141,7 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
     try:
         spec = _load(spec_path, sets, top)
         if plot_dir is not None:
-            _check_plot(spec, sweep_arg is not None or compare_arg is not None)
+            _check_plot(spec, sweep_arg is not None or compare_arg is not None, question)
         if question is not None:
             ok = _question(spec, spec_path, question, as_json)
         elif sweep_arg is not None:
@@ -367,10 +367,13 @@ def _compare(spec, spec_path: str, compare_arg: str, as_json: bool, plot_dir: st
     return any(v.estimate is not None for v in comparison.variants)
 
 
-def _check_plot(spec, sweep_or_compare: bool) -> None:
+def _check_plot(spec, sweep_or_compare: bool, question=None) -> None:
     """--plot: matplotlib is there (checked before any work) and the report is one it draws."""
     from planner.plots import require_matplotlib
     require_matplotlib()
+    if question is not None:
+        raise PlannerError("--plot draws the plan report, a --sweep or a --compare, not the "
+                           "answer to --max or --min")
     if not sweep_or_compare and (spec.training.budget is not None
                                  or spec.training.lab is not None):
         raise PlannerError("--plot draws the plan report, a --sweep or a --compare; a budget or "
