@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from planner.capacity.advice import nearest_fix
 from planner.capacity.budget import BudgetResult, plan_budget
+from planner.capacity.compare import Comparison, compare
 from planner.capacity.inverse import (Answer, fewest_gpus, largest_micro_batch, largest_model,
                                       largest_seq_len)
 from planner.capacity.lawfit import fit_law
@@ -21,6 +22,6 @@ def plan(spec: Spec, *, executable: bool = False) -> SearchResult:
 
 
 __all__ = ["load_spec", "spec_from_dict", "plan", "estimate", "nearest_fix", "what_if", "edit",
-           "sweep", "plan_budget", "largest_micro_batch", "largest_seq_len", "fewest_gpus",
+           "sweep", "compare", "Comparison", "plan_budget", "largest_micro_batch", "largest_seq_len", "fewest_gpus",
            "largest_model", "law_of", "preset_law", "fit_law", "Plan", "Estimate",
            "SearchResult", "SweepRow", "BudgetResult", "Answer", "ScalingLaw", "Spec"]

@@ -13,19 +13,9 @@ from planner.capacity.compare import Comparison, Variant
 from planner.estimate.predict import Estimate
 from planner.estimate.timing import StepTime
 from planner.model.memory_terms import TERMS
-from planner.report import TERM_LABELS, estimate_json
+from planner.report import TERM_LABELS, TIME_LABELS, estimate_json
 from planner.spec.units import GiB
 
-#: the step-time terms (StepTime's fields, in its order) as the text report names them
-TIME_LABELS = {
-    "compute": "compute (GEMMs, attention, element-wise, host)",
-    "tp_comm": "tensor-parallel all-reduces",
-    "pp_comm": "pipeline transfers",
-    "bubble": "pipeline bubble",
-    "dp_comm": "data-parallel traffic (exposed)",
-    "optimizer": "optimizer step",
-    "offload": "offload (PCIe + host Adam)",
-}
 #: StepTime's terms, in its order (a new term without a label is a KeyError in every table)
 TIME_TERMS = tuple(k for k in StepTime().as_dict() if k != "total")
 

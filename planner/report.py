@@ -32,6 +32,13 @@ TERM_LABELS = {
 }
 
 
+#: the step-time terms (planner/estimate/timing.py StepTime) as the reports name them
+TIME_LABELS = {"compute": "compute (GEMMs, attention, element-wise, host)",
+               "tp_comm": "tensor-parallel all-reduces", "pp_comm": "pipeline transfers",
+               "bubble": "pipeline bubble", "dp_comm": "data-parallel traffic (exposed)",
+               "optimizer": "optimizer step", "offload": "offload (PCIe + host Adam)"}
+
+
 def _gib(x: float) -> float:
     return round(x / GiB, 3)
 
@@ -290,10 +297,7 @@ def _alternatives_table(result: SearchResult, tokens: float) -> str:
 
 def _time_table(e: Estimate) -> str:
     st = e.time.step
-    labels = {"compute": "compute (GEMMs, attention, element-wise, host)",
-              "tp_comm": "tensor-parallel all-reduces", "pp_comm": "pipeline transfers",
-              "bubble": "pipeline bubble", "dp_comm": "data-parallel traffic (exposed)",
-              "optimizer": "optimizer step", "offload": "offload (PCIe + host Adam)"}
+    labels = TIME_LABELS
     values = column([getattr(st, k) for k in labels] + [st.total], sig=4)
     rows = [[label, v, f"{getattr(st, k) / st.total:.1%}"]
             for (k, label), v in zip(labels.items(), values)]
