@@ -3,6 +3,7 @@ ranking key.  The search dimensions are data (AXES), so adding one does not add 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -16,35 +17,60 @@ from planner.estimate.predict import (Estimate, estimate, floor_bytes_needed, re
                                       usable_bytes)
 from planner.estimate.timing import throughput
 from planner.plan.rule import Rejected, check_rules, first_failing
+from planner.errors import SpecError
 from planner.plan.strategy import Plan, PlanBatch, column
 from planner.search.rules import first_failure, rules_for
 from planner.spec.spec import SearchSpec, Spec
 from planner.spec.units import AttentionKernel, GiB, Offload, Precision, Recompute, ZeroStage
 
 MAX_AUTO_MICRO_BATCH = 256
+#: the most candidates one search builds and evaluates (2 million: about 3 s and 0.5 GiB on one
+#: CPU core); a larger space is an error naming its axes, not minutes of work.  The shipped specs
+#: have under 1,500; Llama-2-7B on 1024 x 1024 GPUs, default axes, 4,752; a 16,384-layer model on
+#: 840 x 990 GPUs (highly composite: many tp and pp), about 200,000
+MAX_CANDIDATES = 2_000_000
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of n, ascending, from the pairs (d, n/d) with d <= sqrt(n): O(sqrt n)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def _axis(value, auto: Sequence) -> tuple:
     return tuple(auto) if value == "auto" else tuple(value)
 
 
+def _tps_pps(spec: Spec) -> tuple[tuple, tuple]:
+    """The tp and pp values: 'auto' tp takes the divisors of the node size that divide the world
+    size, 'auto' pp the divisors of the world size up to the layer count."""
+    s, ws = spec.search, spec.cluster.world_size
+    tps = _axis(s.tp, [t for t in divisors(spec.cluster.gpus_per_node) if ws % t == 0])
+    pps = _axis(s.pp, [p for p in divisors(ws) if p <= spec.model.n_layers])
+    return tps, pps
+
+
+def _auto_dp_pairs(spec: Spec, tps: tuple, pps: tuple) -> np.ndarray:
+    """The (tp, pp) pairs whose product divides the world size, tp-major (an 'auto' dp takes
+    what is left); at most MAX_AXIS_VALUES² of them, tested as one array."""
+    tp, pp = (a.ravel() for a in np.meshgrid(np.array(tps, dtype=np.int64),
+                                             np.array(pps, dtype=np.int64), indexing="ij"))
+    keep = spec.cluster.world_size % (tp * pp) == 0
+    return np.stack([tp[keep], pp[keep]], axis=1)
+
+
 def parallel_degrees(spec: Spec) -> Iterator[tuple[int, int, int]]:
     """(dp, tp, pp) triples.  'auto' tp takes the divisors of the node size, 'auto' pp the
     divisors of the world size up to the layer count, 'auto' dp what is left."""
     s, ws = spec.search, spec.cluster.world_size
-    tps = _axis(s.tp, [t for t in divisors(spec.cluster.gpus_per_node) if ws % t == 0])
-    pps = _axis(s.pp, [p for p in divisors(ws) if p <= spec.model.n_layers])
+    tps, pps = _tps_pps(spec)
+    if s.dp == "auto":
+        for tp, pp in _auto_dp_pairs(spec, tps, pps).tolist():
+            yield ws // (tp * pp), tp, pp
+        return
     for tp, pp in itertools.product(tps, pps):
-        if s.dp == "auto":
-            if ws % (tp * pp) == 0:
-                yield ws // (tp * pp), tp, pp
-        else:
-            for dp in s.dp:
-                yield dp, tp, pp
+        for dp in s.dp:
+            yield dp, tp, pp
 
 
 def micro_batches(spec: Spec, dp: int) -> tuple[int, ...]:
@@ -86,8 +112,32 @@ def candidates(spec: Spec) -> Iterator[Plan]:
     return (batch.plan(i) for i in range(len(batch)))
 
 
+def check_size(spec: Spec) -> int:
+    """The number of candidates, counted from the axes' sizes before any is built (an 'auto'
+    micro-batch counted at its most values); over MAX_CANDIDATES, a SpecError naming the axes."""
+    s = spec.search
+    tps, pps = _tps_pps(spec)
+    if s.dp == "auto":
+        sizes = {"(dp, tp, pp)": len(_auto_dp_pairs(spec, tps, pps))}
+        blame = {"(dp, tp, pp)": ("tp", "pp")}
+    else:
+        sizes, blame = {"dp": len(s.dp), "tp": len(tps), "pp": len(pps)}, {}
+    sizes["micro_batch"] = len(micro_batches(spec, dp=1))  # dp 1: the largest per-rank share
+    sizes.update({name: len(AXES[name](spec)) for name in AXES})
+    total = math.prod(sizes.values())
+    if total > MAX_CANDIDATES:
+        largest = sorted((n for n in sizes if sizes[n] > 1), key=lambda n: -sizes[n])[:2]
+        fields = [f"search.{a}" for n in largest for a in blame.get(n, (n,))]
+        terms = " x ".join(f"{n} {k:,}" for n, k in sizes.items())
+        raise SpecError("search", f"up to {total:,} candidates ({terms}), over the "
+                                  f"{MAX_CANDIDATES:,} one search evaluates; list fewer values "
+                                  f"in {' or '.join(fields)}")
+    return total
+
+
 def candidate_batch(spec: Spec) -> PlanBatch:
     """The product of the axes as columns: (dp, tp, pp) x micro-batch x the other axes."""
+    check_size(spec)
     others = list(itertools.product(*[AXES[name](spec) for name in AXES]))
     codes = {name: column(name, [v[i] for v in others]) for i, name in enumerate(AXES)}
     gb = spec.global_batch_sequences
@@ -214,5 +264,5 @@ def why_infeasible(result: SearchResult) -> str:
     reasons = ", ".join(f"{key}: {n}" for key, n in result.by_reason.most_common(3))
     return f"no feasible plan among {result.evaluated} candidates ({reasons})"
 
-__all__ = ["search", "candidates", "candidate_batch", "SearchResult", "SearchSpec", "OOM",
+__all__ = ["search", "candidates", "candidate_batch", "check_size", "MAX_CANDIDATES", "SearchResult", "SearchSpec", "OOM",
            "why_infeasible"]
