@@ -2,11 +2,14 @@
 (planner/spec/data/*.yaml)."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
 import yaml
+
+from planner.spec.base import closest
 
 #: keys of a preset that describe where its numbers come from rather than the model itself
 PRESET_META_KEYS = ("published_params", "source")
@@ -36,14 +39,37 @@ def scaling_laws() -> dict[str, dict[str, Any]]:
 GPU_NAME_KEYS = ("aliases", "device_names")
 
 
+def normal_name(name: str) -> str:
+    """A catalog name as compared: ``meta-llama/Llama-2-70b-hf`` and ``llama-2-70b`` are both
+    ``llama270b`` (case, an org/ prefix, an -hf suffix, dashes, dots, underscores and spaces
+    dropped), so the Hugging Face repository of a preset names it."""
+    name = name.strip().lower().rsplit("/", 1)[-1]
+    return re.sub(r"[-_. ]", "", re.sub(r"[-_]hf$", "", name))
+
+
+def _names(canonical: str, entry: dict[str, Any]) -> list[str]:
+    return [canonical, *entry.get("aliases", ()), *entry.get("device_names", ())]
+
+
 def _lookup(table: dict[str, dict[str, Any]], name: str) -> tuple[str, dict[str, Any]] | None:
-    """By canonical name, alias or (GPUs) the name torch.cuda.get_device_name() reports."""
+    """By canonical name, alias or (GPUs) the name torch.cuda.get_device_name() reports, case
+    aside; else by normal_name when that names one entry only."""
     key = name.strip().lower()
     for canonical, entry in table.items():
-        names = [canonical, *entry.get("aliases", ()), *entry.get("device_names", ())]
-        if key in (n.lower() for n in names):
+        if key in (n.lower() for n in _names(canonical, entry)):
             return canonical, entry
-    return None
+    form = normal_name(name)
+    found = [(c, e) for c, e in table.items() if form in map(normal_name, _names(c, e))]
+    return found[0] if len(found) == 1 else None
+
+
+def unknown_name(kind: str, plural: str, name: str, table: dict[str, dict[str, Any]]) -> str:
+    """The message for a name no entry has: the nearest entry (by difflib over normal_name
+    forms of every name and alias), if one is near, then every entry."""
+    names = {n: c for c, e in table.items() for n in _names(c, e)}
+    near = closest(name, names, normal_name)
+    guess = f"; did you mean {names[near]}? Known" if near is not None else "; known"
+    return f"unknown {kind} {name!r}{guess} {plural}: {', '.join(table)}"
 
 
 def over_entry(data: dict, key: str, found: tuple[str, dict[str, Any]],

@@ -8,7 +8,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, ValidationError, mo
 
 from planner.spec.base import Frozen as _Frozen
 from planner.spec.base import PositiveInt
-from planner.spec.catalog import find_gpu, gpu_catalog, over_entry
+from planner.spec.catalog import find_gpu, gpu_catalog, over_entry, unknown_name
 from planner.spec.units import GiB, Precision
 
 LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
@@ -16,6 +16,9 @@ LinkKind = Literal["nvswitch", "nvlink", "pcie", "infinity_fabric"]
 #: the largest cluster the search enumerates (2^20 GPUs, ten times today's largest): beyond it the
 #: divisor and candidate enumeration no longer answers interactively
 MAX_WORLD_SIZE = 2**20
+#: the most GPUs (and NICs) one node may have: 14x today's largest NVLink domain (GB200 NVL72);
+#: the network graph holds every GPU and NIC of a node, so its size grows with these
+MAX_GPUS_PER_NODE = 1024
 #: what a GPU that is not in the catalog must state
 CUSTOM_GPU_FIELDS = {"memory_gib", "peak_tflops", "hbm_gbps", "intra_node_gbps"}
 
@@ -69,9 +72,9 @@ class GpuSpec(_Frozen):
             if found is not None:
                 data = over_entry(data, "name", found, nested=("efficiency", "peak_tflops"))
             elif not CUSTOM_GPU_FIELDS <= set(data):
-                known = ", ".join(gpu_catalog())
-                raise ValueError(f"name: unknown GPU {data['name']!r}; known GPUs: {known} (a GPU "
-                                 f"outside the catalog needs {', '.join(sorted(CUSTOM_GPU_FIELDS))})")
+                unknown = unknown_name("GPU", "GPUs", str(data["name"]), gpu_catalog())
+                raise ValueError(f"name: {unknown} (a GPU outside the catalog needs "
+                                 f"{', '.join(sorted(CUSTOM_GPU_FIELDS))})")
         return data
 
     def supports(self, precision: Precision) -> bool:
@@ -99,7 +102,8 @@ class InterNodeSpec(_Frozen):
     """The network between nodes."""
 
     network: Literal["infiniband", "ethernet", "roce"] = "infiniband"
-    nics_per_node: PositiveInt = 8
+    nics_per_node: PositiveInt = Field(8, le=MAX_GPUS_PER_NODE, description="a rail-optimised "
+                                       "node has one per GPU")
     nic_gbit: PositiveFloat = Field(200, description="per NIC, Gbit/s")
     latency_us: PositiveFloat = Field(15.0, description="per ring hop through the network "
                                       "(NCCL), microseconds")
@@ -128,13 +132,18 @@ class ProfileRef(_Frozen):
     residual_after: Optional[float] = None
 
 
+#: what intra_node validates as while the GPU that gives its default is missing or wrong (the
+#: spec is refused for the GPU, so this link is never used)
+_NO_LINK = {"link": "pcie", "gbps": 1.0}
+
+
 class ClusterSpec(_Frozen):
     profile: Optional[ProfileRef] = Field(
         None, description="a calibration profile written by `plan calibrate` (a YAML path, "
                           "relative to the spec): its constants apply under the spec's own")
     gpu: GpuSpec
     nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt = 8
+    gpus_per_node: PositiveInt = Field(8, le=MAX_GPUS_PER_NODE)
     intra_node: IntraNodeSpec = Field(description="defaults to the GPU's usual server link")
     inter_node: InterNodeSpec = InterNodeSpec()
     host_memory_gib: PositiveFloat = Field(1024, description="host RAM per node (offload)")
@@ -168,11 +177,13 @@ class ClusterSpec(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _default_link(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "intra_node" not in data and "gpu" in data:
+        if isinstance(data, dict) and "intra_node" not in data:
             try:
                 gpu = GpuSpec.model_validate(data["gpu"])
-            except ValidationError:
-                return data  # reported with its path when the field itself is validated
+            except (KeyError, ValidationError):
+                # the GPU's own error (or its absence) is reported with its path; a stand-in
+                # link keeps that one mistake from also reading as intra_node missing
+                return {**data, "intra_node": _NO_LINK}
             data = {**data, "intra_node": {"link": gpu.intra_node_link,
                                            "gbps": gpu.intra_node_gbps}}
         return data

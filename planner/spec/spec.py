@@ -9,18 +9,20 @@ import copy
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (Field, NonNegativeFloat, PositiveFloat, PrivateAttr, ValidationError,
-                      field_validator, model_validator)
+from annotated_types import Gt, Le
+from pydantic import (Field, NonNegativeFloat, PositiveFloat, PrivateAttr, Strict,
+                      ValidationError, field_validator, model_validator)
 
 from planner.errors import SpecError
 from planner.spec.base import Frozen as _Frozen
-from planner.spec.base import PositiveInt
-from planner.spec.catalog import PRESET_META_KEYS, find_preset, model_presets, over_entry
-from planner.spec.cluster import (ClusterSpec, EfficiencySpec, GpuSpec,  # noqa: F401 (API)
-                                  InterNodeSpec, IntraNodeSpec)
+from planner.spec.base import PositiveInt, closest, section_at, unknown_keys
+from planner.spec.catalog import (PRESET_META_KEYS, find_preset, model_presets, over_entry,
+                                  unknown_name)
+from planner.spec.cluster import (MAX_WORLD_SIZE, ClusterSpec,  # noqa: F401 (API)
+                                  EfficiencySpec, GpuSpec, InterNodeSpec, IntraNodeSpec)
 from planner.spec.launch import LaunchSpec, NcclSpec, SlurmSpec  # noqa: F401 (API)
 from planner.spec.training import (LAW_CONSTANTS, BudgetSpec, LabSpec,  # noqa: F401 (API)
                                    ScalingLawSpec, TrainingSpec)
@@ -38,20 +40,32 @@ ARCH_DEFAULTS: dict[Arch, dict[str, Any]] = {
 }
 
 
+#: the largest shape the planner sizes, several times today's largest dense models (Llama 3
+#: 405B: 126 layers, d_model 16384, d_ff 53248, vocab 128256; contexts of 1-10M tokens): within
+#: them every count and byte size stays exact in int64 (a 10^12-layer model overflowed it)
+MAX_LAYERS = 2**14
+MAX_D_MODEL = 2**17
+MAX_D_FF = 4 * MAX_D_MODEL  # the default d_ff of the widest model
+MAX_VOCAB = 2**24
+MAX_SEQ_LEN = 2**24
+
+
 class ModelSpec(_Frozen):
     """Transformer shape.  ``preset`` names a shipped model; explicit fields override it."""
 
     preset: Optional[str] = Field(None, description="name of a shipped model preset")
     name: str = Field("custom", description="label used in reports")
     arch: Arch = Field(Arch.GPT2, description="block family; sets the defaults below")
-    n_layers: PositiveInt
-    d_model: PositiveInt
+    n_layers: PositiveInt = Field(le=MAX_LAYERS)
+    d_model: PositiveInt = Field(le=MAX_D_MODEL)
     n_heads: PositiveInt
     n_kv_heads: PositiveInt = Field(description="key/value heads (GQA); defaults to n_heads")
-    d_ff: PositiveInt = Field(description="MLP inner size; defaults to 4*d_model (GELU)")
-    vocab_size: PositiveInt
-    seq_len: PositiveInt
-    max_positions: PositiveInt = Field(description="learned position table size; default seq_len")
+    d_ff: PositiveInt = Field(le=MAX_D_FF, description="MLP inner size; defaults to 4*d_model "
+                              "(GELU)")
+    vocab_size: PositiveInt = Field(le=MAX_VOCAB)
+    seq_len: PositiveInt = Field(le=MAX_SEQ_LEN)
+    max_positions: PositiveInt = Field(le=MAX_SEQ_LEN, description="learned position table "
+                                       "size; default seq_len")
     norm: Norm
     activation: Activation
     position: Position
@@ -77,8 +91,8 @@ class ModelSpec(_Frozen):
         if preset is not None:
             found = find_preset(str(preset))
             if found is None:
-                known = ", ".join(model_presets())
-                raise ValueError(f"preset: unknown preset {preset!r}; known presets: {known}")
+                raise ValueError("preset: " + unknown_name("preset", "presets", str(preset),
+                                                           model_presets()))
             data = over_entry(data, "preset", found, drop=PRESET_META_KEYS)
         try:
             arch = Arch(data.get("arch", Arch.GPT2))
@@ -121,6 +135,11 @@ class ModelSpec(_Frozen):
 
 #: values one search axis may list (a longer list is a mistake, and its candidates unbounded)
 MAX_AXIS_VALUES = 1024
+#: the largest micro-batch a search axis may list: sequences x seq_len x d_model stays in int64
+MAX_MICRO_BATCH = 2**16
+#: a parallel degree: at most the largest cluster (so dp*tp*pp stays in int64)
+Degree = Annotated[int, Strict(), Gt(0), Le(MAX_WORLD_SIZE)]
+MicroBatch = Annotated[int, Strict(), Gt(0), Le(MAX_MICRO_BATCH)]
 
 
 def _as_axis(value: Any) -> Any:
@@ -139,12 +158,12 @@ def _as_axis(value: Any) -> Any:
 class SearchSpec(_Frozen):
     """Each dimension: one value, a list, or 'auto' (every value that can make sense)."""
 
-    dp: Union[Literal["auto"], tuple[PositiveInt, ...]] = "auto"
-    tp: Union[Literal["auto"], tuple[PositiveInt, ...]] = "auto"
-    pp: Union[Literal["auto"], tuple[PositiveInt, ...]] = "auto"
+    dp: Union[Literal["auto"], tuple[Degree, ...]] = "auto"
+    tp: Union[Literal["auto"], tuple[Degree, ...]] = "auto"
+    pp: Union[Literal["auto"], tuple[Degree, ...]] = "auto"
     zero: Union[Literal["auto"], tuple[ZeroStage, ...]] = "auto"
     precision: Union[Literal["auto"], tuple[Precision, ...]] = "auto"
-    micro_batch: Union[Literal["auto"], tuple[PositiveInt, ...]] = "auto"
+    micro_batch: Union[Literal["auto"], tuple[MicroBatch, ...]] = "auto"
     recompute: Union[Literal["auto"], tuple[Recompute, ...]] = "auto"
     offload: Union[Literal["auto"], tuple[Offload, ...]] = (Offload.NONE,)
     sequence_parallel: Union[Literal["auto"], tuple[bool, ...]] = (False,)
@@ -253,6 +272,11 @@ class Spec(_Frozen):
         if tokens is not None and tokens % self.model.seq_len:
             raise ValueError(f"training.global_batch_tokens: {tokens} is not a multiple of "
                              f"model.seq_len ({self.model.seq_len})")
+        sequences = self.training.global_batch_sequences
+        if sequences is not None and sequences * self.model.seq_len > MAX_SPEC_INT:
+            raise ValueError(f"training.global_batch_sequences: {sequences:,} sequences of "
+                             f"{self.model.seq_len:,} tokens is over the {MAX_SPEC_INT:.0e} tokens "
+                             f"a step may hold")
         return self
 
     @property
@@ -268,11 +292,31 @@ def _finite(x: float) -> Optional[float]:
 
 # --------------------------------------------------------------------------------- loading
 
-def _field_path(loc: tuple) -> str:
-    """Dotted path of a pydantic error location, without union-branch tags and list indices."""
+def _field_path(err: dict) -> str:
+    """Dotted path of a pydantic error, without union-branch tags and list indices; an unknown
+    key's location ends with the key itself, whatever its type (``1:`` is a key too)."""
+    loc = err["loc"]
+    *loc, key = loc if err["type"] in ("extra_forbidden", "invalid_key") else (*loc, None)
     parts = [str(p) for p in loc if not isinstance(p, int)
              and not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
-    return ".".join(parts)
+    return ".".join(parts if key is None else [*parts, str(key)])
+
+
+def _sibling(path: str, name: str) -> str:
+    """``cluster.gpus``, ``gpu`` -> ``cluster.gpu``."""
+    parent = path.rpartition(".")[0]
+    return f"{parent}.{name}" if parent else name
+
+
+def _unknown_key(nearest: Optional[str]) -> str:
+    return f"unknown key; did you mean {nearest}?" if nearest else "unknown key"
+
+
+def _did_you_mean(err: dict) -> str:
+    """For a string outside a closed set: the nearest allowed value, if one is near."""
+    allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+    nearest = closest(err["input"], allowed) if isinstance(err.get("input"), str) else None
+    return f"; did you mean {nearest!r}?" if nearest else ""
 
 
 def _problem(err: dict) -> tuple[str, str]:
@@ -281,10 +325,14 @@ def _problem(err: dict) -> tuple[str, str]:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
-    if err["type"] == "extra_forbidden":
-        return "", "unknown key"
+    if err["type"] == "extra_forbidden":  # a key of a law file, say: the nearest field
+        *parents, key = _field_path(err).split(".")
+        section = section_at(Spec, parents)
+        return "", _unknown_key(closest(key, section.model_fields if section else ()))
     if err["type"] == "missing":
         return "", "required field is missing"
+    if err["type"] in ("enum", "literal_error"):
+        return "", msg + _did_you_mean(err)
     field, sep, rest = msg.partition(": ")
     if sep and field.replace(".", "").replace("_", "").isalnum() and " " not in field:
         return field, rest
@@ -296,7 +344,7 @@ def _best_errors(errors: list[dict]) -> list[tuple[str, str]]:
     the literal 'auto' branch is the least informative, so it only counts when alone."""
     by_path: dict[str, list[dict]] = {}
     for err in errors:
-        by_path.setdefault(_field_path(err["loc"]), []).append(err)
+        by_path.setdefault(_field_path(err), []).append(err)
     out = []
     for path, errs in by_path.items():
         informative = [e for e in errs if e["type"] != "literal_error"] or errs
@@ -305,19 +353,44 @@ def _best_errors(errors: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+def _written_at(data: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _typos_first(data: dict, typos: list[tuple[str, Optional[str]]],
+                 problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Unknown keys lead (a misspelt key is why its field reads as missing or defaulted), each
+    with the nearest field; a problem of a field a typo's nearest names, which the spec does not
+    write, is that typo's consequence and not counted again."""
+    written = {path for path, _ in typos}
+    meant = {_sibling(path, near) for path, near in typos if near}
+    return [(path, _unknown_key(near)) for path, near in typos] + [
+        (path, problem) for path, problem in problems
+        if path not in written and not (path in meant and not _written_at(data, path))]
+
+
 #: the largest integer a spec may hold (past it, arithmetic overflows float64 and numpy)
 MAX_SPEC_INT = 10**15
+#: the deepest nesting a spec may have (its deepest field, cluster.gpu.efficiency.hbm, is 4)
+MAX_DEPTH = 32
 
 
-def _check_numbers(data: Any, path: str = "") -> None:
+def _check_numbers(data: Any, path: str = "", depth: int = 0) -> None:
     """Every number a spec holds is finite and of a size arithmetic can take: ``.inf``, ``nan``,
-    ``1e400`` (YAML reads it as inf) and 400-digit integers are errors naming their field."""
+    ``1e400`` (YAML reads it as inf) and 400-digit integers are errors naming their field; so is
+    nesting deeper than any field (a dict built in Python has no YAML parser to stop it)."""
+    if depth > MAX_DEPTH:
+        raise SpecError(path, f"nested more than {MAX_DEPTH} deep; no spec field is")
     if isinstance(data, dict):
         for k, v in data.items():
-            _check_numbers(v, f"{path}.{k}" if path else str(k))
+            _check_numbers(v, f"{path}.{k}" if path else str(k), depth + 1)
     elif isinstance(data, (list, tuple)):
         for v in data:
-            _check_numbers(v, path)
+            _check_numbers(v, path, depth + 1)
     elif isinstance(data, float) and not math.isfinite(data):
         raise SpecError(path, f"{data} is not a finite number")
     elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_SPEC_INT:
@@ -326,19 +399,27 @@ def _check_numbers(data: Any, path: str = "") -> None:
 
 
 def spec_from_dict(data: Any, source: str = "spec") -> Spec:
-    """Validate a parsed spec; raise SpecError naming the first bad field."""
+    """Validate a parsed spec; raise SpecError naming the first bad field (an unknown key first,
+    with the field it is nearest to)."""
     if not isinstance(data, dict):
         raise SpecError("", f"{source}: the top level must be a mapping of sections")
-    _check_numbers(data)
+    typos = list(unknown_keys(Spec, data))
     try:
+        _check_numbers(data)
         spec = Spec.model_validate(data)
+    except SpecError as exc:
+        if not typos:
+            raise
+        problems = [(exc.path, exc.problem)]
     except ValidationError as exc:
         problems = _best_errors(exc.errors())
-        path, problem = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SpecError(path, problem + more) from None
-    spec._written = copy.deepcopy(data)
-    return spec
+    else:
+        spec._written = copy.deepcopy(data)
+        return spec
+    problems = _typos_first(data, typos, problems) if typos else problems
+    path, problem = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise SpecError(path, problem + more)
 
 
 def spec_to_dict(spec: Spec) -> dict:

@@ -11,7 +11,8 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from planner.spec.base import Frozen as _Frozen
 from planner.spec.base import PositiveInt
-from planner.spec.catalog import find_scaling_law, over_entry, scaling_laws
+from planner.spec.catalog import (find_scaling_law, over_entry, scaling_laws,
+                                  unknown_name)
 from planner.spec.units import Optimizer
 
 
@@ -67,8 +68,8 @@ class ScalingLawSpec(_Frozen):
         if isinstance(data, dict) and data.get("preset") is not None:
             found = find_scaling_law(str(data["preset"]))
             if found is None:
-                known = ", ".join(scaling_laws())
-                raise ValueError(f"preset: unknown scaling law {data['preset']!r}; known: {known}")
+                raise ValueError("preset: " + unknown_name("scaling law", "scaling laws",
+                                                           str(data["preset"]), scaling_laws()))
             data = over_entry(data, "preset", found)
         return data
 

@@ -27,7 +27,7 @@ def run(tmp_path, text=None, raw=None, args=()):
     (BASE.replace("nodes: 8", "nodes: 1.0e8"), "cluster.nodes: Input should be a valid integer"),
     (BASE.replace("nodes: 8", "nodes: 100000000"), "the planner searches clusters of up to"),
     (BASE.replace("nodes: 8", "nodes: 1, gpus_per_node: 100000000"),
-     "100,000,000 GPUs; the planner searches"),
+     "cluster.gpus_per_node: Input should be less than or equal to 1024"),
     (BASE.replace("nodes: 8", "nodes: true"), "cluster.nodes: Input should be a valid integer"),
     (BASE.replace("nodes: 8", "nodes: 8.0"), "cluster.nodes: Input should be a valid integer"),
     (BASE.replace("nodes: 8", "nodes: '8'"), "cluster.nodes: Input should be a valid integer"),

@@ -246,7 +246,7 @@ def test_load_spec_reports_field_path(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("model: {preset: gpt2-124m, n_layer: 3}\n"
                     "cluster: {gpu: a100}\ntraining: {tokens: 1.0e9, global_batch_sequences: 8}\n")
-    with pytest.raises(SpecError, match=r"^model\.n_layer: unknown key$"):
+    with pytest.raises(SpecError, match=r"^model\.n_layer: unknown key; did you mean n_layers\?$"):
         load_spec(path)
 
 
