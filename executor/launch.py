@@ -102,6 +102,69 @@ def local_path_env() -> dict[str, str]:
                                      os.environ.get("PATH", "")])}
 
 
+def jit_ops(ds_config: dict, accelerator: str) -> list[str]:
+    """The DeepSpeed ops (their op_builder NAME) a rank of this config loads: the shared-memory
+    all-reduce on the CPU accelerator (comm/torch.py, build_shm_op), the optimizer's kernel
+    (engine.py, get_optimizer_configuration: none with torch_adam, DeepSpeedCPUAdam under
+    optimizer offload, FusedAdam otherwise) and the async I/O op of NVMe offload."""
+    ops = ["deepspeed_shm_comm"] if accelerator == "cpu" else []
+    optimizer = ds_config.get("optimizer", {})
+    zero = ds_config.get("zero_optimization", {})
+    offload = {zero.get(k, {}).get("device") for k in ("offload_optimizer", "offload_param")}
+    if optimizer.get("type", "").lower() in ("adam", "adamw") \
+            and not optimizer.get("params", {}).get("torch_adam", False):
+        cpu_optimizer = zero.get("offload_optimizer", {}).get("device") in ("cpu", "nvme")
+        ops.append("cpu_adam" if cpu_optimizer else "fused_adam")
+    if "nvme" in offload:
+        ops.append("async_io")
+    return ops
+
+
+def extensions_root(env: dict[str, str]) -> Path:
+    """Where torch JIT-builds extensions for a process with ``env`` and this interpreter:
+    $TORCH_EXTENSIONS_DIR, else a per-Python, per-accelerator folder of the user's cache
+    (torch/utils/cpp_extension.py, _get_build_directory)."""
+    if env.get("TORCH_EXTENSIONS_DIR"):
+        return Path(env["TORCH_EXTENSIONS_DIR"])
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+    accelerator = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip else
+                   f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{python}_{accelerator}"
+
+
+def prebuilt_ops() -> set[str]:
+    """Ops compiled into the installed DeepSpeed (DS_BUILD_OPS=1), which it imports instead of
+    building; read from its git_version_info_installed.py without importing DeepSpeed, whose
+    import picks an accelerator and logs it."""
+    import ast
+    import importlib.util
+    found = importlib.util.find_spec("deepspeed")
+    if found is None or not found.submodule_search_locations:
+        return set()
+    info = Path(found.submodule_search_locations[0]) / "git_version_info_installed.py"
+    try:
+        for node in ast.parse(info.read_text()).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) else None
+            if getattr(target, "id", "") == "installed_ops":
+                return {name for name, built in ast.literal_eval(node.value).items() if built}
+    except (OSError, SyntaxError, ValueError):
+        pass
+    return set()
+
+
+def ops_to_build(ds_config: dict, accelerator: str, env: dict[str, str]) -> list[str]:
+    """The ops of ``jit_ops`` that neither the installed DeepSpeed nor an earlier build in the
+    extensions folder provides: a launch with any spends a minute or more compiling them with
+    ninja before its first step.  (torch also rebuilds an op whose sources changed, as after a
+    DeepSpeed upgrade; that is not foreseen here.)"""
+    from torch.utils.cpp_extension import LIB_EXT
+    root, prebuilt = extensions_root(env), prebuilt_ops()
+    return [op for op in jit_ops(ds_config, accelerator)
+            if op not in prebuilt and not (root / op / f"{op}{LIB_EXT}").is_file()]
+
+
 def program_args(spec: Spec, run_dirs: Sequence[Path], extra: Sequence[str]) -> list[str]:
     """What each rank runs after the interpreter: ``-m executor.train --run-dir ...`` or the
     user's script and its arguments."""
@@ -251,4 +314,4 @@ def with_overrides(spec: Spec, **flags) -> Spec:
 
 __all__ = ["Launch", "launch_command", "torchrun_argv", "deepspeed_argv", "sbatch_script",
            "hostfile_text", "free_port", "rank_env", "with_overrides", "choose_launcher",
-           "RUN_DIR_VARIABLE"]
+           "RUN_DIR_VARIABLE", "jit_ops", "ops_to_build"]

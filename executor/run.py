@@ -1,6 +1,7 @@
 """``execute(spec, plan, run_dir, request)``: check that the plan can run, prepare the run
 directory (spec, plan, options, DeepSpeed config, tokenizer, token shards), launch the ranks,
-stream rank 0's progress, then write the plan-vs-actual report.
+stream rank 0's progress (with a notice while DeepSpeed's ops compile on a first launch), then
+write the plan-vs-actual report.
 
 The run directory (executor/rundir.py) is the contract between this parent and
 ``executor.train``.  User errors raise ExecutorError with one line, before anything is written.
@@ -11,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,59 +294,178 @@ def parse_event(line: str) -> tuple[Optional[str], Any]:
         return None, None
 
 
+#: what a launch says while its ranks JIT-build DeepSpeed's ops, silent otherwise
+COMPILE_NOTICE = "compiling DeepSpeed's ops (first run only, about a minute)..."
+
+
+class Notice:
+    """A line that stands in for silent ranks until ``stop``: on a terminal a spinner with the
+    seconds spent, redrawn in place; elsewhere (a log, a pipe) the line once, so no carriage
+    returns or spinner frames end up in a file."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, text: str, out=None, *, interval_s: float = 0.1):
+        self.text, self.out, self.interval_s = text, out or sys.stderr, interval_s
+        self.spin = bool(getattr(self.out, "isatty", lambda: False)())
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._drawn = 0  #: characters of the spinner line now on the terminal
+
+    def start(self) -> None:
+        if not self.spin:
+            self.write(self.text + "\n")
+            return
+        self._thread = threading.Thread(target=self._spin, args=(time.monotonic(),), daemon=True)
+        self._thread.start()
+
+    def _spin(self, t0: float) -> None:
+        frame = 0
+        while True:
+            with self._lock:
+                line = (f"{self.FRAMES[frame % len(self.FRAMES)]} {self.text} "
+                        f"{time.monotonic() - t0:.0f} s")
+                self.out.write("\r" + line.ljust(self._drawn))
+                self.out.flush()
+                self._drawn = len(line)
+            if self._stop.wait(self.interval_s):
+                return
+            frame += 1
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.out.write("\r" + " " * self._drawn + "\r")
+            self._drawn = 0
+
+    def write(self, text: str, file=None) -> None:
+        """``text`` (whole lines, to ``file`` or the notice's own stream) above the spinner,
+        which the next frame redraws."""
+        file = file or self.out
+        with self._lock:
+            self._clear()
+            self.out.flush()
+            file.write(text)
+            file.flush()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            self._clear()
+            self.out.flush()
+
+
+def compile_notice(run: RunDir, env: dict[str, str]) -> Optional[Notice]:
+    """A Notice when the ranks of this run will JIT-build DeepSpeed ops this machine has not
+    built (launch.py, ops_to_build); None when they load built ones, train elsewhere, or the
+    run directory is not one this executor prepared."""
+    from .launch import ops_to_build, trains_here
+    if not (run.run_file.is_file() and run.ds_config.is_file()):
+        return None
+    spec, _, _ = run.load()
+    ds_config = json.loads(run.ds_config.read_text())
+    if not trains_here(spec) or not ops_to_build(ds_config, spec.cluster.gpu.accelerator, env):
+        return None
+    return Notice(COMPILE_NOTICE)
+
+
+class RankOutput:
+    """What the parent shows of the ranks' output, line by line: rank 0's events as a progress
+    bar (loss, tokens/s, ETA) and a few lines, ``notice`` until the first run starts training,
+    and what is left to say afterwards (the errors, the last lines)."""
+
+    def __init__(self, *, verbose: bool = False, notice: Optional[Notice] = None,
+                 on_start: Optional[Callable[[dict], None]] = None):
+        self.verbose, self.notice, self.on_start = verbose, notice, on_start
+        self.tail: deque[str] = deque(maxlen=30)
+        self.errors: list[str] = []
+        self.exit_code: Optional[int] = None  #: the ranks' own (torchrun's is 1 for any failure)
+        self.bar = None
+        if notice is not None:
+            notice.start()
+
+    def say(self, text: str, file=None) -> None:
+        """One line to the user (stdout unless ``file``), above the bar or the notice."""
+        file = file or sys.stdout
+        if self.bar is not None:
+            self.bar.write(text, file=file)
+        elif self.notice is not None:
+            self.notice.write(text + "\n", file)
+        else:
+            print(text, file=file, flush=True)
+
+    def feed(self, line: str) -> None:
+        self.tail.append(line)
+        kind, ev = parse_event(line)
+        if kind == "start":
+            from tqdm import tqdm
+            self.end_notice()
+            if self.bar is not None:
+                self.bar.close()
+            if self.on_start is not None:
+                self.on_start(ev)
+            self.bar = tqdm(total=ev["last_step"], initial=ev["step"], unit="step",
+                            desc=Path(ev["run_dir"]).name, file=sys.stderr, dynamic_ncols=True)
+        elif kind == "progress" and self.bar is not None:
+            # the postfix first, without a redraw: update() redraws at most every
+            # mininterval, so a fast run's parent does not spend a core on its bar
+            self.bar.set_postfix_str(f"loss {ev['loss']:.4f} · {ev['tokens_per_s']:,.0f} tok/s · "
+                                     f"ETA {ev['eta_s']:.0f}s", refresh=False)
+            self.bar.update(ev["step"] - self.bar.n)
+        elif kind == "eval":
+            self.say(f"step {ev['step']}: eval loss {ev['eval_loss']:.4f}")
+        elif kind == "note":
+            self.say(f"note: {ev['message']}", file=sys.stderr)
+        elif kind == "error":
+            self.errors.append(ev["message"])
+            self.exit_code = ev.get("exit_code", self.exit_code)
+        elif self.verbose and kind is None:
+            if self.notice is not None:
+                self.notice.write(line)
+            else:
+                sys.stderr.write(line)
+
+    def end_notice(self) -> None:
+        if self.notice is not None:
+            self.notice.stop()
+            self.notice = None
+
+    def close(self) -> None:
+        self.end_notice()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def stream(argv: list[str], env: dict[str, str], run: RunDir, *, verbose: bool = False,
            on_start: Optional[Callable[[dict], None]] = None) -> int:
-    """Run the launcher, keep its whole output in train.log, and turn rank 0's events into a
-    progress bar (loss, tokens/s, ETA) and a few lines.  ``on_start`` sees each run directory's
-    start event before its bar opens (the lab prints where the sweep stands)."""
-    from tqdm import tqdm
-
+    """Run the launcher, keep its whole output in train.log, and show it as RankOutput does (a
+    notice while DeepSpeed's ops compile, then a progress bar).  ``on_start`` sees each run
+    directory's start event before its bar opens (the lab prints where the sweep stands)."""
     full_env = {**os.environ, **env,
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                             os.environ.get("PYTHONPATH")]))}
-    tail: deque[str] = deque(maxlen=30)
-    errors: list[str] = []
-    exit_code = None  #: the ranks' own code: torchrun reports 1 for any failed child
-    bar = None
-    with open(run.log, "a") as log, subprocess.Popen(
-            argv, env=full_env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            tail.append(line)
-            kind, ev = parse_event(line)
-            if kind == "start":
-                if bar is not None:
-                    bar.close()
-                if on_start is not None:
-                    on_start(ev)
-                bar = tqdm(total=ev["last_step"], initial=ev["step"], unit="step",
-                           desc=Path(ev["run_dir"]).name, file=sys.stderr, dynamic_ncols=True)
-            elif kind == "progress" and bar is not None:
-                # the postfix first, without a redraw: update() redraws at most every
-                # mininterval, so a fast run's parent does not spend a core on its bar
-                bar.set_postfix_str(f"loss {ev['loss']:.4f} · {ev['tokens_per_s']:,.0f} tok/s · "
-                                    f"ETA {ev['eta_s']:.0f}s", refresh=False)
-                bar.update(ev["step"] - bar.n)
-            elif kind == "eval":
-                (bar.write if bar else print)(f"step {ev['step']}: eval loss {ev['eval_loss']:.4f}")
-            elif kind == "note":  # e.g. a resume falling back to an older checkpoint
-                (bar.write if bar else print)(f"note: {ev['message']}", file=sys.stderr)
-            elif kind == "error":
-                errors.append(ev["message"])
-                exit_code = ev.get("exit_code", exit_code)
-            elif verbose and kind is None:
-                sys.stderr.write(line)
-        rc = proc.wait()
-    if bar is not None:
-        bar.close()
-    for message in errors:
+    out = RankOutput(verbose=verbose, notice=compile_notice(run, full_env), on_start=on_start)
+    try:
+        with open(run.log, "a") as log, subprocess.Popen(
+                argv, env=full_env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+            for line in proc.stdout:
+                log.write(line)
+                out.feed(line)
+            rc = proc.wait()
+    finally:
+        out.close()
+    for message in out.errors:
         where = f"; the full log is {run.log}" if rc != 0 else ""
         print(f"error: {message}{where}", file=sys.stderr)
-    if rc != 0 and not errors:
-        sys.stderr.write("".join(tail))
+    if rc != 0 and not out.errors:
+        sys.stderr.write("".join(out.tail))
         print(f"error: training exited with code {rc}; the full log is {run.log}", file=sys.stderr)
-    return exit_code if rc != 0 and exit_code is not None else rc
+    return out.exit_code if rc != 0 and out.exit_code is not None else rc
 
 
 __all__ = ["execute", "ExecuteRequest", "prepare_run_dir", "make_options", "prelaunch_problem",
