@@ -1,5 +1,6 @@
 """Plan vs actual: the planner's predictions for (spec, plan) beside what the run measured, as a
-table (report.txt), JSON (report.json) and a loss curve (loss.png), in the run directory."""
+table (report.txt), JSON (report.json) and curves of loss, learning rate and tokens/s against the
+plan (loss.png), in the run directory."""
 from __future__ import annotations
 
 import json
@@ -107,23 +108,55 @@ def comparison_rows(pred: dict, meas: dict) -> list[list[str]]:
     return rows
 
 
-def plot_loss(run: RunDir) -> None:
+def loss_figure(train: list[dict], evals: list[dict], title: str,
+                planned_tokens_per_s: Optional[float] = None,
+                measured_tokens_per_s: Optional[float] = None):
+    """Three panels over the optimizer step: train and eval loss; the learning rate the
+    scheduler set (warmup, then decay); the tokens/s of each step beside the plan's prediction
+    and the report's measurement (the median after the first steps), as horizontal lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
 
-    train, evals = read_metrics(run)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
+    steps = [r["step"] for r in train]
+    fig, (ax_loss, ax_lr, ax_speed) = plt.subplots(
+        3, 1, figsize=(7, 8), sharex=True, gridspec_kw={"height_ratios": [2, 1, 1]})
+    ax_loss.plot(steps, [r["loss"] for r in train], lw=1, label="train loss")
     if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(run.path.name)
-    ax.legend()
-    ax.grid(alpha=0.3)
+        ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-",
+                     label="eval loss")
+    ax_loss.set_ylabel("cross-entropy (nats/token)")
+    ax_loss.set_title(title)
+    ax_lr.plot(steps, [r["lr"] for r in train], lw=1, color="tab:green", label="learning rate")
+    ax_lr.set_ylabel("learning rate")
+    ax_speed.plot(steps, [r["tokens_per_s"] for r in train], lw=1, color="tab:purple",
+                  label="measured, per step")
+    if measured_tokens_per_s:
+        ax_speed.axhline(measured_tokens_per_s, ls=":", color="tab:purple",
+                         label=f"measured, median ({measured_tokens_per_s:,.0f})")
+    if planned_tokens_per_s:
+        ax_speed.axhline(planned_tokens_per_s, ls="--", color="tab:red",
+                         label=f"planned ({planned_tokens_per_s:,.0f})")
+    ax_speed.set_ylabel("tokens/s")
+    ax_speed.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    shown = [r["tokens_per_s"] for r in train] + [planned_tokens_per_s or 0]
+    ax_speed.set_ylim(0, 1.25 * max(shown))  # room for the legend above the lines
+    ax_speed.set_xlabel("optimizer step")
+    for ax in (ax_loss, ax_lr, ax_speed):
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss(run: RunDir, planned_tokens_per_s: Optional[float] = None,
+              measured_tokens_per_s: Optional[float] = None) -> None:
+    """loss.png: ``loss_figure`` of the run's metrics."""
+    train, evals = read_metrics(run)
+    fig = loss_figure(train, evals, run.path.name, planned_tokens_per_s, measured_tokens_per_s)
     fig.savefig(run.loss_png, dpi=100)
+    import matplotlib.pyplot as plt
     plt.close(fig)
 
 
@@ -162,7 +195,7 @@ def write_report(spec: Spec, plan: Plan, run: RunDir) -> str:
                                            **({"calibration": calibration} if calibration
                                               else {})}, indent=1) + "\n")
     if meas["steps"]:
-        plot_loss(run)
+        plot_loss(run, pred["tokens_per_s"], meas["tokens_per_s"])
     return text
 
 
