@@ -114,7 +114,8 @@ def test_the_notice_lasts_until_training_starts():
 
 def fake_launch(lines: list[str]) -> list[str]:
     """A launcher that is silent for a moment, then prints ``lines`` and exits 0."""
-    return [sys.executable, "-c", f"import time; time.sleep(0.3); print({''.join(lines)!r}, end='')"]
+    code = f"import time; time.sleep(0.3); print({''.join(lines)!r}, end='')"
+    return [sys.executable, "-c", code]
 
 
 @pytest.mark.parametrize("built", [False, True], ids=["first-launch", "ops-built"])
