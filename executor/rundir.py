@@ -209,7 +209,7 @@ class ResumePoint:
 
 def resume_point(run: RunDir) -> ResumePoint:
     """The newest complete checkpoint that passes ``checkpoint_problem``; raises ExecutorError
-    naming the newest one's problem when none does."""
+    naming the newest one's problem, file first, when none does."""
     tags = complete_checkpoints(run)
     if not tags:
         raise ExecutorError(f"{run.checkpoints}: no complete checkpoint to resume from")
@@ -219,9 +219,9 @@ def resume_point(run: RunDir) -> ResumePoint:
         if problem is None:
             return ResumePoint(tag, tuple(failed), has_manifest(run, tag))
         failed.append((tag, problem))
-    older = ("" if len(failed) == 1 else "; the older one fails too" if len(failed) == 2 else
-             f"; the {len(failed) - 1} older ones fail too")
-    raise ExecutorError(f"no checkpoint to resume from: {failed[0][1]}{older}")
+    older = ("" if len(failed) == 1 else " (the older one fails too)" if len(failed) == 2 else
+             f" (the {len(failed) - 1} older ones fail too)")
+    raise ExecutorError(f"{failed[0][1]}; no checkpoint to resume from{older}")
 
 
 def check_checkpoint(run: RunDir) -> str:

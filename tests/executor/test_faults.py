@@ -248,8 +248,8 @@ def test_no_checkpoint_that_verifies_is_one_error_line(trained, tmp_path):
     with pytest.raises(ExecutorError) as error:
         execute(tiny_spec(), PLAN, run.path, ExecuteRequest(resume=True))
     assert str(error.value) == (
-        f"no checkpoint to resume from: {run.checkpoints / f'global_step{STEPS}' / name}: "
-        f"checkpoint file is corrupt (sha256 differs from its manifest); the older one fails too")
+        f"{run.checkpoints / f'global_step{STEPS}' / name}: checkpoint file is corrupt (sha256 "
+        f"differs from its manifest); no checkpoint to resume from (the older one fails too)")
     assert sorted(p.name for p in run.checkpoints.iterdir()) == before
 
 
