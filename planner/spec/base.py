@@ -23,18 +23,22 @@ class Frozen(BaseModel):
 CLOSE_ENOUGH = 0.6
 
 
-def closest(word: str, names: Iterable[str],
-            normal: Callable[[str], str] = str.lower) -> Optional[str]:
+def closest(word: str, names: Iterable[str], normal: Callable[[str], str] = str.lower,
+            cutoff: float = CLOSE_ENOUGH) -> Optional[str]:
     """The name nearest ``word`` when comparing ``normal`` forms (difflib's ratio at least
-    CLOSE_ENOUGH), or None: the "did you mean" of a misspelt key or catalog name."""
+    ``cutoff``), or None: the "did you mean" of a misspelt key or catalog name.  Only names that
+    begin as the word does are offered: a typo seldom hits the first letter, and a B300 is no
+    MI300X."""
+    form = normal(word)
     by_form: dict[str, str] = {}
     for name in names:
-        by_form.setdefault(normal(name), name)
-    found = difflib.get_close_matches(normal(word), list(by_form), n=1, cutoff=CLOSE_ENOUGH)
+        if normal(name)[:1] == form[:1]:
+            by_form.setdefault(normal(name), name)
+    found = difflib.get_close_matches(form, list(by_form), n=1, cutoff=cutoff)
     return by_form[found[0]] if found else None
 
 
-def _section(annotation: Any) -> Optional[type[BaseModel]]:
+def section_of(annotation: Any) -> Optional[type[BaseModel]]:
     """The spec section a field holds (through Optional, unions and Annotated), or None: a
     mapping field (``dict[str, ...]``) has free keys and is not a section."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -42,7 +46,7 @@ def _section(annotation: Any) -> Optional[type[BaseModel]]:
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType or origin is Annotated:
         for arg in typing.get_args(annotation):
-            found = _section(arg)
+            found = section_of(arg)
             if found is not None:
                 return found
     return None
@@ -53,7 +57,7 @@ def section_at(model: type[BaseModel], parts: Iterable[str]) -> Optional[type[Ba
     InterNodeSpec), or None when the path leaves the sections."""
     for part in parts:
         field = model.model_fields.get(part)
-        model = _section(field.annotation) if field is not None else None
+        model = section_of(field.annotation) if field is not None else None
         if model is None:
             return None
     return model
@@ -73,6 +77,6 @@ def unknown_keys(model: type[BaseModel], data: Any,
         if name not in fields:
             yield where, closest(name, fields)
             continue
-        section = _section(fields[name].annotation)
+        section = section_of(fields[name].annotation)
         if section is not None:
             yield from unknown_keys(section, value, (*path, name))

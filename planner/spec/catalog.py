@@ -63,11 +63,15 @@ def _lookup(table: dict[str, dict[str, Any]], name: str) -> tuple[str, dict[str,
     return found[0] if len(found) == 1 else None
 
 
+#: catalog names are short and share digits (gpt2-1.5b, gpt5-1t): a nearer match than for keys
+NAME_CUTOFF = 0.7
+
+
 def unknown_name(kind: str, plural: str, name: str, table: dict[str, dict[str, Any]]) -> str:
     """The message for a name no entry has: the nearest entry (by difflib over normal_name
     forms of every name and alias), if one is near, then every entry."""
     names = {n: c for c, e in table.items() for n in _names(c, e)}
-    near = closest(name, names, normal_name)
+    near = closest(name, names, normal_name, NAME_CUTOFF)
     guess = f"; did you mean {names[near]}? Known" if near is not None else "; known"
     return f"unknown {kind} {name!r}{guess} {plural}: {', '.join(table)}"
 

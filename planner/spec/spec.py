@@ -18,7 +18,7 @@ from pydantic import (Field, NonNegativeFloat, PositiveFloat, PrivateAttr, Stric
 
 from planner.errors import SpecError
 from planner.spec.base import Frozen as _Frozen
-from planner.spec.base import PositiveInt, closest, section_at, unknown_keys
+from planner.spec.base import PositiveInt, closest, section_at, section_of, unknown_keys
 from planner.spec.catalog import (PRESET_META_KEYS, find_preset, model_presets, over_entry,
                                   unknown_name)
 from planner.spec.cluster import (MAX_WORLD_SIZE, ClusterSpec,  # noqa: F401 (API)
@@ -292,14 +292,25 @@ def _finite(x: float) -> Optional[float]:
 
 # --------------------------------------------------------------------------------- loading
 
-def _field_path(err: dict) -> str:
-    """Dotted path of a pydantic error, without union-branch tags and list indices; an unknown
-    key's location ends with the key itself, whatever its type (``1:`` is a key too)."""
+def _field_path(err: dict, data: Any) -> str:
+    """Dotted path of a pydantic error: the fields and keys of its location, read against the
+    sections and what the user wrote, so union-branch tags (``constrained-float``,
+    ``literal['auto']``) and list indices drop out; an unknown key's location ends with the key
+    itself, whatever its type (``1:`` is a key too)."""
+    section: Any = Spec
+    node, parts = data, []
     loc = err["loc"]
-    *loc, key = loc if err["type"] in ("extra_forbidden", "invalid_key") else (*loc, None)
-    parts = [str(p) for p in loc if not isinstance(p, int)
-             and not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
-    return ".".join(parts if key is None else [*parts, str(key)])
+    for i, p in enumerate(loc):
+        fields = section.model_fields if section is not None else {}
+        if i == len(loc) - 1 and err["type"] in ("extra_forbidden", "invalid_key"):
+            parts.append(str(p))
+        elif isinstance(p, int) and isinstance(node, (list, tuple)):
+            node = node[p] if p < len(node) else None
+        elif p in fields or (isinstance(node, dict) and p in node):
+            parts.append(str(p))
+            section = section_of(fields[p].annotation) if p in fields else None
+            node = node.get(p) if isinstance(node, dict) else None
+    return ".".join(parts)
 
 
 def _sibling(path: str, name: str) -> str:
@@ -312,21 +323,26 @@ def _unknown_key(nearest: Optional[str]) -> str:
     return f"unknown key; did you mean {nearest}?" if nearest else "unknown key"
 
 
-def _did_you_mean(err: dict) -> str:
-    """For a string outside a closed set: the nearest allowed value, if one is near."""
+def _nearest_allowed(err: dict) -> tuple[Optional[str], int]:
+    """For a string outside a closed set: (the nearest allowed value or None, how many)."""
     allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
     nearest = closest(err["input"], allowed) if isinstance(err.get("input"), str) else None
-    return f"; did you mean {nearest!r}?" if nearest else ""
+    return nearest, len(allowed)
 
 
-def _problem(err: dict) -> tuple[str, str]:
+def _did_you_mean(err: dict) -> str:
+    nearest, choices = _nearest_allowed(err)
+    return f"; did you mean {nearest!r}?" if nearest and choices > 1 else ""
+
+
+def _problem(err: dict, data: Any) -> tuple[str, str]:
     """(extra path, message): validators prefix their message with the field they blame."""
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
     if err["type"] == "extra_forbidden":  # a key of a law file, say: the nearest field
-        *parents, key = _field_path(err).split(".")
+        *parents, key = _field_path(err, data).split(".")
         section = section_at(Spec, parents)
         return "", _unknown_key(closest(key, section.model_fields if section else ()))
     if err["type"] == "missing":
@@ -339,16 +355,18 @@ def _problem(err: dict) -> tuple[str, str]:
     return "", msg
 
 
-def _best_errors(errors: list[dict]) -> list[tuple[str, str]]:
+def _best_errors(errors: list[dict], data: Any) -> list[tuple[str, str]]:
     """One (path, problem) per field.  A union such as ``'auto' | list`` reports every branch;
-    the literal 'auto' branch is the least informative, so it only counts when alone."""
+    the literal 'auto' branch is the least informative, so it only counts when alone, or when
+    the string written is near one of its values (``tokens: chinchila``)."""
     by_path: dict[str, list[dict]] = {}
     for err in errors:
-        by_path.setdefault(_field_path(err), []).append(err)
+        by_path.setdefault(_field_path(err, data), []).append(err)
     out = []
     for path, errs in by_path.items():
         informative = [e for e in errs if e["type"] != "literal_error"] or errs
-        extra, problem = _problem(informative[0])
+        near = [e for e in errs if e["type"] == "literal_error" and _nearest_allowed(e)[0]]
+        extra, problem = _problem((near or informative)[0], data)
         out.append((".".join(p for p in (path, extra) if p), problem))
     return out
 
@@ -412,7 +430,7 @@ def spec_from_dict(data: Any, source: str = "spec") -> Spec:
             raise
         problems = [(exc.path, exc.problem)]
     except ValidationError as exc:
-        problems = _best_errors(exc.errors())
+        problems = _best_errors(exc.errors(), data)
     else:
         spec._written = copy.deepcopy(data)
         return spec
@@ -436,10 +454,64 @@ def spec_to_dict(spec: Spec) -> dict:
     return spec.model_dump(mode="json")
 
 
+#: the largest spec file read (16 MiB): a spec is a few kB; a list of a million values (8 MB)
+#: is still read, to be refused by its field after 1,025 values; the slowest file this size,
+#: one long comment, takes PyYAML about 6 s to scan
+MAX_SPEC_BYTES = 2**24
+#: the most values (keys, scalars, lists and mappings; an alias counts as all it repeats) one
+#: spec holds: a hosts list of 30,000 nodes fits, and reading this many takes about 0.6 s
+MAX_YAML_VALUES = 2**15
+
+
 class _SpecLoader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, where ``4e6`` is a string; specs are written with YAML 1.2
     numbers in mind (``tokens: 2e12``, ``global_batch_tokens: 4.194304e6``).  A key written twice
-    in one mapping, at any depth, is an error (PyYAML keeps the last silently)."""
+    in one mapping, at any depth, is an error (PyYAML keeps the last silently).
+
+    What reading costs is bounded while the document is composed, before anything is built, and
+    the error names the key being read: nesting past MAX_DEPTH, a search axis past
+    MAX_AXIS_VALUES (a list of millions stops at its 1,025th value), and more than
+    MAX_YAML_VALUES values in all, aliases expanded (so an alias bomb stops too)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._keys: list[str] = []  #: the mapping keys above the node being read
+        self._depth = 0
+        self._values = 0
+        self._sizes: dict[int, int] = {}  #: id(node) -> values it holds, for its aliases
+
+    def _refuse(self, problem: str) -> None:
+        raise SpecError(".".join(self._keys), problem)
+
+    def _count(self, values: int) -> None:
+        self._values += values
+        if self._values > MAX_YAML_VALUES:
+            self._refuse(f"over {MAX_YAML_VALUES:,} values in one spec (aliases counted as all "
+                         f"they repeat); a spec holds a few hundred")
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._count(self._sizes.get(id(node), 1))
+            return node
+        is_value = isinstance(index, yaml.Node)  # a mapping's value: index is its key
+        if is_value:
+            self._keys.append(str(index.value) if isinstance(index, yaml.ScalarNode) else "?")
+        if isinstance(parent, yaml.SequenceNode) and index >= MAX_AXIS_VALUES \
+                and self._keys[:1] == ["search"]:
+            self._refuse(f"over {MAX_AXIS_VALUES:,} values; an axis lists at most "
+                         f"{MAX_AXIS_VALUES:,} (or 'auto')")
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            self._refuse(f"nested more than {MAX_DEPTH} deep; no spec field is")
+        before = self._values
+        self._count(1)
+        node = super().compose_node(parent, index)
+        self._sizes[id(node)] = self._values - before
+        self._depth -= 1
+        if is_value:
+            self._keys.pop()
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -463,6 +535,9 @@ def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError("", f"{path}: no such spec file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError("", f"{path}: {path.stat().st_size:,} bytes; a spec is at most "
+                        f"{MAX_SPEC_BYTES:,} (a few kB is usual)")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -474,9 +549,11 @@ def load_spec(path: str | Path) -> Spec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise SpecError("", f"{path}: invalid YAML{where}: "
-                        f"{getattr(exc, 'problem', None) or exc}") from None
-    except RecursionError:
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: no mark, a position
+            where = f" (line {text.count(chr(10), 0, exc.position) + 1})"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError("", f"{path}: invalid YAML{where}: {problem}") from None
+    except RecursionError:  # the loader stops at MAX_DEPTH first; this is the last resort
         raise SpecError("", f"{path}: nested too deeply to be a spec") from None
     return spec_from_dict(_relative_to(data, path.parent), str(path))
 
