@@ -22,7 +22,7 @@ from planner.errors import InfeasibleError, PlannerError
 from planner.estimate.predict import Estimate, estimate
 from planner.plan.rule import Rejected, check_rules
 from planner.plan.strategy import Plan
-from planner.search.engine import search, why_infeasible
+from planner.search.engine import grad_accum, search, why_infeasible
 from planner.search.rules import check
 from planner.spec.spec import Spec
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
@@ -129,9 +129,7 @@ def changed_plan(spec: Spec, plan: Plan, axis: str, value: Any) -> Plan:
     world = spec.cluster.world_size
     if axis in ("tp", "pp") and world % (new.tp * new.pp) == 0:
         new = replace(new, dp=world // (new.tp * new.pp))
-    # the grad_accum of candidate_batch (planner/search/engine.py)
-    return replace(new, grad_accum=max(1, spec.global_batch_sequences //
-                                       (new.dp * new.micro_batch)))
+    return replace(new, grad_accum=grad_accum(spec, new.dp, new.micro_batch))
 
 
 def compare(spec: Spec, axis: str, values: Sequence[Any], *,

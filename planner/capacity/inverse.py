@@ -31,7 +31,8 @@ from planner.errors import InfeasibleError, SpecError
 from planner.estimate.predict import SECONDS_PER_DAY, Estimate, estimate, usable_bytes
 from planner.model.shape import param_counts
 from planner.plan.strategy import Plan
-from planner.search.engine import SearchResult, divisors, precisions, search, why_infeasible
+from planner.search.engine import (SearchResult, divisors, grad_accum, precisions, search,
+                                    why_infeasible)
 from planner.search.rules import check
 from planner.spec.spec import Spec, spec_from_dict, spec_to_dict
 from planner.spec.units import AttentionKernel, GiB
@@ -226,7 +227,7 @@ def largest_micro_batch(spec: Spec, plan: Optional[Plan] = None) -> Answer:
     share = max(1, gb // plan.dp)
 
     def build(mb: int):
-        return spec, replace(plan, micro_batch=mb, grad_accum=max(1, gb // (plan.dp * mb))), ""
+        return spec, replace(plan, micro_batch=mb, grad_accum=grad_accum(spec, plan.dp, mb)), ""
 
     var = _Variable("micro_batch", list(range(1, share + 1)), 1, build,
                     f"the global batch: {gb} sequences over dp {plan.dp} leave {share} per rank")
@@ -268,8 +269,7 @@ def largest_seq_len(spec: Spec, plan: Optional[Plan] = None, multiple_of: int = 
         edited, why = _with_seq_len(written, s)
         if edited is None:
             return None, None, why
-        ga = max(1, edited.global_batch_sequences // (plan.dp * plan.micro_batch))
-        return edited, replace(plan, grad_accum=ga), ""
+        return edited, replace(plan, grad_accum=grad_accum(edited, plan.dp, plan.micro_batch)), ""
 
     degree = 2 if spec.model.attention is AttentionKernel.EAGER else 1
     var = _Variable("seq_len", values, degree, build, f"the largest value considered ({cap})")

@@ -73,6 +73,12 @@ def parallel_degrees(spec: Spec) -> Iterator[tuple[int, int, int]]:
             yield dp, tp, pp
 
 
+def grad_accum(spec: Spec, dp: int, micro_batch: int) -> int:
+    """Micro-batches per optimizer step: the global batch over dp x micro-batch (at least 1; a
+    remainder is the batch-divisibility rule's to reject)."""
+    return max(1, spec.global_batch_sequences // (dp * micro_batch))
+
+
 def micro_batches(spec: Spec, dp: int) -> tuple[int, ...]:
     """'auto': powers of two up to the per-rank share of the global batch."""
     if spec.search.micro_batch != "auto":
@@ -140,8 +146,7 @@ def candidate_batch(spec: Spec) -> PlanBatch:
     check_size(spec)
     others = list(itertools.product(*[AXES[name](spec) for name in AXES]))
     codes = {name: column(name, [v[i] for v in others]) for i, name in enumerate(AXES)}
-    gb = spec.global_batch_sequences
-    rows = [(dp, tp, pp, mb, max(1, gb // (dp * mb)))
+    rows = [(dp, tp, pp, mb, grad_accum(spec, dp, mb))
             for dp, tp, pp in parallel_degrees(spec) for mb in micro_batches(spec, dp)]
     outer = np.array(rows, dtype=np.int64).reshape(-1, 5)
     k = len(others)
