@@ -3,7 +3,13 @@ from __future__ import annotations
 
 
 class PlannerError(Exception):
-    """A problem the user can fix; its message is one line."""
+    """A problem the user can fix; its message is one line (a control character the user wrote,
+    in a key say, is shown escaped: ``model.n_layers\\n``)."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if text.isprintable() else "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class SpecError(PlannerError):

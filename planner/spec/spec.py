@@ -393,13 +393,17 @@ def _typos_first(data: dict, typos: list[tuple[str, Optional[str]]],
 
 #: the largest integer a spec may hold (past it, arithmetic overflows float64 and numpy)
 MAX_SPEC_INT = 10**15
+#: the largest and the smallest non-zero magnitude of a float a spec may hold: a FLOP budget of
+#: 1e27 fits, while a product of a few such numbers stays far from float64's 1.8e308
+MAX_SPEC_FLOAT, MIN_SPEC_FLOAT = 1e30, 1e-30
 #: the deepest nesting a spec may have (its deepest field, cluster.gpu.efficiency.hbm, is 4)
 MAX_DEPTH = 32
 
 
 def _check_numbers(data: Any, path: str = "", depth: int = 0) -> None:
     """Every number a spec holds is finite and of a size arithmetic can take: ``.inf``, ``nan``,
-    ``1e400`` (YAML reads it as inf) and 400-digit integers are errors naming their field; so is
+    ``1e400`` (YAML reads it as inf), ``1e300``, ``1e-300`` and 400-digit integers are errors
+    naming their field; so is
     nesting deeper than any field (a dict built in Python has no YAML parser to stop it)."""
     if depth > MAX_DEPTH:
         raise SpecError(path, f"nested more than {MAX_DEPTH} deep; no spec field is")
@@ -411,6 +415,10 @@ def _check_numbers(data: Any, path: str = "", depth: int = 0) -> None:
             _check_numbers(v, path, depth + 1)
     elif isinstance(data, float) and not math.isfinite(data):
         raise SpecError(path, f"{data} is not a finite number")
+    elif isinstance(data, float) and not (data == 0 or MIN_SPEC_FLOAT <= abs(data)
+                                          <= MAX_SPEC_FLOAT):
+        raise SpecError(path, f"{data:g} is outside the {MIN_SPEC_FLOAT:g} to "
+                              f"{MAX_SPEC_FLOAT:g} (or 0) a spec number may be")
     elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_SPEC_INT:
         raise SpecError(path, f"an integer of {len(str(abs(data)))} digits is larger than any "
                               f"spec needs (at most {MAX_SPEC_INT:.0e})")
