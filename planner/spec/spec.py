@@ -403,8 +403,8 @@ MAX_DEPTH = 32
 def _check_numbers(data: Any, path: str = "", depth: int = 0) -> None:
     """Every number a spec holds is finite and of a size arithmetic can take: ``.inf``, ``nan``,
     ``1e400`` (YAML reads it as inf), ``1e300``, ``1e-300`` and 400-digit integers are errors
-    naming their field; so is
-    nesting deeper than any field (a dict built in Python has no YAML parser to stop it)."""
+    naming their field; so is nesting deeper than any field (a dict built in Python has no YAML
+    loader to stop it)."""
     if depth > MAX_DEPTH:
         raise SpecError(path, f"nested more than {MAX_DEPTH} deep; no spec field is")
     if isinstance(data, dict):
@@ -417,8 +417,8 @@ def _check_numbers(data: Any, path: str = "", depth: int = 0) -> None:
         raise SpecError(path, f"{data} is not a finite number")
     elif isinstance(data, float) and not (data == 0 or MIN_SPEC_FLOAT <= abs(data)
                                           <= MAX_SPEC_FLOAT):
-        raise SpecError(path, f"{data:g} is outside the {MIN_SPEC_FLOAT:g} to "
-                              f"{MAX_SPEC_FLOAT:g} (or 0) a spec number may be")
+        raise SpecError(path, f"{data:g} is out of range: a spec number is 0 or of magnitude "
+                              f"{MIN_SPEC_FLOAT:g} to {MAX_SPEC_FLOAT:g}")
     elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_SPEC_INT:
         raise SpecError(path, f"an integer of {len(str(abs(data)))} digits is larger than any "
                               f"spec needs (at most {MAX_SPEC_INT:.0e})")
