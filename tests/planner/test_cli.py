@@ -197,7 +197,7 @@ def test_real_command(tmp_path, command):
                          text=True, timeout=60)
     assert bad.returncode == 1
     assert bad.stdout == ""
-    assert bad.stderr == "error: model.n_layer: unknown key\n"
+    assert bad.stderr == "error: model.n_layer: unknown key; did you mean n_layers?\n"
 
 
 def test_top_n_shows_n_plans_and_the_json_n_minus_one_alternatives():
