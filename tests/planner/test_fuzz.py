@@ -248,4 +248,4 @@ def test_the_largest_spec_the_ceilings_allow_stays_in_range(attention, heads):
                    "recompute": "auto", "offload": "auto", "zero": "auto"}})
     peak = peak_bytes(spec, candidate_batch(spec))
     assert np.isfinite(peak).all() and (peak > 0).all()
-    assert search(spec).best is None  # 10^16 parameters fit no GPU
+    assert search(spec).best is None  # some 4.5e15 parameters fit no GPU
