@@ -97,6 +97,10 @@ def cost_words(spec: Spec, e: Estimate, tokens: float) -> str:
 
 def _tokens(spec: Spec) -> tuple[Optional[float], str]:
     tokens = training_tokens(spec)
+    if tokens is None:
+        from planner.errors import PlannerError
+        raise PlannerError("the plan report needs training.tokens: a budget spec's report is "
+                           "budget_text, a lab spec's lab_text")
     if spec.training.tokens == "chinchilla":
         n = param_counts(spec.model).total
         return tokens, (f"{tokens:.3g} tokens (chinchilla: compute-optimal for this model under "

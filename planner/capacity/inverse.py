@@ -18,7 +18,7 @@ import bisect
 import copy
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import sympy
 
@@ -34,7 +34,7 @@ from planner.plan.strategy import Plan
 from planner.search.engine import (SearchResult, divisors, grad_accum, precisions, search,
                                     why_infeasible)
 from planner.search.rules import check
-from planner.spec.spec import Spec, spec_from_dict, spec_to_dict
+from planner.spec.spec import MAX_MICRO_BATCH, Spec, spec_from_dict, spec_to_dict
 from planner.spec.units import AttentionKernel, GiB
 
 #: valid values above the memory boundary that are still checked one by one: memory need not be
@@ -79,7 +79,7 @@ class _Variable:
     """One quantity to maximise: its candidate values and how each becomes a (spec, plan)."""
 
     name: str
-    values: list[int]  #: candidates, ascending
+    values: Sequence[int]  #: candidates, ascending
     degree: int  #: of required(x) within one regime
     build: Callable[[int], tuple[Optional[Spec], Optional[Plan], str]]
     end: str  #: what binds when the largest candidate works
@@ -229,7 +229,7 @@ def largest_micro_batch(spec: Spec, plan: Optional[Plan] = None) -> Answer:
     def build(mb: int):
         return spec, replace(plan, micro_batch=mb, grad_accum=grad_accum(spec, plan.dp, mb)), ""
 
-    var = _Variable("micro_batch", list(range(1, share + 1)), 1, build,
+    var = _Variable("micro_batch", range(1, min(share, MAX_MICRO_BATCH) + 1), 1, build,
                     f"the global batch: {gb} sequences over dp {plan.dp} leave {share} per rank")
     return _solve("largest micro-batch", var, usable_bytes(spec))
 
@@ -237,11 +237,8 @@ def largest_micro_batch(spec: Spec, plan: Optional[Plan] = None) -> Answer:
 def seq_len_values(spec: Spec, multiple_of: int, cap: int) -> list[int]:
     """Multiples of multiple_of up to cap; with global_batch_tokens, only its divisors."""
     tokens = spec.training.global_batch_tokens
-    if tokens is None:
-        return list(range(multiple_of, cap + 1, multiple_of))
-    small = [d for d in range(1, math.isqrt(tokens) + 1) if tokens % d == 0]
-    both = sorted(set(small) | {tokens // d for d in small})
-    return [d for d in both if d % multiple_of == 0 and d <= cap]
+    values = range(multiple_of, cap + 1, multiple_of)  # cap / multiple_of steps, whatever tokens
+    return list(values) if tokens is None else [s for s in values if tokens % s == 0]
 
 
 def _with_seq_len(written: dict, s: int) -> tuple[Optional[Spec], str]:

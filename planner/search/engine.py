@@ -265,9 +265,17 @@ TIGHT_SLACK = 0.03
 
 
 def why_infeasible(result: SearchResult) -> str:
-    """One line: how many candidates each rule (or memory) rejected, most common first."""
+    """One line: how many candidates each rule (or memory) rejected, most common first; with no
+    candidate at all, why the degrees the search space allows make none."""
+    if result.evaluated == 0:
+        s, ws = result.spec.search, result.spec.cluster.world_size
+        pinned = [f"{a}={list(v)}" for a in ("dp", "tp", "pp") if (v := getattr(s, a)) != "auto"]
+        allowed = f" with {', '.join(pinned)}" if pinned else ""
+        return (f"no candidate: no dp x tp x pp{allowed} makes the world size of {ws:,} GPUs "
+                f"(search.dp, search.tp, search.pp)")
     reasons = ", ".join(f"{key}: {n}" for key, n in result.by_reason.most_common(3))
     return f"no feasible plan among {result.evaluated} candidates ({reasons})"
+
 
 __all__ = ["search", "candidates", "candidate_batch", "check_size", "MAX_CANDIDATES", "SearchResult", "SearchSpec", "OOM",
            "why_infeasible"]

@@ -206,3 +206,28 @@ def test_a_law_beyond_any_float_is_a_note_when_the_tokens_are_given(tmp_path):
     assert "warning: outside the law's range: custom gives e^" in out.stdout
     report = json.loads(run(str(spec), "--json").stdout)
     assert report["scaling"]["compute_optimal_tokens"] is None
+
+
+def test_questions_stay_bounded_for_huge_batches():
+    """A global batch of 10^9 sequences: the micro-batch candidates stop at the spec's ceiling
+    and the sequence lengths are the multiples up to the cap, not the batch's divisors."""
+    import time
+
+    from planner.capacity.inverse import largest_micro_batch, seq_len_values
+    from planner.spec.spec import MAX_MICRO_BATCH
+    spec = edit(load_spec("specs/125m_on_1xH100.yaml"),
+                {"training.global_batch_tokens": 10**9 * 1024})
+    start = time.perf_counter()
+    answer = largest_micro_batch(spec)
+    assert answer.value is not None and answer.value <= MAX_MICRO_BATCH
+    tokens = edit(spec, {"training.global_batch_tokens": 2**40})
+    assert seq_len_values(tokens, 128, 2**20)[-1] == 2**20
+    assert time.perf_counter() - start < 2.0
+
+
+def test_the_plan_report_of_a_budget_spec_is_a_clear_error():
+    from planner.errors import PlannerError
+    from planner.report import to_text
+    spec = load_spec("specs/budget_64xA100_30days.yaml")
+    with pytest.raises(PlannerError, match="needs training.tokens"):
+        to_text(search(spec), [])
