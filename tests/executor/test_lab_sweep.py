@@ -153,19 +153,25 @@ def test_resume_reruns_nothing_finished_and_goes_on_from_a_killed_points_checkpo
 
 
 def test_a_corrupt_checkpoint_is_refused_with_one_line(lab, tmp_path):
+    """Every checkpoint of a point corrupt: nothing to fall back to (one corrupt checkpoint falls
+    back to the previous one: tests/executor/test_faults.py), so one line naming the newest's
+    file."""
     spec_path, lab_dir = lab
     copy = tmp_path / "copy"
     shutil.copytree(lab_dir, copy)
     point = RunDir(sorted((copy / "points").iterdir())[-1])
     point.actual.unlink()
-    tag = point.checkpoints / complete_checkpoints(point)[-1]
-    rank_file = next(tag.glob("executor_rank*.pt"))
-    rank_file.write_bytes(rank_file.read_bytes()[:100])
+    tags = complete_checkpoints(point)
+    for tag in tags:
+        for f in (point.checkpoints / tag).glob("executor_rank*.pt"):
+            f.write_bytes(f.read_bytes()[:100])
+    newest = point.checkpoints / tags[-1]
     out = CliRunner().invoke(main, [str(spec_path), "--execute", "--resume", "--run-dir",
                                     str(copy)])
     assert out.exit_code == 1
-    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {rank_file}: checkpoint file "
-                                                          f"is corrupt")
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {newest}/executor_rank") and ": checkpoint file is corrupt" \
+        in last and "; no checkpoint to resume from" in last
 
 
 def test_a_new_lab_refuses_an_existing_directory_and_a_resume_a_changed_grid(lab):
