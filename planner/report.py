@@ -167,7 +167,8 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "",
         "spec": source,
         "name": spec.name,
         "description": spec.description,
-        "model": {"name": spec.model.name, "params": param_counts(spec.model).total},
+        "model": {"name": spec.model.name, "params": param_counts(spec.model).total,
+                  "hf_config": spec.model.hf_config},
         "cluster": {"gpu": spec.cluster.gpu.name, "gpus": spec.cluster.world_size,
                     "gpu_memory_gib": spec.cluster.gpu.memory_gib,
                     "profile": (spec.cluster.profile.model_dump(mode="json")
@@ -203,7 +204,8 @@ def _header(spec: Spec, source: str) -> list[str]:
     return lines + [
         f"model    {m.name}: {n / 1e9:.3f} B parameters ({m.n_layers} layers, d_model {m.d_model}, "
         f"{m.n_heads} heads / {m.n_kv_heads} kv, d_ff {m.d_ff} {m.activation.value}, vocab "
-        f"{m.vocab_size}, seq {m.seq_len}, {m.attention.value} attention)",
+        f"{m.vocab_size}, seq {m.seq_len}, {m.attention.value} attention)"
+        + (f", from {m.hf_config}" if m.hf_config else ""),
         f"cluster  {c.nodes} node(s) x {c.gpus_per_node} {c.gpu.name} ({c.gpu.memory_gib} GiB), "
         f"{c.intra_node.link} {c.intra_node.gbps:g} GB/s, {inter.nics_per_node} x "
         f"{inter.nic_gbit:g} Gb/s {inter.network}",

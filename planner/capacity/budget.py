@@ -61,7 +61,7 @@ def family_shape(template: ModelSpec, d_model: int) -> ModelSpec:
     d_ff = _round_up(8 * d_model / 3, 256) if swiglu else 4 * d_model
     n_layers = max(2, round(d_model / aspect_ratio(d_model)))
     fields = template.model_dump(exclude={"preset", "name", "n_layers", "d_model", "n_heads",
-                                          "n_kv_heads", "d_ff"})
+                                          "n_kv_heads", "d_ff", "head_dim", "hf_config"})
     return ModelSpec.model_validate({**fields, "name": f"{template.arch.value}-d{d_model}",
                                      "n_layers": n_layers, "d_model": d_model, "n_heads": heads,
                                      "n_kv_heads": kv, "d_ff": d_ff})

@@ -11,7 +11,7 @@ import numpy as np
 
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
-from planner.model.flops import step_flops, utilisation
+from planner.model.flops import causal_pairs, step_flops, utilisation
 from planner.model.local import local_dims
 from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
 from planner.network import collectives as coll
@@ -95,7 +95,7 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     b, s, q = ld.micro_batch, ld.seq, ld.q_width
     eff = spec.cluster.gpu.efficiency
     if mdl.attention is AttentionKernel.FLASH:
-        fwd_flops = 2 * b * s * s * q  # 4·b·s²·h halved by causality
+        fwd_flops = 4 * b * causal_pairs(mdl) * q  # 4·b·s²·h halved by causality (or a band)
         fp32 = plan.is_precision(Precision.FP32)
         fwd = where(fp32, eff.attention_fp32, eff.attention_fwd)
         bwd = where(fp32, eff.attention_fp32, eff.attention_bwd)
@@ -118,10 +118,11 @@ def elementwise_bytes_per_token(spec: Spec, plan: Plan) -> float:
     mdl, e, ld = spec.model, plan.activation_bytes, local_dims(spec.model, plan)
     h, f, qk = ld.d_model, ld.ffn, ld.q_width + ld.kv_width
     fused = spec.model.fused_kernels
+    n = mdl.norms_per_block
     if mdl.norm is Norm.LAYERNORM or fused:
-        norms = 2 * 2 * e * h
+        norms = n * 2 * e * h
     else:
-        norms = 2 * ((e + 4) + 4 + 4 + (4 + 4) + (4 + e) + 2 * e + e) * h
+        norms = n * ((e + 4) + 4 + 4 + (4 + 4) + (4 + e) + 2 * e + e) * h
     rope = (2 * e * qk if fused else 10 * e * qk) if mdl.position is Position.ROPE else 0
     if mdl.activation is Activation.SWIGLU:
         act = 3 * e * f if fused else 5 * e * f
@@ -135,9 +136,11 @@ def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
     """Logits traffic on the last stage: the fp32 upcast, log-softmax, nll and their backward
     (about eight logits-sized passes); a fused cross-entropy reads the logits once each way."""
     e, v = plan.activation_bytes, local_dims(spec.model, plan).vocab
+    # a logit soft-cap (Gemma 2) divides, tanhs and multiplies the logits: three passes each way
+    softcap = 2 * 3 * 2 * e * v if spec.model.logit_softcap is not None else 0
     if spec.model.fused_kernels:
-        return 2 * (e + e) * v
-    return (e + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + e) * v
+        return 2 * (e + e) * v + softcap
+    return (e + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + e) * v + softcap
 
 
 def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:

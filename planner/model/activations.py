@@ -6,7 +6,8 @@ the model the executor builds (and the calibration harness mirrors): no dropout,
 kernel (scaled_dot_product_attention), norms as PyTorch/HF implement them, logits upcast to fp32
 before cross-entropy.  Each function returns bytes on one GPU for ``b`` sequences.
 
-Symbols: s sequence length, b micro-batch, h d_model, q = h query width, k = kv width (GQA),
+Symbols: s sequence length, b micro-batch, h d_model, q query width (n_heads x head_dim, h for
+most models), k = kv width (GQA),
 f d_ff, a heads, V vocab, t tensor-parallel degree, e bytes per activation element.
 """
 from __future__ import annotations
@@ -84,7 +85,8 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
     """
     sb = d.s * d.b
     rope = m.position is Position.ROPE and not d.fused
-    tables = d.e * d.s * m.head_dim if rope else 0  # cos and sin the rotation's multiplies keep
+    # cos and sin the rotation's multiplies keep, over the rotated share of each head
+    tables = d.e * d.s * m.head_dim * m.rotary_fraction if rope else 0
     out = d.e * sb * d.q  # attention output, also the output projection's input
     qkv = d.e * sb * (d.q + 2 * d.k)
     flash = qkv + out + tables + FP32_BYTES * d.b * d.a * d.s
@@ -117,10 +119,29 @@ def mlp_saved_bytes(m: ModelSpec, d: _Dims) -> float:
     return d.e * d.s * d.b * d.f * per_f
 
 
+def extra_norms_saved_bytes(m: ModelSpec, d: _Dims) -> float:
+    """Gemma 2's post-attention and post-MLP norms (``norms_per_block: 4``): each keeps what a
+    norm keeps for its own backward, but its output goes to the residual add, which saves
+    nothing, so no following linear keeps it."""
+    if m.norms_per_block == 2:
+        return 0.0
+    return 2 * (norm_saved_bytes(m, d) - d.e * d.s * d.b * d.h * d.r)
+
+
+def shared_input_bytes(m: ModelSpec, d: _Dims) -> float:
+    """With a parallel residual (GPT-NeoX) both norms read the block's input: a LayerNorm saves
+    that one tensor once, where a sequential block's second norm saves attention's sum.  An
+    RMSNorm's fp32 copy is made per norm either way."""
+    if not m.parallel_residual or m.norm is not Norm.LAYERNORM:
+        return 0.0
+    return d.e * d.s * d.b * d.h * d.r
+
+
 def block_saved_bytes(m: ModelSpec, plan: Plan) -> float:
     """Everything one block keeps for backward when it is not recomputed."""
     d = _dims(m, plan)
-    return (2 * norm_saved_bytes(m, d) + attention_saved_bytes(m, d, plan)
+    return (2 * norm_saved_bytes(m, d) + extra_norms_saved_bytes(m, d)
+            - shared_input_bytes(m, d) + attention_saved_bytes(m, d, plan)
             + mlp_saved_bytes(m, d))
 
 
@@ -172,10 +193,20 @@ def logits_forward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     d = _dims(m, plan)
     n = d.s * d.b * d.V
     if d.fused:  # chunked cross-entropy: no full-size fp32 copies
-        return n * d.e
+        return n * d.e + softcap_saved_bytes(m, plan)
     loss = loss_dtype_bytes(m, plan)
     upcast = where(loss != d.e, loss, 0)
-    return n * (d.e + upcast + loss)
+    return n * (d.e + upcast + loss) + softcap_saved_bytes(m, plan)
+
+
+def softcap_saved_bytes(m: ModelSpec, plan: Plan) -> float:
+    """A logit soft-cap, c·tanh(logits/c) in the compute dtype before the loss (Gemma 2 as
+    transformers runs it): tanh's output is kept for its backward, one more logits-sized tensor
+    through forward and backward of the loss."""
+    if m.logit_softcap is None:
+        return 0.0
+    d = _dims(m, plan)
+    return d.e * d.s * d.b * d.V
 
 
 def logits_backward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
@@ -184,5 +215,5 @@ def logits_backward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     (aten _log_softmax_backward_data).  Vocab-parallel: V/t per rank."""
     d = _dims(m, plan)
     if d.fused:  # the logits and their gradient, computed chunk by chunk in the forward
-        return 2 * d.e * d.s * d.b * d.V
-    return 3 * loss_dtype_bytes(m, plan) * d.s * d.b * d.V
+        return 2 * d.e * d.s * d.b * d.V + softcap_saved_bytes(m, plan)
+    return 3 * loss_dtype_bytes(m, plan) * d.s * d.b * d.V + softcap_saved_bytes(m, plan)

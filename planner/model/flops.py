@@ -18,12 +18,40 @@ from planner.spec.units import Recompute
 def layer_matmul_flops_per_token(m: ModelSpec) -> int:
     """Forward FLOPs per token of one block's weight matmuls: QKV, output projection, MLP."""
     d = m.d_model
-    return 2 * (d * (d + 2 * m.kv_dim) + d * d + mlp_matrices(m) * d * m.d_ff)
+    return 2 * (d * (m.q_dim + 2 * m.kv_dim) + m.q_dim * d + mlp_matrices(m) * d * m.d_ff)
 
 
-def attention_flops_per_token(m: ModelSpec) -> int:
-    """Forward FLOPs per token of QK^T and (softmax)V in one block: 2·2·s·d."""
-    return 4 * m.seq_len * m.d_model
+def attended_keys(m: ModelSpec) -> float:
+    """Keys each query's scores are counted over, averaged over the layers: the whole sequence
+    (the full s x s product, by the convention above), or the window on sliding-window layers
+    (every layer, or every other one as Gemma 2 alternates local and global)."""
+    s = m.seq_len
+    if m.sliding_window is None or m.sliding_window >= s:
+        return float(s)
+    if m.sliding_window_layers == "all":
+        return float(m.sliding_window)
+    sliding = (m.n_layers + 1) // 2  # layers 0, 2, 4, ... slide
+    return (sliding * m.sliding_window + (m.n_layers - sliding) * s) / m.n_layers
+
+
+def causal_pairs(m: ModelSpec) -> float:
+    """(query, key) pairs a causal fused kernel computes per sequence, averaged over the layers:
+    s²/2, or s·w - w²/2 on a sliding-window layer (each query sees at most w keys; the kernel
+    skips the blocks outside the band)."""
+    s, w = m.seq_len, m.sliding_window
+    full = s * s / 2
+    if w is None or w >= s:
+        return full
+    band = s * w - w * w / 2
+    if m.sliding_window_layers == "all":
+        return band
+    sliding = (m.n_layers + 1) // 2
+    return (sliding * band + (m.n_layers - sliding) * full) / m.n_layers
+
+
+def attention_flops_per_token(m: ModelSpec) -> float:
+    """Forward FLOPs per token of QK^T and (softmax)V in one block: 2·2·keys·q_dim."""
+    return 4 * attended_keys(m) * m.q_dim
 
 
 def logits_flops_per_token(m: ModelSpec) -> int:

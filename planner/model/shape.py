@@ -41,12 +41,17 @@ class LayerParams:
 
 
 def layer_params(m: ModelSpec) -> LayerParams:
+    """Q, K, V (q_dim + 2 kv_dim wide), the output projection (q_dim -> d_model), the MLP, the
+    block's norms; biases as the model has them (column-parallel biases split over tp, the
+    row-parallel output biases replicated)."""
     d, ff = m.d_model, m.d_ff
-    qkv_out = d + 2 * m.kv_dim
-    weights = d * qkv_out + d * d + mlp_matrices(m) * d * ff
-    column_bias = (qkv_out + (mlp_matrices(m) - 1) * ff) if m.bias else 0
-    row_bias = 2 * d if m.bias else 0
-    return LayerParams(sharded=weights + column_bias, replicated=2 * norm_params(m) + row_bias)
+    qkv_out = m.q_dim + 2 * m.kv_dim
+    weights = d * qkv_out + m.q_dim * d + mlp_matrices(m) * d * ff
+    column_bias = (qkv_out if m.qkv_bias else 0) + ((mlp_matrices(m) - 1) * ff if m.mlp_bias
+                                                    else 0)
+    row_bias = (d if m.out_bias else 0) + (d if m.mlp_bias else 0)
+    return LayerParams(sharded=weights + column_bias,
+                       replicated=m.norms_per_block * norm_params(m) + row_bias)
 
 
 @dataclass(frozen=True)
@@ -146,13 +151,18 @@ def stage_params(m: ModelSpec, stage: Stage, tp):
 def layer_tensor_sizes(m: ModelSpec, tp) -> list:
     """Element counts of one block's parameter tensors on one tp rank (ZeRO-3 gathers and
     persists per tensor)."""
-    d, ff, qkv = m.d_model, m.d_ff, m.d_model + 2 * m.kv_dim
+    d, ff, qkv = m.d_model, m.d_ff, m.q_dim + 2 * m.kv_dim
     n_mlp = mlp_matrices(m)
-    norms = [d] * (4 if m.norm is Norm.LAYERNORM else 2)  # weight (and bias) of two norms
+    per_norm = 2 if m.norm is Norm.LAYERNORM else 1  # weight (and bias)
+    norms = [d] * (per_norm * m.norms_per_block)
     # the MLP's up projection is one fused tensor (gate and up together for SwiGLU)
-    sizes = norms + [d * qkv // tp, d * d // tp, (n_mlp - 1) * d * ff // tp, d * ff // tp]
-    if m.bias:
-        sizes += [qkv // tp, d, (n_mlp - 1) * ff // tp, d]
+    sizes = norms + [d * qkv // tp, m.q_dim * d // tp, (n_mlp - 1) * d * ff // tp, d * ff // tp]
+    if m.qkv_bias:
+        sizes.append(qkv // tp)
+    if m.out_bias:
+        sizes.append(d)
+    if m.mlp_bias:
+        sizes += [(n_mlp - 1) * ff // tp, d]
     return sizes
 
 

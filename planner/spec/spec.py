@@ -78,6 +78,36 @@ class ModelSpec(_Frozen):
         False, description="fused norm, rotary, SwiGLU and chunked cross-entropy kernels (Megatron,"
                            " Liger, lit-gpt): fewer memory passes and saved tensors; the "
                            "executor's model runs PyTorch's unfused ops")
+    hf_config: Optional[str] = Field(
+        None, description="a Hugging Face config.json (or a directory holding one; relative to "
+                          "the spec) the shape is read from; fields written here override it "
+                          "(docs/hf-configs.md)")
+    head_dim: Optional[PositiveInt] = Field(
+        None, le=MAX_D_MODEL, description="width of one attention head; default d_model / "
+                                          "n_heads (Gemma 2: 256 whatever d_model is)")
+    qkv_bias: Optional[bool] = Field(None, description="biases on q, k, v (default: bias; Qwen2: "
+                                                       "true with bias false)")
+    out_bias: Optional[bool] = Field(None, description="bias on the attention output projection "
+                                                       "(default: bias)")
+    mlp_bias: Optional[bool] = Field(None, description="biases on the MLP's matrices (default: "
+                                                       "bias)")
+    norms_per_block: Literal[2, 4] = Field(
+        2, description="4: Gemma 2's sandwich norms (before and after attention and the MLP)")
+    parallel_residual: bool = Field(
+        False, description="attention and MLP both read the block's input (GPT-NeoX, GPT-J)")
+    rotary_fraction: float = Field(1.0, gt=0, le=1, description="share of each head rotated by "
+                                                                "RoPE (GPT-NeoX rotary_pct 0.25)")
+    logit_softcap: Optional[PositiveFloat] = Field(
+        None, description="c·tanh(logits/c) before the loss (Gemma 2: 30)")
+    attention_softcap: Optional[PositiveFloat] = Field(
+        None, description="c·tanh(scores/c) in attention (Gemma 2: 50); FlashAttention >= 2.6 "
+                          "applies it in the kernel")
+    sliding_window: Optional[PositiveInt] = Field(
+        None, le=MAX_SEQ_LEN, description="keys each query attends to on sliding-window layers "
+                                          "(Mistral 4096, Gemma 2 4096)")
+    sliding_window_layers: Literal["all", "alternate"] = Field(
+        "all", description="which layers slide: all (Mistral), or every other one from the "
+                           "first (Gemma 2)")
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +117,15 @@ class ModelSpec(_Frozen):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if data.get("hf_config") is not None:
+            from planner.spec.hf import model_fields
+            if "preset" in data:
+                raise ValueError("hf_config: give a preset or an hf_config, not both")
+            if "seq_len" not in data:
+                raise ValueError("seq_len: a model read from hf_config needs the training "
+                                 "sequence length (max_position_embeddings is the model's "
+                                 "limit, not the run's)")
+            data = {**model_fields(str(data["hf_config"])), **data}
         preset = data.get("preset")
         if preset is not None:
             found = find_preset(str(preset))
@@ -101,6 +140,16 @@ class ModelSpec(_Frozen):
         for key, value in ARCH_DEFAULTS[arch].items():
             data.setdefault(key, value)
         data.setdefault("n_kv_heads", data.get("n_heads"))
+        for key in ("qkv_bias", "out_bias", "mlp_bias"):
+            if data.get(key) is None:
+                data[key] = data.get("bias")
+        d, heads = data.get("d_model"), data.get("n_heads")
+        if data.get("head_dim") is None and isinstance(d, int) and isinstance(heads, int) \
+                and heads > 0:
+            if d % heads:
+                raise ValueError(f"n_heads: n_heads ({heads}) must divide d_model ({d}), or give "
+                                 f"head_dim")
+            data["head_dim"] = d // heads
         data.setdefault("max_positions", data.get("seq_len"))
         if "d_ff" not in data and isinstance(data.get("d_model"), int):
             if Activation(data["activation"]) is Activation.SWIGLU:
@@ -111,8 +160,6 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _check_shape(self) -> "ModelSpec":
-        if self.d_model % self.n_heads:
-            raise ValueError(f"n_heads: n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads: n_kv_heads ({self.n_kv_heads}) must divide n_heads "
                              f"({self.n_heads})")
@@ -122,8 +169,9 @@ class ModelSpec(_Frozen):
         return self
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def q_dim(self) -> int:
+        """Width of Q (and of the attention output): n_heads * head_dim."""
+        return self.n_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -567,7 +615,8 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _relative_to(data: Any, directory: Path) -> Any:
-    """A law file or a calibration profile named in the spec is found beside the spec."""
+    """A law file, a calibration profile or a Hugging Face config named in the spec is found
+    beside the spec."""
     training = data.get("training") if isinstance(data, dict) else None
     law = training.get("scaling_law") if isinstance(training, dict) else None
     if isinstance(law, dict) and isinstance(law.get("file"), str) \
@@ -579,6 +628,11 @@ def _relative_to(data: Any, directory: Path) -> Any:
     if isinstance(profile, str) and not Path(profile).is_absolute():
         data = copy.deepcopy(data)
         data["cluster"]["profile"] = str(directory / profile)
+    model = data.get("model") if isinstance(data, dict) else None
+    hf = model.get("hf_config") if isinstance(model, dict) else None
+    if isinstance(hf, str) and not Path(hf).is_absolute():
+        data = copy.deepcopy(data)
+        data["model"]["hf_config"] = str(directory / hf)
     return data
 
 

@@ -58,6 +58,31 @@ def _cpu_checkpointing(spec, p):
     return spec.runtime.cpu_checkpointing & p.is_recompute(Recompute.FULL)
 
 
+def unbuilt_features(m) -> list[str]:
+    """What the spec's model has that the executor's GPT (executor/model.py: GPT-2- and
+    Llama-style blocks) does not build, each naming its field."""
+    out = []
+    if m.q_dim != m.d_model:
+        out.append(f"model.head_dim: {m.n_heads} heads x {m.head_dim} != d_model {m.d_model}")
+    if len({m.bias, m.qkv_bias, m.out_bias, m.mlp_bias}) > 1:
+        out.append("model.qkv_bias/out_bias/mlp_bias: biases on some matrices only")
+    if m.norms_per_block != 2:
+        out.append("model.norms_per_block: sandwich norms")
+    if m.parallel_residual:
+        out.append("model.parallel_residual")
+    if m.rotary_fraction != 1.0:
+        out.append(f"model.rotary_fraction: partial rotary ({m.rotary_fraction:g})")
+    if m.logit_softcap is not None or m.attention_softcap is not None:
+        out.append("model.logit_softcap/attention_softcap: soft-capping")
+    if m.sliding_window is not None and m.sliding_window < m.seq_len:
+        out.append(f"model.sliding_window: a {m.sliding_window}-token window")
+    return out
+
+
+def _unbuilt(spec, p):
+    return bool(unbuilt_features(spec.model))
+
+
 #: what this project's DeepSpeed executor (executor/) cannot run yet, as Rules, so the search
 #: never ranks it for --execute: its full recompute is torch.utils.checkpoint, whose
 #: checkpoints stay on the GPU (DeepSpeed's cpu_checkpointing needs its own checkpointing API)
@@ -65,4 +90,7 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
     Rule("cpu checkpointing", _cpu_checkpointing, lambda s, p: (
         "runtime.cpu_checkpointing: the executor's full recompute keeps its checkpoints on the "
         "GPU (torch.utils.checkpoint)")),
+    Rule("model the executor does not build", _unbuilt, lambda s, p: (
+        f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
+        f"blocks only")),
 )
