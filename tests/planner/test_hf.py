@@ -176,3 +176,20 @@ def test_plans_of_a_model_the_executor_does_not_build_are_not_executable(tmp_pat
     assert "model.head_dim: 8 heads x 256 != d_model 2304" in next(iter(result.examples.values()))
     llama = search(planned(write(tmp_path, "llama-2-7b")), executable=True)
     assert llama.best is not None  # a Llama the executor builds stays executable
+
+
+@pytest.mark.parametrize("name", ["llama-2-7b", "llama-3.2-1b", "mistral-7b", "phi-3-mini",
+                                  "gpt2"])
+def test_the_executor_builds_what_it_may_run_with_the_planners_tensors(tmp_path, name):
+    """A config the executor may run (no rule against it) builds in its GPT with the planner's
+    parameter count and per-tensor sizes, which equal transformers' count."""
+    torch = pytest.importorskip("torch")
+    from executor.model import GPT, Block
+    from planner.backends.deepspeed.rules import unbuilt_features
+    from planner.model.shape import layer_tensor_sizes
+    m = planned(write(tmp_path, name)).model
+    assert unbuilt_features(m) == []
+    with torch.device("meta"):
+        model, block = GPT(m), Block(m)
+    assert sum(p.numel() for p in model.parameters()) == param_counts(m).total
+    assert sorted(p.numel() for p in block.parameters()) == sorted(layer_tensor_sizes(m, tp=1))
