@@ -34,7 +34,8 @@ TERM_LABELS = {
 
 #: the step-time terms (planner/estimate/timing.py StepTime) as the reports name them
 TIME_LABELS = {"compute": "compute (GEMMs, attention, element-wise, host)",
-               "tp_comm": "tensor-parallel all-reduces", "pp_comm": "pipeline transfers",
+               "tp_comm": "tensor-parallel all-reduces",
+               "ep_comm": "expert-parallel all-to-alls", "pp_comm": "pipeline transfers",
                "bubble": "pipeline bubble", "dp_comm": "data-parallel traffic (exposed)",
                "optimizer": "optimizer step", "offload": "offload (PCIe + host Adam)"}
 
@@ -168,6 +169,7 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "",
         "name": spec.name,
         "description": spec.description,
         "model": {"name": spec.model.name, "params": param_counts(spec.model).total,
+                  "active_params": param_counts(spec.model).active,
                   "hf_config": spec.model.hf_config},
         "cluster": {"gpu": spec.cluster.gpu.name, "gpus": spec.cluster.world_size,
                     "gpu_memory_gib": spec.cluster.gpu.memory_gib,
@@ -194,7 +196,12 @@ def to_json(result: SearchResult, fixes: list[str], source: str = "",
 
 def _header(spec: Spec, source: str) -> list[str]:
     m, c = spec.model, spec.cluster
-    n = param_counts(m).total
+    counts = param_counts(m)
+    n = counts.total
+    moe = (f"; {counts.active / 1e9:.3f} B active: {m.moe_layers} of {m.n_layers} layers route "
+           f"to {m.moe.top_k} of {m.moe.experts} experts of width {m.moe.expert_d_ff}"
+           + (f" + a shared one of {m.moe.shared_d_ff}" if m.moe.shared_d_ff else "")
+           if m.moe_layers else "")
     tokens, tokens_text = _tokens(spec)
     inter = c.inter_node
     title = f" ({spec.name})" if spec.name else ""
@@ -202,7 +209,7 @@ def _header(spec: Spec, source: str) -> list[str]:
     if spec.description:
         lines.append(spec.description)
     return lines + [
-        f"model    {m.name}: {n / 1e9:.3f} B parameters ({m.n_layers} layers, d_model {m.d_model}, "
+        f"model    {m.name}: {n / 1e9:.3f} B parameters{moe} ({m.n_layers} layers, d_model {m.d_model}, "
         f"{m.n_heads} heads / {m.n_kv_heads} kv, d_ff {m.d_ff} {m.activation.value}, vocab "
         f"{m.vocab_size}, seq {m.seq_len}, {m.attention.value} attention)"
         + (f", from {m.hf_config}" if m.hf_config else ""),
@@ -274,7 +281,8 @@ def _alternatives_table(result: SearchResult, tokens: float) -> str:
     cols = {
         "step s": column([st.total for st in steps], places=places),
         "compute": column([st.compute for st in steps], places=places),
-        "comm": column([st.tp_comm + st.pp_comm + st.dp_comm for st in steps], places=places),
+        "comm": column([st.tp_comm + st.ep_comm + st.pp_comm + st.dp_comm for st in steps],
+                       places=places),
         "bubble": column([st.bubble for st in steps], places=places),
         "optim": column([st.optimizer + st.offload for st in steps], places=places),
         "tokens/s": [f"{e.tokens_per_s:,.0f}" for e in shown],

@@ -102,7 +102,7 @@ def batch_limit(result: SearchResult, *, executable: bool = False) -> Optional[B
     if best is None or best.time is None:
         return None
     st = best.time.step
-    overhead = (st.tp_comm + st.pp_comm + st.dp_comm + st.bubble) / st.total
+    overhead = (st.tp_comm + st.ep_comm + st.pp_comm + st.dp_comm + st.bubble) / st.total
     if best.plan.grad_accum > 1 and overhead < 0.1:
         return None
     gb = spec.global_batch_sequences

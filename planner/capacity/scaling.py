@@ -234,7 +234,7 @@ class TrainingFlops:
 
 
 def training_flops(m: ModelSpec, tokens: float) -> TrainingFlops:
-    return TrainingFlops(six_nd=SIX * param_counts(m).total * tokens,
+    return TrainingFlops(six_nd=SIX * param_counts(m).active * tokens,
                          exact=model_flops_per_token(m) * tokens)
 
 

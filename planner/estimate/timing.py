@@ -11,6 +11,7 @@ import numpy as np
 
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
+from planner.model import activations as act
 from planner.model.flops import causal_pairs, step_flops, utilisation
 from planner.model.local import local_dims
 from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
@@ -29,6 +30,7 @@ class StepTime:
 
     compute: Any = 0.0  #: GEMMs, attention, element-wise work, host dispatch when it dominates
     tp_comm: Any = 0.0  #: tensor-parallel all-reduces (never overlapped)
+    ep_comm: Any = 0.0  #: expert-parallel all-to-alls of the MoE layers (never overlapped)
     pp_comm: Any = 0.0  #: pipeline activation/gradient transfers
     bubble: Any = 0.0  #: 1F1B fill and drain: (p - 1) / v micro-batch slots
     dp_comm: Any = 0.0  #: exposed data-parallel gradient / ZeRO parameter traffic
@@ -143,16 +145,66 @@ def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
     return (e + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + e) * v + softcap
 
 
-def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
-    """One block, one micro-batch: forward + backward, plus the recomputed forward."""
+def moe_gemm_seconds(spec: Spec, plan: Plan) -> float:
+    """A mixture-of-experts MLP, forward + backward: every expert's two (SwiGLU: fused gate and
+    up, then down) GEMMs over its C slots, filled or not (DeepSpeed-MoE computes all E x C
+    slots), the shared expert's over every token, and the router's d_model x experts GEMM, which
+    DeepSpeed runs in fp32 (sharded_moe.py TopKGate: input.float() @ wg.weight.float()) on the
+    fp32 units."""
+    m, ld = spec.model, local_dims(spec.model, plan)
+    moe, tokens, d = m.moe, ld.tokens, ld.d_model
+    up = mlp_matrices(m) - 1
+    c = act.expert_slots(m, tokens) / moe.experts
+    expert = gemm_seconds(spec, plan, [(c, up * moe.expert_d_ff, d), (c, d, moe.expert_d_ff)])
+    shared = gemm_seconds(spec, plan, [(tokens, up * moe.shared_d_ff, d),
+                                       (tokens, d, moe.shared_d_ff)]) if moe.shared_d_ff else 0.0
+    eff = spec.cluster.gpu.efficiency
+    half = eff.gemm_fp32_half_dim
+    f32 = spec.cluster.gpu.peak_tflops.get("fp32", 1.0) * TERA * eff.gemm_fp32_max * (
+        tokens / (tokens + half)) * (moe.experts / (moe.experts + half)) * (d / (d + half))
+    router = 3 * 2 * tokens * d * moe.experts / f32
+    return moe.experts * expert + shared + router
+
+
+def moe_elementwise_bytes(spec: Spec, plan: Plan) -> float:
+    """HBM traffic of a MoE layer's routing in forward: the router's fp32 copy of its input and
+    softmax and masks over S x experts, the dispatch gather of E x C rows, the combine's k routed
+    rows weighed in fp32 and summed."""
+    m, ld, e = spec.model, local_dims(spec.model, plan), plan.activation_bytes
+    moe, tokens, d = m.moe, ld.tokens, ld.d_model
+    slots = act.expert_slots(m, tokens)
+    router = tokens * d * (e + 4) + 6 * 4 * tokens * moe.experts
+    return router + 2 * e * slots * d + moe.top_k * tokens * d * (2 * e + 2 * 4)
+
+
+def _block_seconds(spec: Spec, plan: Plan, moe: bool) -> float:
+    """One block (dense, or with experts), one micro-batch: forward + backward, plus the
+    recomputed forward."""
     shapes = block_gemms(spec, plan)
     attn_f, attn_b = attention_seconds(spec, plan)
     tokens = local_dims(spec.model, plan).tokens
-    elem = 3 * elementwise_bytes_per_token(spec, plan) * tokens / spec.cluster.gpu.hbm_bytes_per_s
-    gemm = gemm_seconds(spec, plan, shapes)
+    elem_bytes = elementwise_bytes_per_token(spec, plan) * tokens
+    if moe:
+        shapes = shapes[:2]  # attention's projections; the MLP is the experts'
+        elem_bytes = elem_bytes + moe_elementwise_bytes(spec, plan)
+    elem = 3 * elem_bytes / spec.cluster.gpu.hbm_bytes_per_s
+    gemm = gemm_seconds(spec, plan, shapes) + (moe_gemm_seconds(spec, plan) if moe else 0.0)
     extra = where(plan.is_recompute(Recompute.FULL), gemm / 3 + attn_f + elem / 3,
                   where(plan.is_recompute(Recompute.SELECTIVE), attn_f, 0.0))
     return gemm + attn_f + attn_b + elem + extra
+
+
+def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
+    """One block, one micro-batch: forward + backward, plus the recomputed forward; the average
+    block when mixture-of-experts and dense blocks mix (planner/model/shape.py layer_params)."""
+    m = spec.model
+    n_moe = m.moe_layers
+    if n_moe == 0:
+        return _block_seconds(spec, plan, moe=False)
+    if n_moe == m.n_layers:
+        return _block_seconds(spec, plan, moe=True)
+    return ((m.n_layers - n_moe) * _block_seconds(spec, plan, moe=False)
+            + n_moe * _block_seconds(spec, plan, moe=True)) / m.n_layers
 
 
 def head_seconds(spec: Spec, plan: Plan) -> float:
@@ -175,7 +227,16 @@ def kernels_per_block(spec: Spec) -> int:
     norms = 2 * (1 if mdl.norm is Norm.LAYERNORM or fused else 7)
     rope = (2 if fused else 12) if mdl.position is Position.ROPE else 0
     act = 1 if fused or mdl.activation is Activation.GELU else 3
-    return norms + rope + act + 4 + 3 + 2
+    dense = norms + rope + act + 4 + 3 + 2
+    if not mdl.moe_layers:
+        return dense
+    # a MoE layer: the router (~20 kernels: fp32 cast, GEMM, softmax, top-k, masks, cumsum,
+    # capacity), dispatch and combine (~10), each expert's MLP instead of one, the shared expert
+    moe = mdl.moe
+    per_mlp = act + 2
+    sparse = dense - per_mlp + 30 + moe.experts * per_mlp + (per_mlp + 2 if moe.shared_d_ff else 0)
+    return round(((mdl.n_layers - mdl.moe_layers) * dense + mdl.moe_layers * sparse)
+                 / mdl.n_layers)
 
 
 def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
@@ -200,6 +261,22 @@ def tp_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> f
     per = coll.all_reduce(size, link, spec.cluster.gpu.efficiency.network)
     count = 4 + where(plan.is_recompute(Recompute.FULL), 2, 0)
     return (stage.n_layers * count + 2) * per
+
+
+def ep_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> float:
+    """DeepSpeed-MoE's two all-to-alls per MoE layer in forward (dispatch, combine), two in
+    backward and two more in a recomputed forward, each moving the [experts x C, d_model] slot
+    tensor among the ep ranks of the group (sharded_moe.py _AllToAll).  The ep group is ep
+    consecutive ranks of the data-parallel group."""
+    m = spec.model
+    if not m.moe_layers:
+        return 0.0 * plan.ep
+    ld = local_dims(m, plan)
+    size = plan.activation_bytes * act.expert_slots(m, ld.tokens) * ld.d_model
+    link = group_link(spec.cluster, plan.ep, plan.degrees.strides(order)["dp"])
+    per = coll.all_to_all(size, link, spec.cluster.gpu.efficiency.network)
+    calls = 4 + where(plan.is_recompute(Recompute.FULL), 2, 0)
+    return stage.n_layers * m.moe_layers / m.n_layers * calls * per
 
 
 def pp_seconds_per_micro_batch(spec: Spec, plan: Plan, order) -> float:
@@ -228,10 +305,12 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
         gpu, host = stage_micro_batch_seconds(spec, plan, stage, backend)
         comp = np.maximum(host, gpu + spec.runtime.host_sync_fraction * host)
         tp_t = tp_seconds_per_micro_batch(spec, plan, stage, order)
+        ep_t = ep_seconds_per_micro_batch(spec, plan, stage, order)
         pp_t = pp_seconds_per_micro_batch(spec, plan, order)
         per_step, per_micro = backend.dp_traffic_seconds(spec, plan, stage, order)
         n = stage_params(spec.model, stage, plan.tp)
-        here = dict(slot=comp + tp_t + pp_t, comp=comp, tp=tp_t, pp=pp_t, per_step=per_step,
+        here = dict(slot=comp + tp_t + ep_t + pp_t, comp=comp, tp=tp_t, ep=ep_t, pp=pp_t,
+                    per_step=per_step,
                     per_micro=per_micro, n=n, layers=stage.n_layers,
                     tensors=tensor_stats(spec.model, stage, plan.tp, 0).count)
         if worst is None:
@@ -246,7 +325,8 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
         + worst["per_micro"] / np.maximum(1, worst["layers"])
     exposed_micro = where(backend.overlaps_dp(spec, plan), hidden, worst["per_micro"])
     bubble = (plan.pp - 1) / spec.runtime.virtual_stages * worst["slot"]
-    return StepTime(compute=m * worst["comp"], tp_comm=m * worst["tp"], pp_comm=m * worst["pp"],
+    return StepTime(compute=m * worst["comp"], tp_comm=m * worst["tp"], ep_comm=m * worst["ep"],
+                    pp_comm=m * worst["pp"],
                     bubble=bubble, dp_comm=m * exposed_micro + worst["per_step"],
                     optimizer=backend.optimizer_seconds(spec, plan, worst["n"],
                                                         worst["tensors"]),

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from planner.model.local import local_dims
 from planner.plan.strategy import Plan, where
 from planner.spec.spec import ModelSpec
@@ -137,12 +139,67 @@ def shared_input_bytes(m: ModelSpec, d: _Dims) -> float:
     return d.e * d.s * d.b * d.h * d.r
 
 
-def block_saved_bytes(m: ModelSpec, plan: Plan) -> float:
-    """Everything one block keeps for backward when it is not recomputed."""
+def expert_slots(m: ModelSpec, tokens):
+    """Expert slots one MoE layer computes on for ``tokens`` tokens (E x C): DeepSpeed-MoE's
+    capacity C = max(ceil(top_k x capacity_factor x tokens / experts), min_capacity) per expert
+    when it drops tokens (sharded_moe.py _capacity), else the busiest expert's load, top_k x
+    tokens / experts x load_imbalance (at most all the tokens)."""
+    moe = m.moe
+    even = moe.top_k * tokens / moe.experts
+    if moe.drop_tokens:
+        c = np.maximum(np.ceil(even * moe.capacity_factor), moe.min_capacity)
+    else:
+        c = np.minimum(np.ceil(even * moe.load_imbalance), tokens)
+    return moe.experts * c
+
+
+def moe_mlp_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
+    """What a mixture-of-experts MLP keeps, as DeepSpeed-MoE's layer runs it (sharded_moe.py,
+    index dispatch; measured to 32 bytes with saved-tensor hooks, docs/hf-configs.md):
+
+    the router's fp32 copy of its input (aliasing the input in fp32 training), its fp32 logits,
+    probabilities and a third S x E fp32 tensor, the S x E mask, k x S slot indices (12 bytes
+    each) and E x C + 1 source indices (int64), four fp32 values per token; the dispatched
+    [E x C, d] expert input and each expert's MLP activations over its C slots; the k routed
+    outputs [k, S, d] the combine weighs; the shared expert's MLP over every token and its gate.
+    The block's norm output is no longer the input a linear saves unless the shared expert (or
+    fp32, where the router's copy is the tensor itself) keeps it."""
+    moe, e, S = m.moe, d.e, d.s * d.b
+    slots = expert_slots(m, S)
+    fp32 = e == FP32_BYTES  # an array for a batch
+    router = where(fp32, 0.0, FP32_BYTES * d.h * S) + 3 * FP32_BYTES * S * moe.experts \
+        + S * moe.experts + 12 * moe.top_k * S + INDEX_BYTES * (slots + 1) + 4 * FP32_BYTES * S
+    norm_output = 0.0 if moe.shared_d_ff else where(fp32, 0.0, e * S * d.h * d.r)
+    experts = e * slots * d.h + _mlp_per_token(m, d) * slots * moe.expert_d_ff
+    shared = _mlp_per_token(m, d) * S * moe.shared_d_ff + (e * S if moe.shared_expert_gate else 0)
+    routed = e * moe.top_k * S * d.h
+    return router - norm_output + experts + shared + routed
+
+
+def _mlp_per_token(m: ModelSpec, d: _Dims) -> float:
+    """Bytes an MLP keeps per token per unit of its inner width (mlp_saved_bytes' factor)."""
+    if m.activation is Activation.SWIGLU:
+        return d.e * (3 if d.fused else 4)
+    return d.e * 2
+
+
+def _block_saved_bytes(m: ModelSpec, plan: Plan, moe: bool) -> float:
     d = _dims(m, plan)
+    mlp = moe_mlp_saved_bytes(m, d, plan) if moe else mlp_saved_bytes(m, d)
     return (2 * norm_saved_bytes(m, d) + extra_norms_saved_bytes(m, d)
-            - shared_input_bytes(m, d) + attention_saved_bytes(m, d, plan)
-            + mlp_saved_bytes(m, d))
+            - shared_input_bytes(m, d) + attention_saved_bytes(m, d, plan) + mlp)
+
+
+def block_saved_bytes(m: ModelSpec, plan: Plan) -> float:
+    """Everything one block keeps for backward when it is not recomputed: the average block when
+    mixture-of-experts and dense blocks mix (planner/model/shape.py layer_params)."""
+    n_moe = m.moe_layers
+    if n_moe == 0:
+        return _block_saved_bytes(m, plan, moe=False)
+    if n_moe == m.n_layers:
+        return _block_saved_bytes(m, plan, moe=True)
+    return ((m.n_layers - n_moe) * _block_saved_bytes(m, plan, moe=False)
+            + n_moe * _block_saved_bytes(m, plan, moe=True)) / m.n_layers
 
 
 def block_input_bytes(m: ModelSpec, plan: Plan) -> float:
@@ -169,7 +226,12 @@ def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
     of intermediate gradients alive at once (in the MLP), and with full recompute the block's
     rematerialised activations (Chen et al. 2016, "Training Deep Nets with Sublinear Memory")."""
     d = _dims(m, plan)
-    grads = d.e * d.s * d.b * (d.h + (4 if m.activation is Activation.SWIGLU else 2) * d.f)
+    per_f = 4 if m.activation is Activation.SWIGLU else 2
+    grads = d.e * d.s * d.b * (d.h + per_f * d.f)
+    if m.moe_layers:  # a MoE block: its experts' intermediate gradients over their slots
+        slots = expert_slots(m, d.s * d.b)
+        moe = d.e * (d.s * d.b * d.h + slots * (d.h + per_f * m.moe.expert_d_ff))
+        grads = moe if m.moe_layers == m.n_layers else np.maximum(grads, moe)
     return grads + where(plan.is_recompute(Recompute.FULL), block_saved_bytes(m, plan), 0.0)
 
 

@@ -15,10 +15,22 @@ from planner.spec.spec import ModelSpec
 from planner.spec.units import Recompute
 
 
-def layer_matmul_flops_per_token(m: ModelSpec) -> int:
-    """Forward FLOPs per token of one block's weight matmuls: QKV, output projection, MLP."""
+def layer_matmul_flops_per_token(m: ModelSpec) -> float:
+    """Forward FLOPs per token of one block's weight matmuls: QKV, output projection, MLP.  A
+    mixture-of-experts block counts the router and the top_k experts a token is routed to (and
+    the shared expert and its gate): 2 x its active matmul parameters.  Averaged over the
+    layers when MoE and dense blocks mix."""
     d = m.d_model
-    return 2 * (d * (m.q_dim + 2 * m.kv_dim) + m.q_dim * d + mlp_matrices(m) * d * m.d_ff)
+    attention = d * (m.q_dim + 2 * m.kv_dim) + m.q_dim * d
+    dense = 2 * (attention + mlp_matrices(m) * d * m.d_ff)
+    n_moe = m.moe_layers
+    if n_moe == 0:
+        return dense
+    moe = m.moe
+    routed = (d * moe.experts + moe.top_k * mlp_matrices(m) * d * moe.expert_d_ff
+              + mlp_matrices(m) * d * moe.shared_d_ff + (d if moe.shared_expert_gate else 0))
+    sparse = 2 * (attention + routed)
+    return ((m.n_layers - n_moe) * dense + n_moe * sparse) / m.n_layers
 
 
 def attended_keys(m: ModelSpec) -> float:
@@ -77,7 +89,7 @@ class StepFlops:
     tokens: int  #: tokens per optimizer step (global batch)
     model: float  #: forward + backward, the "model FLOPs" MFU is measured against
     hardware: float  #: model + recompute's extra forward ("hardware FLOPs", HFU)
-    six_nd: float  #: 6·N·D with N = all parameters
+    six_nd: float  #: 6·N·D with N = the parameters a token uses (all of them for a dense model)
 
     def per_gpu(self, world_size: int) -> float:
         return self.hardware / world_size
@@ -107,4 +119,4 @@ def step_flops(m: ModelSpec, plan: Plan, global_batch_sequences: int) -> StepFlo
     return StepFlops(tokens=tokens, model=float(model),
                      hardware=hardware if hasattr(hardware, "shape") and hardware.shape
                      else float(hardware),
-                     six_nd=6.0 * param_counts(m).total * tokens)
+                     six_nd=6.0 * param_counts(m).active * tokens)

@@ -39,37 +39,86 @@ class LayerParams:
     def per_rank(self, tp: int) -> int:
         return self.sharded // tp + self.replicated
 
+    def __add__(self, other: "LayerParams") -> "LayerParams":
+        return LayerParams(self.sharded + other.sharded, self.replicated + other.replicated)
+
+    def __rmul__(self, k: int) -> "LayerParams":
+        return LayerParams(k * self.sharded, k * self.replicated)
+
+
+def _attention_params(m: ModelSpec) -> LayerParams:
+    """Q, K, V (q_dim + 2 kv_dim wide), the output projection (q_dim -> d_model), the block's
+    norms; biases as the model has them (column-parallel biases split over tp, the row-parallel
+    output bias replicated)."""
+    d = m.d_model
+    qkv_out = m.q_dim + 2 * m.kv_dim
+    return LayerParams(sharded=d * qkv_out + m.q_dim * d + (qkv_out if m.qkv_bias else 0),
+                       replicated=m.norms_per_block * norm_params(m) + (d if m.out_bias else 0))
+
+
+def _mlp_params(m: ModelSpec, ff: int) -> LayerParams:
+    """One MLP of inner width ff: its matrices, and their biases when the model has them."""
+    d = m.d_model
+    return LayerParams(sharded=mlp_matrices(m) * d * ff + ((mlp_matrices(m) - 1) * ff
+                                                           if m.mlp_bias else 0),
+                       replicated=d if m.mlp_bias else 0)
+
+
+def dense_layer_params(m: ModelSpec) -> LayerParams:
+    """A block with one MLP of width d_ff."""
+    return _attention_params(m) + _mlp_params(m, m.d_ff)
+
+
+def moe_layer_params(m: ModelSpec, active: bool = False) -> LayerParams:
+    """A block whose MLP is ``experts`` MLPs of width expert_d_ff behind a router (d_model ->
+    experts, no bias), plus the shared expert and its gate (d_model -> 1) where the model has
+    them; ``active``: only the top_k experts a token uses."""
+    moe, d = m.moe, m.d_model
+    experts = moe.top_k if active else moe.experts
+    out = _attention_params(m) + LayerParams(sharded=d * moe.experts, replicated=0)
+    out = out + experts * _mlp_params(m, moe.expert_d_ff)
+    if moe.shared_d_ff:
+        out = out + _mlp_params(m, moe.shared_d_ff)
+    if moe.shared_expert_gate:
+        out = out + LayerParams(sharded=d, replicated=0)
+    return out
+
 
 def layer_params(m: ModelSpec) -> LayerParams:
-    """Q, K, V (q_dim + 2 kv_dim wide), the output projection (q_dim -> d_model), the MLP, the
-    block's norms; biases as the model has them (column-parallel biases split over tp, the
-    row-parallel output biases replicated)."""
-    d, ff = m.d_model, m.d_ff
-    qkv_out = m.q_dim + 2 * m.kv_dim
-    weights = d * qkv_out + m.q_dim * d + mlp_matrices(m) * d * ff
-    column_bias = (qkv_out if m.qkv_bias else 0) + ((mlp_matrices(m) - 1) * ff if m.mlp_bias
-                                                    else 0)
-    row_bias = (d if m.out_bias else 0) + (d if m.mlp_bias else 0)
-    return LayerParams(sharded=weights + column_bias,
-                       replicated=m.norms_per_block * norm_params(m) + row_bias)
+    """The model's block.  With mixture-of-experts layers among dense ones it is the average
+    block (exact for the totals over all layers, which every stage holds when pp = 1, the only
+    layout DeepSpeed-MoE plans take here)."""
+    n_moe = m.moe_layers
+    if n_moe == 0:
+        return dense_layer_params(m)
+    if n_moe == m.n_layers:
+        return moe_layer_params(m)
+    n_dense = m.n_layers - n_moe
+    dense, moe = dense_layer_params(m), moe_layer_params(m)
+    return LayerParams(sharded=(n_dense * dense.sharded + n_moe * moe.sharded) / m.n_layers,
+                       replicated=(n_dense * dense.replicated + n_moe * moe.replicated)
+                       / m.n_layers)
 
 
 @dataclass(frozen=True)
 class ParamCounts:
     embedding: int  #: vocab_size x d_model token table
     positions: int  #: learned position table (0 for RoPE)
-    layer: LayerParams
+    layer: LayerParams  #: the (average) block
     n_layers: int
     final_norm: int
     head: int  #: untied LM head (0 when tied to the embedding)
-
-    @property
-    def layers(self) -> int:
-        return self.n_layers * self.layer.total
+    layers: int  #: every block, exactly
+    active_layers: int  #: every block as one token uses it (the top_k experts of a MoE layer)
 
     @property
     def total(self) -> int:
         return self.embedding + self.positions + self.layers + self.final_norm + self.head
+
+    @property
+    def active(self) -> int:
+        """Parameters one token's forward uses: the total for a dense model."""
+        return self.total - self.layers + self.active_layers
 
     @property
     def non_embedding(self) -> int:
@@ -77,6 +126,10 @@ class ParamCounts:
 
 
 def param_counts(m: ModelSpec) -> ParamCounts:
+    n_moe = m.moe_layers
+    dense = (m.n_layers - n_moe) * dense_layer_params(m).total
+    layers = dense + (n_moe * moe_layer_params(m).total if n_moe else 0)
+    active = dense + (n_moe * moe_layer_params(m, active=True).total if n_moe else 0)
     return ParamCounts(
         embedding=m.vocab_size * m.d_model,
         positions=m.max_positions * m.d_model if m.position is Position.LEARNED else 0,
@@ -84,6 +137,7 @@ def param_counts(m: ModelSpec) -> ParamCounts:
         n_layers=m.n_layers,
         final_norm=norm_params(m),
         head=0 if m.tied_embeddings else m.vocab_size * m.d_model,
+        layers=layers, active_layers=active,
     )
 
 
@@ -135,14 +189,25 @@ def stages_to_check(m: ModelSpec, pp, grad_accum) -> list[Stage]:
     return [first, Stage(pp - 1, last_layers, False, True, 1)]
 
 
-def stage_params(m: ModelSpec, stage: Stage, tp):
-    """Parameters one tp rank of this stage holds.
+def routed_expert_params(m: ModelSpec) -> float:
+    """The routed experts' parameters per (average) block: what expert parallelism splits."""
+    if not m.moe_layers:
+        return 0
+    return m.moe_layers * m.moe.experts * _mlp_params(m, m.moe.expert_d_ff).total / m.n_layers
+
+
+def stage_params(m: ModelSpec, stage: Stage, tp, ep=1):
+    """Parameters one tp rank of this stage holds: with expert parallelism, 1/ep of the routed
+    experts (the rest live on the other ranks of its ep group).
 
     Embedding and head are vocab-parallel (split over tp, Megatron-LM); with tied embeddings a
     pipeline keeps a copy of the table on the first and on the last stage (DeepSpeed TiedLayerSpec).
     """
     c = param_counts(m)
-    n = stage.n_layers * c.layer.per_rank(tp)
+    per_layer = c.layer.per_rank(tp)
+    if m.moe_layers:
+        per_layer = per_layer - routed_expert_params(m) * (1 - 1 / ep)
+    n = stage.n_layers * per_layer
     n = n + stage.has_embedding * (c.embedding // tp + c.positions)
     head = c.head // tp if c.head else (1 - stage.has_embedding) * (c.embedding // tp)
     return n + stage.has_head * (c.final_norm + head)
@@ -151,16 +216,28 @@ def stage_params(m: ModelSpec, stage: Stage, tp):
 def layer_tensor_sizes(m: ModelSpec, tp) -> list:
     """Element counts of one block's parameter tensors on one tp rank (ZeRO-3 gathers and
     persists per tensor)."""
-    d, ff, qkv = m.d_model, m.d_ff, m.q_dim + 2 * m.kv_dim
-    n_mlp = mlp_matrices(m)
+    d, qkv = m.d_model, m.q_dim + 2 * m.kv_dim
     per_norm = 2 if m.norm is Norm.LAYERNORM else 1  # weight (and bias)
-    norms = [d] * (per_norm * m.norms_per_block)
-    # the MLP's up projection is one fused tensor (gate and up together for SwiGLU)
-    sizes = norms + [d * qkv // tp, m.q_dim * d // tp, (n_mlp - 1) * d * ff // tp, d * ff // tp]
+    sizes = [d] * (per_norm * m.norms_per_block) + [d * qkv // tp, m.q_dim * d // tp]
     if m.qkv_bias:
         sizes.append(qkv // tp)
     if m.out_bias:
         sizes.append(d)
+    if m.moe_layers == 0:
+        return sizes + _mlp_tensor_sizes(m, m.d_ff, tp)
+    moe = m.moe  # the MoE block (the largest tensors; the only block of an all-MoE model)
+    sizes += [d * moe.experts] + moe.experts * _mlp_tensor_sizes(m, moe.expert_d_ff, tp)
+    if moe.shared_d_ff:
+        sizes += _mlp_tensor_sizes(m, moe.shared_d_ff, tp)
+    if moe.shared_expert_gate:
+        sizes.append(d)
+    return sizes
+
+
+def _mlp_tensor_sizes(m: ModelSpec, ff: int, tp) -> list:
+    """The MLP's up projection is one fused tensor (gate and up together for SwiGLU)."""
+    d, n_mlp = m.d_model, mlp_matrices(m)
+    sizes = [(n_mlp - 1) * d * ff // tp, d * ff // tp]
     if m.mlp_bias:
         sizes += [(n_mlp - 1) * ff // tp, d]
     return sizes

@@ -29,5 +29,13 @@ def all_gather(size, link: Link, efficiency: float, count=1):
     return reduce_scatter(size, link, efficiency, count)
 
 
+def all_to_all(size, link: Link, efficiency: float, count=1):
+    """Each rank sends (n - 1)/n of its ``size`` bytes, a share to every other rank (pairwise
+    exchange, NCCL's alltoall): the same wire time as a reduce-scatter, n - 1 steps of latency."""
+    n = link.ranks
+    return where(n == 1, 0.0, (n - 1) / n * size / (link.bandwidth * efficiency)
+                 + count * (n - 1) * link.latency)
+
+
 def p2p(size, link: Link, efficiency: float):
     return where(link.ranks == 1, 0.0, size / (link.bandwidth * efficiency) + link.latency)

@@ -62,6 +62,9 @@ class Plan:
     recompute: Recompute
     offload: Offload = Offload.NONE
     sequence_parallel: bool = False
+    #: expert parallelism: each MoE layer's experts split over ep of the dp ranks (DeepSpeed-MoE;
+    #: not a factor of the world size: the other dp / ep ranks hold the same experts)
+    ep: int = 1
 
     @property
     def world_size(self) -> int:
@@ -71,7 +74,8 @@ class Plan:
     def label(self) -> str:
         sp = "+sp" if self.sequence_parallel else ""
         off = "" if self.offload is Offload.NONE else f" off={self.offload.value}"
-        return (f"dp{self.dp}·tp{self.tp}{sp}·pp{self.pp} z{int(self.zero)} "
+        ep = f"·ep{self.ep}" if self.ep > 1 else ""
+        return (f"dp{self.dp}{ep}·tp{self.tp}{sp}·pp{self.pp} z{int(self.zero)} "
                 f"{self.precision.value} mb{self.micro_batch}×ga{self.grad_accum} "
                 f"rc={self.recompute.value}{off}")
 
@@ -142,6 +146,11 @@ class PlanBatch:
     recompute: np.ndarray
     offload: np.ndarray
     sequence_parallel: np.ndarray
+    ep: np.ndarray = None  #: 1 for every plan when not given (dense models)
+
+    def __post_init__(self):
+        if self.ep is None:
+            object.__setattr__(self, "ep", np.ones_like(self.dp))
 
     @classmethod
     def of(cls, plans: Sequence[Plan]) -> "PlanBatch":

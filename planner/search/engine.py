@@ -102,6 +102,16 @@ def recomputes(spec: Spec) -> tuple[Recompute, ...]:
     return _axis(spec.search.recompute, auto)
 
 
+def expert_degrees(spec: Spec, dp: int) -> tuple[int, ...]:
+    """Expert-parallel degrees: 1 for a dense model; 'auto' the divisors of the experts that
+    divide dp (DeepSpeed-MoE: num_experts % ep == 0 and ep | world / pp)."""
+    if not spec.model.moe_layers:
+        return (1,)
+    if spec.search.ep != "auto":
+        return tuple(spec.search.ep)
+    return tuple(e for e in divisors(spec.model.moe.experts) if dp % e == 0)
+
+
 #: the axes crossed with every (dp, tp, pp, micro_batch); each maps a spec to its values
 AXES = {
     "zero": lambda spec: _axis(spec.search.zero, list(ZeroStage)),
@@ -129,6 +139,8 @@ def check_size(spec: Spec) -> int:
     else:
         sizes, blame = {"dp": len(s.dp), "tp": len(tps), "pp": len(pps)}, {}
     sizes["micro_batch"] = len(micro_batches(spec, dp=1))  # dp 1: the largest per-rank share
+    if spec.model.moe_layers:  # at most the experts' divisors, whatever dp
+        sizes["ep"] = len(expert_degrees(spec, dp=math.prod(divisors(spec.model.moe.experts))))
     sizes.update({name: len(AXES[name](spec)) for name in AXES})
     total = math.prod(sizes.values())
     if total > MAX_CANDIDATES:
@@ -146,12 +158,13 @@ def candidate_batch(spec: Spec) -> PlanBatch:
     check_size(spec)
     others = list(itertools.product(*[AXES[name](spec) for name in AXES]))
     codes = {name: column(name, [v[i] for v in others]) for i, name in enumerate(AXES)}
-    rows = [(dp, tp, pp, mb, grad_accum(spec, dp, mb))
-            for dp, tp, pp in parallel_degrees(spec) for mb in micro_batches(spec, dp)]
-    outer = np.array(rows, dtype=np.int64).reshape(-1, 5)
+    rows = [(dp, tp, pp, mb, grad_accum(spec, dp, mb), ep)
+            for dp, tp, pp in parallel_degrees(spec) for mb in micro_batches(spec, dp)
+            for ep in expert_degrees(spec, dp)]
+    outer = np.array(rows, dtype=np.int64).reshape(-1, 6)
     k = len(others)
     cols = {name: np.repeat(outer[:, i], k) for i, name in
-            enumerate(("dp", "tp", "pp", "micro_batch", "grad_accum"))}
+            enumerate(("dp", "tp", "pp", "micro_batch", "grad_accum", "ep"))}
     for name, values in codes.items():
         cols[name] = np.tile(values, len(outer))
     return PlanBatch(**cols)

@@ -57,6 +57,22 @@ def _world_size(spec, p):
     return p.world_size != spec.cluster.world_size
 
 
+def _ep(spec, p):
+    """Expert parallelism splits each MoE layer's experts over ep of the dp ranks: ep divides the
+    experts and dp (DeepSpeed-MoE asserts both); a dense model has ep 1."""
+    m = spec.model
+    if not m.moe_layers:
+        return p.ep != 1
+    return (m.moe.experts % p.ep != 0) | (p.dp % p.ep != 0)
+
+
+def _ep_why(spec, p):
+    m = spec.model
+    if not m.moe_layers:
+        return f"ep ({p.ep}) needs a mixture-of-experts model (model.moe)"
+    return f"ep ({p.ep}) must divide the experts ({m.moe.experts}) and dp ({p.dp})"
+
+
 #: degrees against the model and the cluster: checked first
 DEGREE_RULES: tuple[Rule, ...] = (
     Rule("world size", _world_size, lambda s, p: p.degrees.mismatch(s.cluster.world_size)),
@@ -65,6 +81,7 @@ DEGREE_RULES: tuple[Rule, ...] = (
         f"tp ({p.tp}) does not fit inside a node of {s.cluster.gpus_per_node} GPUs")),
     Rule("pp vs layers", lambda s, p: p.pp > s.model.n_layers, lambda s, p: (
         f"pp ({p.pp}) exceeds n_layers ({s.model.n_layers})")),
+    Rule("ep vs experts", _ep, _ep_why),
 )
 
 #: the hardware's precisions and the batch arithmetic: checked after the backend's rules

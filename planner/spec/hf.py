@@ -168,6 +168,42 @@ def _gpt_neox(r: _Reader) -> dict[str, Any]:
                 rotary_fraction=r.get("rotary_pct", 0.25))
 
 
+def _mixtral(r: _Reader) -> dict[str, Any]:
+    """Mistral's blocks with a router (no bias) and num_local_experts SwiGLU experts of width
+    intermediate_size (block_sparse_moe: gate, experts.w1/w2/w3)."""
+    fields = {**_llama_like(r, kv_default=8, vocab=32000, tie=False, qkv_bias=False,
+                            out_bias=False), **_sliding(r)}
+    for key in ("router_aux_loss_coef", "router_jitter_noise"):
+        r.get(key)
+    fields["moe"] = {"experts": r.get("num_local_experts", 8),
+                     "top_k": r.get("num_experts_per_tok", 2),
+                     "expert_d_ff": fields["d_ff"]}
+    return fields
+
+
+def _qwen2_moe(r: _Reader) -> dict[str, Any]:
+    """Qwen2's blocks (q, k, v biases per qkv_bias) whose MLP is, on every decoder_sparse_step-th
+    layer not in mlp_only_layers, num_experts experts of moe_intermediate_size, a shared expert
+    of shared_expert_intermediate_size and its sigmoid gate; dense layers keep
+    intermediate_size."""
+    fields = _llama_like(r, kv_default=16, vocab=151936, tie=False,
+                         qkv_bias=r.get("qkv_bias", True), out_bias=False)
+    if r.get("use_sliding_window", False):
+        raise ValueError(f"hf_config: {r.source}: use_sliding_window with max_window_layers "
+                         f"(per-layer windows) is not modelled; set it false")
+    for key in ("sliding_window", "max_window_layers", "router_aux_loss_coef", "norm_topk_prob"):
+        r.get(key)
+    experts = r.get("num_experts", 60)
+    if experts:
+        shared = r.get("shared_expert_intermediate_size", 5632)
+        fields["moe"] = {"experts": experts, "top_k": r.get("num_experts_per_tok", 4),
+                         "expert_d_ff": r.get("moe_intermediate_size", 1408),
+                         "shared_d_ff": shared, "shared_expert_gate": bool(shared),
+                         "every": r.get("decoder_sparse_step", 1),
+                         "dense_layers": list(r.get("mlp_only_layers", []))}
+    return fields
+
+
 #: the supported architectures (the config's ``architectures[0]``)
 ARCHITECTURES: dict[str, Callable[[_Reader], dict[str, Any]]] = {
     "LlamaForCausalLM": _llama,
@@ -177,12 +213,15 @@ ARCHITECTURES: dict[str, Callable[[_Reader], dict[str, Any]]] = {
     "Phi3ForCausalLM": _phi3,
     "GPT2LMHeadModel": _gpt2,
     "GPTNeoXForCausalLM": _gpt_neox,
+    "MixtralForCausalLM": _mixtral,
+    "Qwen2MoeForCausalLM": _qwen2_moe,
 }
 #: model_type -> architecture, for configs without an ``architectures`` list
 MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                "qwen2": "Qwen2ForCausalLM", "gemma2": "Gemma2ForCausalLM",
                "phi3": "Phi3ForCausalLM", "gpt2": "GPT2LMHeadModel",
-               "gpt_neox": "GPTNeoXForCausalLM"}
+               "gpt_neox": "GPTNeoXForCausalLM", "mixtral": "MixtralForCausalLM",
+               "qwen2_moe": "Qwen2MoeForCausalLM"}
 
 
 def read_config(path: str) -> tuple[dict, str]:

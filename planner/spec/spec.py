@@ -50,6 +50,47 @@ MAX_VOCAB = 2**24
 MAX_SEQ_LEN = 2**24
 
 
+#: experts one MoE layer may have (DeepSeek-V3: 256 routed; a few thousand is beyond any model)
+MAX_EXPERTS = 4096
+
+
+class MoESpec(_Frozen):
+    """Mixture-of-experts MLPs: a router picks ``top_k`` of ``experts`` MLPs per token (Shazeer
+    et al. 2017; Mixtral, Jiang et al. 2024), with DeepSpeed-MoE's capacity (Rajbhandari et al.
+    2022; deepspeed/moe/sharded_moe.py): each expert takes at most C = max(ceil(top_k x
+    capacity_factor x tokens / experts), min_capacity) tokens of a micro-batch, and computes on
+    all C slots whether filled or not."""
+
+    experts: PositiveInt = Field(le=MAX_EXPERTS, description="routed experts per MoE layer")
+    top_k: PositiveInt = Field(2, description="experts each token is routed to")
+    expert_d_ff: Optional[PositiveInt] = Field(None, le=MAX_D_FF,
+                                               description="one expert's MLP width; default d_ff")
+    shared_d_ff: int = Field(0, ge=0, le=MAX_D_FF, description="an always-on shared expert's "
+                                                                "width (Qwen2-MoE); 0: none")
+    shared_expert_gate: bool = Field(False, description="a sigmoid gate (d_model -> 1) on the "
+                                                        "shared expert (Qwen2-MoE)")
+    every: PositiveInt = Field(1, le=MAX_LAYERS, description="layer i is MoE when (i + 1) is a "
+                                                             "multiple of every (Qwen2-MoE's "
+                                                             "decoder_sparse_step)")
+    dense_layers: tuple[int, ...] = Field((), description="layers kept dense (Qwen2-MoE's "
+                                                          "mlp_only_layers), 0-based")
+    capacity_factor: float = Field(1.0, gt=0, le=64, description="slots per expert as a multiple "
+                                                                 "of an even share (DeepSpeed's "
+                                                                 "default 1.0)")
+    min_capacity: int = Field(4, ge=0, le=2**20, description="DeepSpeed's floor on the slots")
+    drop_tokens: bool = Field(True, description="tokens beyond an expert's capacity are dropped; "
+                                                "false: capacity is the busiest expert's load")
+    load_imbalance: float = Field(1.0, ge=1, le=MAX_EXPERTS, description="without dropping, the "
+                                  "busiest expert's load over an even share (allowance)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoESpec":
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k: top_k ({self.top_k}) is more than experts "
+                             f"({self.experts})")
+        return self
+
+
 class ModelSpec(_Frozen):
     """Transformer shape.  ``preset`` names a shipped model; explicit fields override it."""
 
@@ -105,6 +146,8 @@ class ModelSpec(_Frozen):
     sliding_window: Optional[PositiveInt] = Field(
         None, le=MAX_SEQ_LEN, description="keys each query attends to on sliding-window layers "
                                           "(Mistral 4096, Gemma 2 4096)")
+    moe: Optional[MoESpec] = Field(None, description="mixture-of-experts MLPs "
+                                                     "(docs/hf-configs.md, MoE)")
     sliding_window_layers: Literal["all", "alternate"] = Field(
         "all", description="which layers slide: all (Mistral), or every other one from the "
                            "first (Gemma 2)")
@@ -119,7 +162,7 @@ class ModelSpec(_Frozen):
         data = dict(data)
         if data.get("hf_config") is not None:
             from planner.spec.hf import model_fields
-            if "preset" in data:
+            if data.get("preset") is not None:
                 raise ValueError("hf_config: give a preset or an hf_config, not both")
             if "seq_len" not in data:
                 raise ValueError("seq_len: a model read from hf_config needs the training "
@@ -163,10 +206,33 @@ class ModelSpec(_Frozen):
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads: n_kv_heads ({self.n_kv_heads}) must divide n_heads "
                              f"({self.n_heads})")
+        if self.moe is not None:
+            bad = [i for i in self.moe.dense_layers if not 0 <= i < self.n_layers]
+            if bad:
+                raise ValueError(f"moe.dense_layers: layer {bad[0]} is not one of the "
+                                 f"{self.n_layers} layers (0-based)")
+            if self.moe.expert_d_ff is None:
+                object.__setattr__(self, "moe", self.moe.model_copy(
+                    update={"expert_d_ff": self.d_ff}))
         if self.position is Position.LEARNED and self.max_positions < self.seq_len:
             raise ValueError(f"max_positions: max_positions ({self.max_positions}) is smaller than seq_len "
                              f"({self.seq_len})")
         return self
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Layer i (0-based) has experts: Qwen2-MoE's rule (i + 1) % every == 0, less the layers
+        kept dense."""
+        moe = self.moe
+        return moe is not None and (i + 1) % moe.every == 0 and i not in moe.dense_layers
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers with experts: every ``every``-th, less the dense ones among them."""
+        moe = self.moe
+        if moe is None:
+            return 0
+        return self.n_layers // moe.every - sum(
+            (i + 1) % moe.every == 0 for i in set(moe.dense_layers))
 
     @property
     def q_dim(self) -> int:
@@ -209,6 +275,9 @@ class SearchSpec(_Frozen):
     dp: Union[Literal["auto"], tuple[Degree, ...]] = "auto"
     tp: Union[Literal["auto"], tuple[Degree, ...]] = "auto"
     pp: Union[Literal["auto"], tuple[Degree, ...]] = "auto"
+    ep: Union[Literal["auto"], tuple[Degree, ...]] = Field(
+        "auto", description="expert-parallel degrees for a mixture-of-experts model; auto: the "
+                            "divisors of experts that divide dp")
     zero: Union[Literal["auto"], tuple[ZeroStage, ...]] = "auto"
     precision: Union[Literal["auto"], tuple[Precision, ...]] = "auto"
     micro_batch: Union[Literal["auto"], tuple[MicroBatch, ...]] = "auto"
@@ -645,7 +714,7 @@ def json_schema() -> dict:
     props["model"] = {"anyOf": [{"type": "string", "description": "a preset name"},
                                 props["model"]]}
     defs["ModelSpec"].pop("required", None)
-    defs["ModelSpec"]["anyOf"] = [{"required": ["preset"]},
+    defs["ModelSpec"]["anyOf"] = [{"required": ["preset"]}, {"required": ["hf_config", "seq_len"]},
                                   {"required": ["n_layers", "d_model", "n_heads", "vocab_size",
                                                 "seq_len"]}]
     cluster = defs["ClusterSpec"]["properties"]

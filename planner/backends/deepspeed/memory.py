@@ -82,20 +82,30 @@ def zero3_gathered_bytes(plan: AnyPlan, n, stats: TensorStats, rt: RuntimeSpec):
     return where(gathers, (live + stats.small) * plan.param_bytes, 0.0)
 
 
-def master_weight_bytes(plan: AnyPlan, n):
+def partition(plan: AnyPlan, n, n_full=None):
+    """Parameters of a ZeRO partition on one rank: 1/dp of the stage's.  With expert parallelism
+    a rank holds 1/ep of the routed experts and partitions them over the dp / ep ranks of its
+    expert-data-parallel group (stage_1_and_2.py _configure_moe_settings), so the share is
+    still 1/dp of all of them: ``n_full`` counts every expert (default: n, a dense model)."""
+    return (n if n_full is None else n_full) / plan.dp
+
+
+def master_weight_bytes(plan: AnyPlan, n, n_full=None):
     """fp32 master copy.  ZeRO-1/2/3 clone the fp32 partition even for fp32 models
     (stage_1_and_2.py:560, stage3.py:1169); ZeRO-0 keeps it only for mixed precision."""
     w = wrapper(plan)
     kept = where(_is(w, Wrapper.PLAIN), 0.0,
-                 where(_is(w, Wrapper.FP16_OPTIMIZER), FP32_BYTES * n, FP32_BYTES * n / plan.dp))
+                 where(_is(w, Wrapper.FP16_OPTIMIZER), FP32_BYTES * n,
+                       FP32_BYTES * partition(plan, n, n_full)))
     return where(plan.optimizer_off_gpu, 0.0, kept)
 
 
-def optimizer_state_bytes(spec: Spec, plan: AnyPlan, n):
+def optimizer_state_bytes(spec: Spec, plan: AnyPlan, n, n_full=None):
     """Adam's exp_avg and exp_avg_sq in fp32 (Kingma & Ba 2015), partitioned from ZeRO-1 on."""
     per = OPTIMIZER_STATE_BYTES[spec.training.optimizer]
     whole = _is(wrapper(plan), Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER)
-    return where(plan.optimizer_off_gpu, 0.0, per * n / where(whole, 1, plan.dp))
+    return where(plan.optimizer_off_gpu, 0.0,
+                 per * where(whole, n, partition(plan, n, n_full)))
 
 
 def resident_gradient_bytes(plan: AnyPlan, n):
@@ -107,13 +117,13 @@ def resident_gradient_bytes(plan: AnyPlan, n):
                                                   FP32_BYTES * n, 0.0))
 
 
-def accumulated_gradient_bytes(plan: AnyPlan, n):
+def accumulated_gradient_bytes(plan: AnyPlan, n, n_full=None):
     """Gradients carried from earlier micro-batches into the activation peak of a later one
     (gradient accumulation, or the pipeline's micro-batches).  ZeRO-0 and ZeRO-1 accumulate full
     autograd gradients; ZeRO-2 its P/dp partition (stage_1_and_2.py:1039-1045); ZeRO-3 accumulates
     in the resident partition; BF16_Optimizer keeps the bf16 grads between micro-batches."""
     g, w = plan.grad_bytes, wrapper(plan)
-    zero2 = where(plan.optimizer_off_gpu, 0.0, g * n / plan.dp)
+    zero2 = where(plan.optimizer_off_gpu, 0.0, g * partition(plan, n, n_full))
     carried = where(_is(w, Wrapper.ZERO3), 0.0,
                     where(_is(w, Wrapper.ZERO12) & (plan.zero == ZeroStage.GRADIENTS), zero2,
                           g * n))
@@ -149,7 +159,7 @@ def offload_gpu_buffer_bytes(plan: AnyPlan, largest_tensor):
     return where(keeps, largest_tensor * plan.grad_bytes, 0.0)
 
 
-def optimizer_step_bytes(spec: Spec, plan: AnyPlan, n, largest_tensor):
+def optimizer_step_bytes(spec: Spec, plan: AnyPlan, n, largest_tensor, n_full=None):
     """Transient memory of the optimizer step beyond the resident states.
 
     ZeRO-0 mixed precision: the bf16 grads plus their fp32 copies (unfused_optimizer.py:222) and,
@@ -161,7 +171,7 @@ def optimizer_step_bytes(spec: Spec, plan: AnyPlan, n, largest_tensor):
     rt = spec.runtime
     g, w = plan.grad_bytes, wrapper(plan)
     foreach = FP32_BYTES if rt.torch_adam else 0
-    part = n / plan.dp
+    part = partition(plan, n, n_full)
     zero12 = np.maximum(np.maximum(g * part + 8 * np.minimum(largest_tensor, part),
                                    part * (2 * g + FP32_BYTES)), part * (FP32_BYTES + foreach))
     sub = np.minimum(rt.sub_group_size, part)
@@ -188,7 +198,8 @@ def pipeline_buffer_bytes(spec: Spec, plan: AnyPlan, stage: Stage):
 class _StageState:
     """What every moment of a stage shares."""
 
-    n: Any
+    n: Any  #: parameters the rank holds (1/ep of the routed experts)
+    n_full: Any  #: every expert counted: its 1/dp is the ZeRO partition
     stats: TensorStats
     base: dict
     resident_grads: Any
@@ -199,18 +210,19 @@ class _StageState:
 
 def _state(spec: Spec, plan: AnyPlan, stage: Stage) -> _StageState:
     m, rt = spec.model, spec.runtime
-    n = stage_params(m, stage, plan.tp)
+    n = stage_params(m, stage, plan.tp, plan.ep)
+    n_full = stage_params(m, stage, plan.tp)
     stats = tensor_stats(m, stage, plan.tp, rt.stage3_param_persistence_threshold)
     base = dict(parameters=parameter_bytes(plan, n) + zero3_gathered_bytes(plan, n, stats, rt),
-                master_weights=master_weight_bytes(plan, n),
-                optimizer_states=optimizer_state_bytes(spec, plan, n),
+                master_weights=master_weight_bytes(plan, n, n_full),
+                optimizer_states=optimizer_state_bytes(spec, plan, n, n_full),
                 cublas_workspace=cublas_workspace_bytes(spec), stage=stage.index)
     resident_buffers = where(_is(wrapper(plan), Wrapper.ZERO3), ipg_bucket_bytes(plan, rt), 0.0) \
         + offload_gpu_buffer_bytes(plan, stats.largest) + pipeline_buffer_bytes(spec, plan, stage)
     stored = stage.n_layers * act.stored_per_block_bytes(m, plan, rt.cpu_checkpointing) \
         * stage.in_flight
-    return _StageState(n, stats, base, resident_gradient_bytes(plan, n),
-                       accumulated_gradient_bytes(plan, n), resident_buffers, stored)
+    return _StageState(n, n_full, stats, base, resident_gradient_bytes(plan, n),
+                       accumulated_gradient_bytes(plan, n, n_full), resident_buffers, stored)
 
 
 def loss_moments(spec: Spec, plan: AnyPlan, st: _StageState):
@@ -283,10 +295,10 @@ def end_of_backward_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageSt
     """Every gradient exists, activations are gone, buckets are reduced."""
     rt = spec.runtime
     g, w, n = plan.grad_bytes, wrapper(plan), st.n
-    partition = where(plan.optimizer_off_gpu, 0.0, g * n / plan.dp)
+    part = where(plan.optimizer_off_gpu, 0.0, g * partition(plan, n, st.n_full))
     full = where(plan.zero == ZeroStage.OPTIMIZER, g * n, 0.0)
     zero12 = _is(w, Wrapper.ZERO12)
-    grads = where(zero12, full + partition + st.carried,
+    grads = where(zero12, full + part + st.carried,
                   where(_is(w, Wrapper.ZERO3), st.resident_grads, st.resident_grads + g * n))
     bucket = where(zero12, ipg_bucket_bytes(plan, rt), 0.0)
     state_buffers = st.resident_buffers - pipeline_buffer_bytes(spec, plan, stage)
@@ -299,7 +311,7 @@ def optimizer_step_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageSta
     state_buffers = st.resident_buffers - pipeline_buffer_bytes(spec, plan, stage)
     return MemoryBreakdown(**st.base, gradients=st.resident_grads, deepspeed_buffers=state_buffers,
                            optimizer_step=optimizer_step_bytes(spec, plan, st.n,
-                                                               st.stats.largest),
+                                                               st.stats.largest, st.n_full),
                            moment="optimizer step")
 
 

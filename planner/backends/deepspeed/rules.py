@@ -41,8 +41,26 @@ def _offload_optimizer(spec, p):
 
 
 
+def _moe_layout(spec, p):
+    """DeepSpeed-MoE's layer as modelled here: no tensor-parallel experts (its default,
+    enable_expert_tensor_parallelism off), no pipeline (Megatron-DeepSpeed's MoE recipes run
+    without one: the router's auxiliary loss does not cross stages), no ZeRO-3 (the engine
+    refuses native MoE with stage 3)."""
+    if not spec.model.moe_layers:
+        return False
+    return (p.tp > 1) | (p.pp > 1) | (p.zero == ZeroStage.PARAMETERS)
+
+
+def _moe_layout_why(spec, p):
+    what = ("ZeRO-3 (DeepSpeed refuses native MoE with stage 3)" if p.zero == ZeroStage.PARAMETERS
+            else f"tp={p.tp}, pp={p.pp} (modelled with tp 1 and pp 1: experts are not tensor-"
+                 f"parallel, and the router's loss does not cross pipeline stages)")
+    return f"mixture-of-experts with {what}"
+
+
 #: DeepSpeed refuses these plans (or, for offload, has no path that runs them)
 RULES: tuple[Rule, ...] = (
+    Rule("MoE layout", _moe_layout, _moe_layout_why),
     Rule("pipeline needs ZeRO 0/1", _pipeline_zero, lambda s, p: (
         f"pipeline parallelism (pp={p.pp}) needs ZeRO 0 or 1, not {int(p.zero)}")),
     Rule("pipeline with offload", _pipeline_offload, lambda s, p: (
@@ -76,6 +94,9 @@ def unbuilt_features(m) -> list[str]:
         out.append("model.logit_softcap/attention_softcap: soft-capping")
     if m.sliding_window is not None and m.sliding_window < m.seq_len:
         out.append(f"model.sliding_window: a {m.sliding_window}-token window")
+    if m.moe is not None:
+        out.append("model.moe: mixture-of-experts layers (planned; the executor's MoE blocks "
+                   "come with expert parallelism)")
     return out
 
 

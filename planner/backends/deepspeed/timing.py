@@ -7,7 +7,8 @@ import numpy as np
 
 from planner.backends.deepspeed.memory import MEMORY_OPT_ALLREDUCE_SIZE, Wrapper, wrapper
 from planner.model.activations import host_checkpoint_bytes
-from planner.model.shape import Stage, stage_params, stages_to_check, tensor_stats
+from planner.model.shape import (Stage, routed_expert_params, stage_params, stages_to_check,
+                                 tensor_stats)
 from planner.network import collectives as coll
 from planner.network.topology import group_link
 from planner.plan.strategy import Plan, where
@@ -46,18 +47,34 @@ def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order):
     parameters in forward and again in backward and reduce-scatters the gradients, every
     micro-batch (ZeRO paper, section 7: 1.5x the data-parallel volume).  Gradient traffic goes
     in reduce_bucket_size buckets, each a collective paying the ring latency."""
+    m = spec.model
+    n = stage_params(m, stage, plan.tp)
+    stride = plan.degrees.strides(order)["dp"]
+    if not m.moe_layers:
+        return _dp_traffic(spec, plan, stage, n, plan.dp, stride)
+    # DeepSpeed-MoE: the dense parameters reduce over dp; each rank's 1/ep of the routed experts
+    # over its expert-data-parallel group, the dp / ep ranks ep apart holding the same experts
+    experts = stage.n_layers * routed_expert_params(m)
+    dense = _dp_traffic(spec, plan, stage, n - experts, plan.dp, stride)
+    local = _dp_traffic(spec, plan, stage, experts / plan.ep, plan.dp // plan.ep,
+                        stride * plan.ep)
+    return dense[0] + local[0], dense[1] + local[1]
+
+
+def _dp_traffic(spec: Spec, plan: Plan, stage: Stage, n, ranks, stride):
+    """(per step, per micro-batch) traffic of n parameters' gradients (and ZeRO's parameters)
+    over a group of ``ranks`` ranks ``stride`` apart."""
     rt = spec.runtime
-    n = stage_params(spec.model, stage, plan.tp)
     bf16_opt = wrapper(plan) == Wrapper.BF16_OPTIMIZER
     g = where(bf16_opt, FP32_BYTES, plan.grad_bytes)  # BF16_Optimizer reduces its fp32 buffer
-    link = group_link(spec.cluster, plan.dp, plan.degrees.strides(order)["dp"])
+    link = group_link(spec.cluster, ranks, stride)
     net = spec.cluster.gpu.efficiency.network
     all_reduce = coll.all_reduce(g * n, link, net, -(-n // MEMORY_OPT_ALLREDUCE_SIZE))
     gather = coll.all_gather(plan.param_bytes * n, link, net, -(-n // rt.allgather_bucket_size))
     scatter = coll.reduce_scatter(g * n, link, net, -(-n // rt.reduce_bucket_size))
     units = zero3_fetch_units(spec, stage, tensor_stats(spec.model, stage, plan.tp, 0).count)
     zero3 = 2 * coll.all_gather(plan.param_bytes * n, link, net, units) + scatter
-    z, single = plan.zero, plan.dp == 1
+    z, single = plan.zero, ranks == 1
     per_step = where(single, 0.0,
                      where((z == ZeroStage.NONE) | bf16_opt, all_reduce,
                            where(z == ZeroStage.OPTIMIZER, scatter + gather,
