@@ -35,7 +35,7 @@ class Backend:
     dp_traffic_seconds: Callable  #: (spec, plan, stage, order) -> (per step, per micro-batch)
     overlaps_dp: Callable  #: (spec, plan) -> bool (mask): per-micro-batch traffic overlaps
     host_us_per_micro_batch: Callable  #: (spec, plan, stage) -> microseconds
-    optimizer_seconds: Callable  #: (spec, plan, params, tensors) -> seconds
+    optimizer_seconds: Callable  #: (spec, plan, params, tensors, held params) -> seconds
     offload_seconds: Callable  #: (spec, plan, params) -> seconds
 
     def __repr__(self) -> str:

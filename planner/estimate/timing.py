@@ -146,16 +146,21 @@ def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
 
 
 def moe_gemm_seconds(spec: Spec, plan: Plan) -> float:
-    """A mixture-of-experts MLP, forward + backward: every expert's two (SwiGLU: fused gate and
-    up, then down) GEMMs over its C slots, filled or not (DeepSpeed-MoE computes all E x C
+    """A mixture-of-experts MLP, forward + backward: each local expert's two (SwiGLU: fused gate
+    and up, then down) GEMMs over its slots, filled or not (DeepSpeed-MoE computes all E x C
     slots), the shared expert's over every token, and the router's d_model x experts GEMM, which
     DeepSpeed runs in fp32 (sharded_moe.py TopKGate: input.float() @ wg.weight.float()) on the
     fp32 units."""
     m, ld = spec.model, local_dims(spec.model, plan)
     moe, tokens, d = m.moe, ld.tokens, ld.d_model
     up = mlp_matrices(m) - 1
-    c = act.expert_slots(m, tokens) / moe.experts
-    expert = gemm_seconds(spec, plan, [(c, up * moe.expert_d_ff, d), (c, d, moe.expert_d_ff)])
+    # after the dispatch all-to-all a rank runs its experts / ep local experts, each on the C
+    # slots every one of the ep ranks sent it (Experts.forward chunks the [ep, E/ep, C, d] input
+    # per local expert): the same FLOPs as E experts x C slots, in fewer, taller GEMMs
+    rows = act.expert_slots(m, tokens) / moe.experts * plan.ep
+    local = moe.experts / plan.ep
+    expert = gemm_seconds(spec, plan, [(rows, up * moe.expert_d_ff, d),
+                                       (rows, d, moe.expert_d_ff)])
     shared = gemm_seconds(spec, plan, [(tokens, up * moe.shared_d_ff, d),
                                        (tokens, d, moe.shared_d_ff)]) if moe.shared_d_ff else 0.0
     eff = spec.cluster.gpu.efficiency
@@ -163,7 +168,7 @@ def moe_gemm_seconds(spec: Spec, plan: Plan) -> float:
     f32 = spec.cluster.gpu.peak_tflops.get("fp32", 1.0) * TERA * eff.gemm_fp32_max * (
         tokens / (tokens + half)) * (moe.experts / (moe.experts + half)) * (d / (d + half))
     router = 3 * 2 * tokens * d * moe.experts / f32
-    return moe.experts * expert + shared + router
+    return local * expert + shared + router
 
 
 def moe_elementwise_bytes(spec: Spec, plan: Plan) -> float:
@@ -219,7 +224,7 @@ def head_seconds(spec: Spec, plan: Plan) -> float:
 
 # ------------------------------------------------------------------------------ host work
 
-def kernels_per_block(spec: Spec) -> int:
+def kernels_per_block(spec: Spec, ep=1) -> int:
     """Kernels one block launches in forward (eager PyTorch): norms, GEMMs, attention, rotary,
     activation, adds; backward launches about twice as many."""
     mdl = spec.model
@@ -234,9 +239,9 @@ def kernels_per_block(spec: Spec) -> int:
     # capacity), dispatch and combine (~10), each expert's MLP instead of one, the shared expert
     moe = mdl.moe
     per_mlp = act + 2
-    sparse = dense - per_mlp + 30 + moe.experts * per_mlp + (per_mlp + 2 if moe.shared_d_ff else 0)
-    return round(((mdl.n_layers - mdl.moe_layers) * dense + mdl.moe_layers * sparse)
-                 / mdl.n_layers)
+    local = moe.experts / ep  # a rank launches its local experts' kernels only
+    sparse = dense - per_mlp + 30 + local * per_mlp + (per_mlp + 2 if moe.shared_d_ff else 0)
+    return ((mdl.n_layers - mdl.moe_layers) * dense + mdl.moe_layers * sparse) / mdl.n_layers
 
 
 def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
@@ -245,7 +250,7 @@ def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
     recompute counted once more), plus the backend's own bookkeeping (hooks, fetch/release)."""
     rt = spec.runtime
     passes = 3 + where(plan.is_recompute(Recompute.FULL), 1, 0)
-    kernels = stage.n_layers * kernels_per_block(spec) * passes + 20
+    kernels = stage.n_layers * kernels_per_block(spec, plan.ep) * passes + 20
     return (kernels * rt.cpu_op_us + backend.host_us_per_micro_batch(spec, plan, stage)) * 1e-6
 
 
@@ -309,7 +314,8 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
         pp_t = pp_seconds_per_micro_batch(spec, plan, order)
         per_step, per_micro = backend.dp_traffic_seconds(spec, plan, stage, order)
         n = stage_params(spec.model, stage, plan.tp)
-        here = dict(slot=comp + tp_t + ep_t + pp_t, comp=comp, tp=tp_t, ep=ep_t, pp=pp_t,
+        held = stage_params(spec.model, stage, plan.tp, plan.ep)
+        here = dict(held=held, slot=comp + tp_t + ep_t + pp_t, comp=comp, tp=tp_t, ep=ep_t, pp=pp_t,
                     per_step=per_step,
                     per_micro=per_micro, n=n, layers=stage.n_layers,
                     tensors=tensor_stats(spec.model, stage, plan.tp, 0).count)
@@ -329,7 +335,7 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
                     pp_comm=m * worst["pp"],
                     bubble=bubble, dp_comm=m * exposed_micro + worst["per_step"],
                     optimizer=backend.optimizer_seconds(spec, plan, worst["n"],
-                                                        worst["tensors"]),
+                                                        worst["tensors"], worst["held"]),
                     offload=backend.offload_seconds(spec, plan, worst["n"]),
                     placement=",".join(order))
 

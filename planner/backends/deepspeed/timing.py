@@ -92,12 +92,14 @@ def overlap_on(spec: Spec, plan: Plan):
     return plan.zero == ZeroStage.PARAMETERS
 
 
-def optimizer_seconds(spec: Spec, plan: Plan, n, n_tensors):
+def optimizer_seconds(spec: Spec, plan: Plan, n, n_tensors, held=None):
     """Memory-bound Adam over this rank's share: read fp32 master, grad, two moments, write them
     back and the low-precision copy (~32 bytes/param; +16 for PyTorch's foreach temporaries and
-    the fp32 gradient cast), plus host work per tensor for unfused optimizers."""
+    the fp32 gradient cast), plus host work per tensor for unfused optimizers.  Without ZeRO the
+    share is what the rank holds (``held``: with expert parallelism 1/ep of the experts), with
+    ZeRO 1/dp of the stage's n."""
     whole = np.isin(wrapper(plan), [Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER])
-    local = where(whole, n, n / plan.dp)
+    local = where(whole, n if held is None else held, n / plan.dp)
     per_param = 32 + (16 if spec.runtime.torch_adam else 0)
     t = local * per_param / spec.cluster.gpu.hbm_bytes_per_s
     # ZeRO flattens each rank's share into one fp32 tensor; without ZeRO, PyTorch's AdamW and
