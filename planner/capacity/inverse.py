@@ -18,9 +18,7 @@ import bisect
 import copy
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence
-
-import sympy
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from planner.capacity.budget import FINE_WIDTHS as WIDTHS
 from planner.capacity.budget import (Candidate, evaluate, family_shape, offload_allowed,
@@ -36,6 +34,9 @@ from planner.search.engine import (SearchResult, divisors, grad_accum, precision
 from planner.search.rules import check
 from planner.spec.spec import MAX_MICRO_BATCH, Spec, spec_from_dict, spec_to_dict
 from planner.spec.units import AttentionKernel, GiB
+
+if TYPE_CHECKING:
+    import sympy
 
 #: valid values above the memory boundary that are still checked one by one: memory need not be
 #: monotone (the micro-batch that ends gradient accumulation drops the carried gradients; fewer
@@ -109,8 +110,9 @@ class _Variable:
 
 # --------------------------------------------------------------------------- the memory solver
 
-def _fit(var: _Variable, xs: list[int]) -> Optional[sympy.Expr]:
+def _fit(var: _Variable, xs: list[int]) -> Optional["sympy.Expr"]:
     """required(x) through the first degree + 1 samples, if the last sample agrees."""
+    import sympy  # here, not at the top: only the memory questions need it (0.2 s to import)
     pts = [var(x) for x in xs]
     if any(p.est is None for p in pts) or len(pts) < var.degree + 2:
         return None
@@ -123,8 +125,9 @@ def _fit(var: _Variable, xs: list[int]) -> Optional[sympy.Expr]:
     return poly
 
 
-def _root(poly: sympy.Expr, usable: float, near: float) -> float:
+def _root(poly: "sympy.Expr", usable: float, near: float) -> float:
     """Where the polynomial rises through usable (inf: never; -inf: already above)."""
+    import sympy
     x = sympy.Symbol("x")
     slope = sympy.diff(poly, x)
     rising = [float(r) for r in sympy.solve(sympy.Eq(poly, sympy.Rational(usable)), x)
@@ -166,6 +169,7 @@ def _memory_boundary(var: _Variable, usable: float) -> tuple[int, str, Optional[
         elif ok(i + 1):
             lo = i + 1
         else:
+            import sympy
             return i, "sympy", root, f"{sympy.N(poly / GiB, 6)} GiB"
     return lo, "bisection", None, None
 
