@@ -14,7 +14,8 @@ from planner.backends.deepspeed import DEEPSPEED
 from planner.model import activations as act
 from planner.model.flops import causal_pairs, step_flops, utilisation
 from planner.model.local import local_dims
-from planner.model.shape import Stage, mlp_matrices, stage_params, stages_to_check, tensor_stats
+from planner.model.shape import (Stage, layer_average, mlp_matrices, stage_params,
+                                 stages_to_check, tensor_stats)
 from planner.network import collectives as coll
 from planner.network.topology import group_link
 from planner.plan.degrees import ORDERS
@@ -202,14 +203,7 @@ def _block_seconds(spec: Spec, plan: Plan, moe: bool) -> float:
 def block_forward_backward_seconds(spec: Spec, plan: Plan) -> float:
     """One block, one micro-batch: forward + backward, plus the recomputed forward; the average
     block when mixture-of-experts and dense blocks mix (planner/model/shape.py layer_params)."""
-    m = spec.model
-    n_moe = m.moe_layers
-    if n_moe == 0:
-        return _block_seconds(spec, plan, moe=False)
-    if n_moe == m.n_layers:
-        return _block_seconds(spec, plan, moe=True)
-    return ((m.n_layers - n_moe) * _block_seconds(spec, plan, moe=False)
-            + n_moe * _block_seconds(spec, plan, moe=True)) / m.n_layers
+    return layer_average(spec.model, lambda moe: _block_seconds(spec, plan, moe))
 
 
 def head_seconds(spec: Spec, plan: Plan) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from planner.model.local import local_dims
+from planner.model.shape import layer_average
 from planner.plan.strategy import Plan, where
 from planner.spec.spec import ModelSpec
 from planner.spec.units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel, Norm,
@@ -193,13 +194,7 @@ def _block_saved_bytes(m: ModelSpec, plan: Plan, moe: bool) -> float:
 def block_saved_bytes(m: ModelSpec, plan: Plan) -> float:
     """Everything one block keeps for backward when it is not recomputed: the average block when
     mixture-of-experts and dense blocks mix (planner/model/shape.py layer_params)."""
-    n_moe = m.moe_layers
-    if n_moe == 0:
-        return _block_saved_bytes(m, plan, moe=False)
-    if n_moe == m.n_layers:
-        return _block_saved_bytes(m, plan, moe=True)
-    return ((m.n_layers - n_moe) * _block_saved_bytes(m, plan, moe=False)
-            + n_moe * _block_saved_bytes(m, plan, moe=True)) / m.n_layers
+    return layer_average(m, lambda moe: _block_saved_bytes(m, plan, moe))
 
 
 def block_input_bytes(m: ModelSpec, plan: Plan) -> float:

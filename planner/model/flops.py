@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.model.shape import mlp_matrices, param_counts
+from planner.model.shape import layer_average, mlp_matrices, param_counts
 from planner.plan.strategy import Plan, where
 from planner.spec.spec import ModelSpec
 from planner.spec.units import Recompute
@@ -22,15 +22,14 @@ def layer_matmul_flops_per_token(m: ModelSpec) -> float:
     layers when MoE and dense blocks mix."""
     d = m.d_model
     attention = d * (m.q_dim + 2 * m.kv_dim) + m.q_dim * d
-    dense = 2 * (attention + mlp_matrices(m) * d * m.d_ff)
-    n_moe = m.moe_layers
-    if n_moe == 0:
-        return dense
-    moe = m.moe
-    routed = (d * moe.experts + moe.top_k * mlp_matrices(m) * d * moe.expert_d_ff
-              + mlp_matrices(m) * d * moe.shared_d_ff + (d if moe.shared_expert_gate else 0))
-    sparse = 2 * (attention + routed)
-    return ((m.n_layers - n_moe) * dense + n_moe * sparse) / m.n_layers
+
+    def mlp(moe: bool) -> int:
+        if not moe:
+            return mlp_matrices(m) * d * m.d_ff
+        e = m.moe
+        return (d * e.experts + e.top_k * mlp_matrices(m) * d * e.expert_d_ff
+                + mlp_matrices(m) * d * e.shared_d_ff + (d if e.shared_expert_gate else 0))
+    return layer_average(m, lambda moe: 2 * (attention + mlp(moe)))
 
 
 def attended_keys(m: ModelSpec) -> float:

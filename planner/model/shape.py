@@ -7,7 +7,7 @@ a final norm and the LM head (shared with the embedding when tied).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,6 +44,9 @@ class LayerParams:
 
     def __rmul__(self, k: int) -> "LayerParams":
         return LayerParams(k * self.sharded, k * self.replicated)
+
+    def __truediv__(self, k: int) -> "LayerParams":
+        return LayerParams(self.sharded / k, self.replicated / k)
 
 
 def _attention_params(m: ModelSpec) -> LayerParams:
@@ -84,20 +87,22 @@ def moe_layer_params(m: ModelSpec, active: bool = False) -> LayerParams:
     return out
 
 
-def layer_params(m: ModelSpec) -> LayerParams:
-    """The model's block.  With mixture-of-experts layers among dense ones it is the average
-    block (exact for the totals over all layers, which every stage holds when pp = 1, the only
-    layout DeepSpeed-MoE plans take here)."""
+def layer_average(m: ModelSpec, per_block: Callable[[bool], Any]) -> Any:
+    """The average over the model's blocks of ``per_block(moe)`` (a dense block's value for
+    False, a mixture-of-experts block's for True), each kind computed once.  Exact for totals over
+    all the layers, which every stage holds when pp = 1 (the only layout MoE plans take here);
+    for a model of one kind, that kind's value."""
     n_moe = m.moe_layers
     if n_moe == 0:
-        return dense_layer_params(m)
+        return per_block(False)
     if n_moe == m.n_layers:
-        return moe_layer_params(m)
-    n_dense = m.n_layers - n_moe
-    dense, moe = dense_layer_params(m), moe_layer_params(m)
-    return LayerParams(sharded=(n_dense * dense.sharded + n_moe * moe.sharded) / m.n_layers,
-                       replicated=(n_dense * dense.replicated + n_moe * moe.replicated)
-                       / m.n_layers)
+        return per_block(True)
+    return ((m.n_layers - n_moe) * per_block(False) + n_moe * per_block(True)) / m.n_layers
+
+
+def layer_params(m: ModelSpec) -> LayerParams:
+    """The model's (average) block."""
+    return layer_average(m, lambda moe: moe_layer_params(m) if moe else dense_layer_params(m))
 
 
 @dataclass(frozen=True)
