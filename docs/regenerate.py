@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.capacity.advice import nearest_fix  # noqa: E402
+from planner.capacity.advice import nearest_fix, plan_notes  # noqa: E402
 from planner.report import to_json  # noqa: E402
 from planner.search.engine import search  # noqa: E402
 from planner.spec.spec import load_spec  # noqa: E402
@@ -31,7 +31,8 @@ SPEC = "specs/125m_on_1xH100.yaml"
 def json_example() -> str:
     spec = load_spec(ROOT / SPEC)
     result = search(spec)
-    report = to_json(result, nearest_fix(spec) if result.best is None else [], SPEC)
+    report = to_json(result, nearest_fix(spec) if result.best is None else [], SPEC,
+                     plan_notes(result))
     report["alternatives"] = report["alternatives"][:1]
     return json.dumps(report, indent=2)
 

@@ -285,13 +285,12 @@ def _execute_lab(spec, spec_path: str, verbose: bool, options: dict) -> int:
 def _plan(spec, spec_path: str, as_json: bool, verbose: bool, executable: bool = False):
     """The report; with ``executable`` (``--execute``) only plans the backend's executor can run
     are ranked."""
-    from planner.capacity.advice import batch_limit, nearest_fix
+    from planner.capacity.advice import nearest_fix, plan_notes
     from planner.report import to_json, to_text
     from planner.search.engine import search
     result = search(spec, executable=executable)
     fixes = nearest_fix(spec, executable=executable) if result.best is None else []
-    limit = batch_limit(result, executable=executable)
-    notes = () if limit is None else (str(limit),)
+    notes = plan_notes(result, executable=executable)
     if as_json:
         click.echo(json.dumps(to_json(result, fixes, spec_path, notes), indent=2))
     elif result.best is not None or verbose:

@@ -127,3 +127,36 @@ def batch_limit(result: SearchResult, *, executable: bool = False) -> Optional[B
     split = f"mb{best.plan.micro_batch}×ga{best.plan.grad_accum}"
     return BatchLimit(gb, gb // best.plan.dp, split, overhead, best.mfu, sequences, e.mfu,
                       e.plan.label)
+
+
+#: the logits and loss "dominate" when they are at least this share of the peak
+LOGITS_SHARE = 0.2
+
+
+def logits_note(result: SearchResult) -> Optional[str]:
+    """When the logits and the loss take a fifth of the best plan's peak or more (long sequences,
+    large vocabularies), what would cut them: the fused, chunked cross-entropy the memory model
+    knows (model.fused_kernels: no full-size fp32 copies; Liger, Megatron), re-estimated on the
+    same plan; and tensor parallelism, whose vocab-parallel loss divides them by tp."""
+    spec, best = result.spec, result.best
+    if best is None or spec.model.fused_kernels:
+        return None
+    logits = best.memory.logits_loss
+    if logits < LOGITS_SHARE * best.memory.total:
+        return None
+    from planner.estimate.predict import estimate
+    fused = estimate(edit(spec, {"model.fused_kernels": True}), best.plan, with_time=False)
+    gib = 2.0 ** 30
+    return (f"the logits and loss take {logits / gib:.1f} GiB of the {best.memory.total / gib:.1f}"
+            f" GiB peak ({logits / best.memory.total:.0%}, vocab {spec.model.vocab_size:,} x "
+            f"seq {spec.model.seq_len:,}); a fused, chunked cross-entropy (model.fused_kernels: "
+            f"true) keeps {fused.memory.logits_loss / gib:.1f} GiB at the loss "
+            f"(peak {fused.memory.total / gib:.1f} GiB)"
+            + (", and tensor parallelism's vocab-parallel loss divides the logits by tp"
+               if spec.cluster.gpus_per_node > 1 else ""))
+
+
+def plan_notes(result: SearchResult, *, executable: bool = False) -> tuple[str, ...]:
+    """The advice lines the plan report carries (text `note`, JSON `notes`)."""
+    limit = batch_limit(result, executable=executable)
+    return tuple(n for n in (None if limit is None else str(limit), logits_note(result)) if n)

@@ -231,3 +231,20 @@ def test_the_plan_report_of_a_budget_spec_is_a_clear_error():
     spec = load_spec("specs/budget_64xA100_30days.yaml")
     with pytest.raises(PlannerError, match="needs training.tokens"):
         to_text(search(spec), [])
+
+
+def test_the_report_says_when_the_logits_dominate_and_what_cuts_them():
+    """GPT-2 124M on one H100 at micro-batch 8: three fp32 logits-sized tensors are most of the
+    peak; the note quotes the fused loss's own estimate on the same plan."""
+    from planner.capacity.advice import logits_note
+    from planner.estimate.predict import estimate
+    spec = load_spec("specs/125m_on_1xH100.yaml")
+    result = search(spec)
+    note = logits_note(result)
+    best = result.best
+    assert best.memory.logits_loss >= 0.2 * best.memory.total
+    fused = estimate(edit(spec, {"model.fused_kernels": True}), best.plan, with_time=False)
+    assert f"keeps {fused.memory.logits_loss / 2**30:.1f} GiB" in note
+    assert "vocab-parallel" not in note  # one GPU: no tensor parallelism to offer
+    assert "note       the logits and loss take" in run("specs/125m_on_1xH100.yaml").stdout
+    assert logits_note(search(load_spec("specs/70b_on_512xH100.yaml"))) is None
