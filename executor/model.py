@@ -6,11 +6,16 @@ tensor, because the planner's memory model (``planner/activations.py``) and para
 views, RoPE as new q/k tensors, ``scaled_dot_product_attention`` (or the eager softmax path), a
 GELU MLP or a fused gate/up SwiGLU, LayerNorm or Llama's RMSNorm, logits upcast before the loss.
 
-It knows nothing of DeepSpeed.  Parallelism is applied to it from outside: ``pipeline_layers()``
-hands the layers to a ``PipelineModule``; executor/tensor_parallel.py column-shards
-``qkv``/``fc``/``w13``, row-shards ``proj``/``fc2``/``w2`` and splits the token table and the
-head over the vocabulary (the attention follows the local width of ``qkv``; ``loss_fn`` becomes
-the vocab-parallel loss); activation checkpointing wraps the entries of ``blocks``.
+It knows nothing of DeepSpeed's engine.  The one exception is a mixture-of-experts MLP, which
+is DeepSpeed-MoE's layer (``deepspeed.moe.layer.MoE``: the router, the capacity-bounded index
+dispatch and the all-to-alls are that layer's), imported only when the spec has experts; the
+plain model holds every expert (ep 1) and needs no process group.  Parallelism is applied to it
+from outside: ``pipeline_layers()`` hands the layers to a ``PipelineModule``;
+executor/tensor_parallel.py column-shards ``qkv``/``fc``/``w13``, row-shards
+``proj``/``fc2``/``w2`` and splits the token table and the head over the vocabulary (the
+attention follows the local width of ``qkv``; ``loss_fn`` becomes the vocab-parallel loss);
+executor/parallel.py rebuilds each ``MoEMLP`` with ``ep`` > 1, keeping this rank's experts;
+activation checkpointing wraps the entries of ``blocks``.
 """
 from __future__ import annotations
 
@@ -106,12 +111,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GPT-2's MLP: d -> d_ff -> d with tanh-approximated GELU."""
+    """GPT-2's MLP: d -> d_ff -> d with tanh-approximated GELU (``d_ff``: an expert's width)."""
 
-    def __init__(self, m: ModelSpec):
+    def __init__(self, m: ModelSpec, d_ff: Optional[int] = None):
         super().__init__()
-        self.fc = nn.Linear(m.d_model, m.d_ff, bias=m.bias)
-        self.fc2 = nn.Linear(m.d_ff, m.d_model, bias=m.bias)
+        d_ff = d_ff or m.d_ff
+        self.fc = nn.Linear(m.d_model, d_ff, bias=m.bias)
+        self.fc2 = nn.Linear(d_ff, m.d_model, bias=m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc(x), approximate="tanh"))
@@ -120,24 +126,77 @@ class MLP(nn.Module):
 class SwiGLU(nn.Module):
     """Shazeer 2020's SwiGLU with gate and up fused in one matrix ([gate | up] along the output)."""
 
-    def __init__(self, m: ModelSpec):
+    def __init__(self, m: ModelSpec, d_ff: Optional[int] = None):
         super().__init__()
-        self.w13 = nn.Linear(m.d_model, 2 * m.d_ff, bias=m.bias)
-        self.w2 = nn.Linear(m.d_ff, m.d_model, bias=m.bias)
+        d_ff = d_ff or m.d_ff
+        self.w13 = nn.Linear(m.d_model, 2 * d_ff, bias=m.bias)
+        self.w2 = nn.Linear(d_ff, m.d_model, bias=m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+def make_mlp(m: ModelSpec, d_ff: Optional[int] = None) -> nn.Module:
+    """The model's MLP (GELU or SwiGLU) of inner width ``d_ff`` (default the model's)."""
+    return SwiGLU(m, d_ff) if m.activation is Activation.SWIGLU else MLP(m, d_ff)
 
-    def __init__(self, m: ModelSpec):
+
+#: weight of the routers' load-balancing loss in the training objective, loss + coef x sum of
+#: the MoE layers' l_aux: DeepSpeed-MoE's GPT recipes (Megatron-DeepSpeed
+#: examples_deepspeed/MoE/ds_pretrain_gpt_1.3B_MoE128.sh, --moe-loss-coeff 0.01) and the value
+#: Megatron-Core's MoE README recommends (--moe-aux-loss-coeff 1e-2)
+MOE_AUX_LOSS_COEF = 0.01
+
+
+class MoEMLP(nn.Module):
+    """Mixture-of-experts MLP: DeepSpeed-MoE's layer over ``experts`` copies of the model's MLP
+    of width ``expert_d_ff`` (its router ``wg`` is Linear(d_model, experts, bias=False)), plus
+    Qwen2-MoE's shared expert and its sigmoid gate when the spec has them:
+    out = moe(x) + sigmoid(gate(x)) * shared(x).
+
+    With ``ep`` > 1 the layer holds experts/ep of them (DeepSpeed names its local experts 0 ..
+    experts/ep - 1; executor/parallel.py maps them to the plain model's).  Routing is made
+    deterministic, so every layout routes a micro-batch alike: the true second choice, not
+    DeepSpeed's default Gumbel-sampled one (``top2_2nd_expert_sampling=False``: Mixtral's and
+    Qwen2-MoE's softmax-then-top-k), and for top-1 the first tokens kept on overflow rather
+    than random ones (``use_rts=False``).  ``forward`` keeps the layer's load-balancing loss
+    in ``aux_loss`` (GPT.moe_aux_loss sums them)."""
+
+    def __init__(self, m: ModelSpec, ep: int = 1):
+        super().__init__()
+        from deepspeed.moe.layer import MoE
+        moe = m.moe
+        self.moe = MoE(hidden_size=m.d_model, expert=make_mlp(m, moe.expert_d_ff),
+                       num_experts=moe.experts, ep_size=ep, k=moe.top_k,
+                       capacity_factor=moe.capacity_factor,
+                       eval_capacity_factor=moe.capacity_factor,
+                       min_capacity=moe.min_capacity, drop_tokens=moe.drop_tokens,
+                       use_rts=False, top2_2nd_expert_sampling=False)
+        self.shared = make_mlp(m, moe.shared_d_ff) if moe.shared_d_ff else None
+        self.shared_gate = (nn.Linear(m.d_model, 1, bias=False)
+                            if moe.shared_d_ff and moe.shared_expert_gate else None)
+        self.aux_loss: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, self.aux_loss, _ = self.moe(x)
+        if self.shared is not None:
+            shared = self.shared(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            out = out + shared
+        return out
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); ``moe``: the MLP
+    is a mixture of experts."""
+
+    def __init__(self, m: ModelSpec, moe: bool = False):
         super().__init__()
         self.ln1, self.ln2 = make_norm(m), make_norm(m)
         self.attn = CausalSelfAttention(m)
-        self.mlp = SwiGLU(m) if m.activation is Activation.SWIGLU else MLP(m)
+        self.mlp = MoEMLP(m) if moe else make_mlp(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -222,8 +281,10 @@ class CausalLMLoss:
         return causal_lm_loss(logits, targets, self.loss_dtype)
 
 
-#: weights drawn at the GPT-2 residual scale (Radford et al. 2019, section 2.3; nanoGPT c_proj)
-RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.fc2.weight", "mlp.w2.weight")
+#: weights drawn at the GPT-2 residual scale (Radford et al. 2019, section 2.3; nanoGPT c_proj):
+#: the attention output and every MLP's down projection (a dense block's, each expert's and the
+#: shared expert's, all added into the residual stream)
+RESIDUAL_PROJECTIONS = ("attn.proj.weight", ".fc2.weight", ".w2.weight")
 
 
 def initial_value(m: ModelSpec, name: str, shape, seed: int) -> torch.Tensor:
@@ -260,7 +321,7 @@ class GPT(nn.Module):
         #: (logits, targets) -> loss; tensor parallelism swaps in its vocab-parallel loss
         self.loss_fn = CausalLMLoss(m.loss_dtype)
         self.embed = EmbeddingLayer(m)
-        self.blocks = nn.ModuleList(Block(m) for _ in range(m.n_layers))
+        self.blocks = nn.ModuleList(Block(m, m.is_moe_layer(i)) for i in range(m.n_layers))
         self.final = HeadLayer(m)
         if m.tied_embeddings:
             self.final.head.weight = self.embed.wte.weight
@@ -276,6 +337,13 @@ class GPT(nn.Module):
         if targets is None:
             return logits
         return self.loss_fn(logits, targets)
+
+    def moe_aux_loss(self) -> Optional[torch.Tensor]:
+        """The routers' load-balancing losses of the last forward, summed over the MoE layers
+        (DeepSpeed-MoE's l_aux, fp32); None for a dense model.  The training objective adds
+        ``MOE_AUX_LOSS_COEF`` times it to the loss ``forward`` returns."""
+        losses = [b.mlp.aux_loss for b in self.blocks if isinstance(b.mlp, MoEMLP)]
+        return torch.stack(losses).sum() if losses else None
 
     def pipeline_layers(self) -> list[nn.Module]:
         """[EmbeddingLayer, *blocks, HeadLayer]: each forward maps one tensor to the next, the last
@@ -310,6 +378,6 @@ class GPT(nn.Module):
         return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
-__all__ = ["GPT", "Block", "EmbeddingLayer", "TokenTable", "PositionLayer", "HeadLayer", "RMSNorm",
-           "causal_lm_loss",
+__all__ = ["GPT", "Block", "MoEMLP", "MOE_AUX_LOSS_COEF", "make_mlp", "EmbeddingLayer",
+           "TokenTable", "PositionLayer", "HeadLayer", "RMSNorm", "causal_lm_loss",
            "CausalLMLoss", "tied_logits", "initial_value", "initialise"]

@@ -1,8 +1,12 @@
 """Parallelism applied to a GPT from outside (torchtitan's ``parallelize_llama(model, ...)``):
-Megatron-style tensor parallelism (executor/tensor_parallel.py), activation recomputation and
-the pipeline module, over one process layout: DeepSpeed's PipeModelDataParallelTopology, whose
-rank order (tensor-parallel ranks adjacent, then data, then pipeline) is the planner's
-``Degrees`` order ("tp", "dp", "pp").
+Megatron-style tensor parallelism (executor/tensor_parallel.py), expert parallelism (each
+DeepSpeed-MoE layer rebuilt with ``ep_size``), activation recomputation and the pipeline
+module, over one process layout: DeepSpeed's PipeModelDataParallelTopology, whose rank order
+(tensor-parallel ranks adjacent, then data, then pipeline) is the planner's ``Degrees`` order
+("tp", "dp", "pp").  Expert-parallel groups are DeepSpeed's own (created by the engine from
+``ep_size``); with tp 1 and pp 1, the only layout MoE plans take, they are ep consecutive
+data-parallel ranks (``expert_parallel_rank``, checked against DeepSpeed by
+``check_expert_groups``).
 
 ``executor/model.py`` knows nothing of DeepSpeed; this module knows the model's layer names.
 torch and DeepSpeed are imported inside the functions that need them.
@@ -78,6 +82,64 @@ def apply_recompute(model: "GPT", recompute: Recompute) -> "GPT":
     for module in targets:
         module.forward = functools.partial(_checkpointed, module.forward)
     return model
+
+
+# ------------------------------------------------------------------------- expert parallelism
+
+#: DeepSpeed's path from a MoE layer to its experts (moe/layer.py, moe/experts.py); its
+#: checkpoints number the experts by this name (engine.py _save_moe_checkpoint)
+EXPERTS_PATH = ".deepspeed_moe.experts.deepspeed_experts."
+
+
+def expert_parallel_rank(plan: Plan, rank: int) -> int:
+    """This rank's place in its expert-parallel group.  DeepSpeed builds the groups from
+    ``ep_size`` alone (utils/groups.py ``_create_expert_and_data_parallel``, its default E + D
+    order, pp 1): ranks i*ep .. (i+1)*ep - 1 exchange tokens, and ranks ep apart hold the same
+    experts (the expert-data-parallel group).  With tp 1 a rank's data coordinate is its rank."""
+    return plan.degrees.coords(rank)["dp"] % plan.ep
+
+
+def apply_expert_parallel(model: "GPT", ep: int) -> "GPT":
+    """Each MoE layer rebuilt (shapes only) with ``ep_size = ep``: it holds experts / ep of the
+    experts, and its all-to-alls run over DeepSpeed's expert-parallel group once the engine has
+    created it (MoE.set_deepspeed_parallelism).  ``materialize`` gives them their values."""
+    import torch
+
+    from .model import MoEMLP
+    for block in model.blocks:
+        if isinstance(block.mlp, MoEMLP):
+            with torch.device("meta"):
+                block.mlp = MoEMLP(model.spec, ep)
+    return model
+
+
+def expert_param_names(m: ModelSpec, ep: int, ep_rank: int) -> Callable[[str], str]:
+    """Map this rank's parameter name to the plain GPT's: local expert j of a layer is expert
+    ep_rank * experts/ep + j of the plain model (DeepSpeed's own numbering in its checkpoints)."""
+    if ep == 1:
+        return lambda name: name
+    local = m.moe.experts // ep
+    pattern = re.compile(re.escape(EXPERTS_PATH) + r"(\d+)\.")
+
+    def rename(name: str) -> str:
+        return pattern.sub(lambda hit: f"{EXPERTS_PATH}{ep_rank * local + int(hit.group(1))}.",
+                           name)
+
+    return rename
+
+
+def check_expert_groups(plan: Plan, rank: int) -> None:
+    """After deepspeed.initialize: DeepSpeed's expert-parallel rank and expert-data-parallel
+    size are the ones this rank's experts were chosen for (a raise, not a silent mix-up, if a
+    DeepSpeed release changes its group order)."""
+    from deepspeed.utils import groups
+    name = f"ep_size_{plan.ep}"
+    ours = (expert_parallel_rank(plan, rank), plan.dp // plan.ep)
+    theirs = (groups._get_expert_parallel_rank(name),
+              groups._get_expert_data_parallel_world_size(name))
+    if ours != theirs:
+        raise RuntimeError(f"DeepSpeed's expert-parallel rank and expert-data-parallel size "
+                           f"{theirs} are not the executor's {ours} (rank {rank}, {plan.label})")
 
 
 # ----------------------------------------------------------------------------------- pipeline
@@ -175,7 +237,11 @@ def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None, *, seed: i
     GPT state dict, another run's export).  A 70B model is never whole on one rank."""
     m = model.spec
     value = plain_values(m, seed, source)
-    tp = None
+    tp, rename = None, (lambda name: name)
+    if plan.ep > 1:
+        import deepspeed.comm as dist
+        apply_expert_parallel(model, plan.ep)
+        rename = expert_param_names(m, plan.ep, expert_parallel_rank(plan, dist.get_rank()))
     if plan.tp > 1:
         from .tensor_parallel import shard_model
         tp = tp_group(grid, plan.sequence_parallel)
@@ -184,7 +250,7 @@ def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None, *, seed: i
         if plan.recompute is Recompute.SELECTIVE:
             apply_recompute(model, plan.recompute)
         return build_pipeline(model, plan, ds_config, tp, value)
-    materialize(model, m, lambda name: name, tp, value)
+    materialize(model, m, rename, tp, value)
     return apply_recompute(model, plan.recompute)
 
 
@@ -254,4 +320,6 @@ def _materialize_stage(layers: list, model: "GPT", plan: Plan, tp: Optional["TPG
 
 
 __all__ = ["parallelize", "apply_recompute", "build_pipeline", "pipeline_param_names",
-           "topology", "process_grid", "tp_group", "materialize", "plain_values"]
+           "topology", "process_grid", "tp_group", "materialize", "plain_values",
+           "apply_expert_parallel", "expert_param_names", "expert_parallel_rank",
+           "check_expert_groups"]

@@ -32,9 +32,10 @@ from planner.spec.units import Precision, ZeroStage
 
 from .data import BatchSampler, TokenDataset
 from .ds_config import LRSchedule, tokens_per_step
-from .model import GPT
+from .model import GPT, MOE_AUX_LOSS_COEF
 from .tensor_parallel import unshard_state
-from .parallel import parallelize, pipeline_param_names, process_grid
+from .parallel import (check_expert_groups, expert_param_names, expert_parallel_rank,
+                       parallelize, pipeline_param_names, process_grid)
 from .errors import ExecutorError
 from .rundir import (RunDir, RunOptions, checkpoint_files, complete_checkpoints, file_digests,
                      mark_complete, resume_point, set_aside)
@@ -96,6 +97,8 @@ def reset_deepspeed_globals() -> None:
     if original_linear is not None:
         torch.nn.functional.linear = original_linear
 
+    # the expert-parallel groups stay: they depend on ep and the world size only (pp is 1 for
+    # every MoE plan), and a later engine's MoE layers reuse them by name ("ep_size_<ep>")
     groups.mpu = None
     groups.mesh_device = None
     for name in ("_TENSOR_MODEL_PARALLEL_GROUP", "_MODEL_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP"):
@@ -119,31 +122,61 @@ def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int,
     # a pipeline hands DeepSpeed its own grid; tensor parallelism alone hands ours, so that ZeRO
     # partitions over the data-parallel group and norms count a sharded tensor on every tp rank
     engine, _, _, _ = deepspeed.initialize(
-        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
-        config=ds_config, mpu=grid if plan.pp == 1 else None)
+        model=module, model_parameters=optimizer_groups(module), config=ds_config,
+        mpu=grid if plan.pp == 1 else None)
+    if spec.model.moe_layers:
+        import deepspeed.comm as dist
+        check_expert_groups(plan, dist.get_rank())
     return engine
+
+
+def optimizer_groups(module) -> list:
+    """The trainable parameters, with DeepSpeed-MoE's experts in groups of their own: ZeRO-1/2
+    reduce and partition a group marked ``moe`` over its expert-data-parallel group and refuse a
+    MoE model without one ("None of the param groups are marked as MoE"), and ZeRO-0 reduces
+    expert gradients over that group too (deepspeed.moe.utils
+    .split_params_into_different_moe_groups_for_optimizer; the engine would make the same
+    split for its config optimizer, configure_moe_param_groups, but the groups are the
+    optimizer's whatever builds it).  A dense model's is one plain list."""
+    from deepspeed.moe.utils import (is_moe_param,
+                                     split_params_into_different_moe_groups_for_optimizer)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not any(is_moe_param(p) for p in params):
+        return params
+    return split_params_into_different_moe_groups_for_optimizer(
+        {"params": params, "name": "dense-params"})
 
 
 # -------------------------------------------------------------------------------- train step
 
 def mean_over_ranks(value: torch.Tensor) -> float:
+    """The mean over all ranks (of a scalar; of each entry of a vector, as a list)."""
     import deepspeed.comm as dist
     value = value.detach().float().clone()
     dist.all_reduce(value)
-    return value.item() / dist.get_world_size()
+    mean = value / dist.get_world_size()
+    return mean.item() if mean.dim() == 0 else mean.tolist()
 
 
-def train_step(engine, plan: Plan, batches: list) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; the mean loss over all ranks."""
-    if plan.pp > 1:
-        return engine.train_batch(data_iter=iter(batches)).item()  # already averaged over dp
-    total = torch.zeros((), device=engine.device)
+def train_step(engine, plan: Plan, batches: list) -> tuple[float, Optional[float]]:
+    """One optimizer step over ``grad_accum`` micro-batches: the mean loss over all ranks and,
+    for a mixture-of-experts model, the mean of the routers' summed load-balancing loss, which
+    the objective adds with weight MOE_AUX_LOSS_COEF (None for a dense model)."""
+    if plan.pp > 1:  # already averaged over dp
+        return engine.train_batch(data_iter=iter(batches)).item(), None
+    total = torch.zeros(2, device=engine.device)  # loss, load-balancing loss
+    moe = False
     for x, y in batches:
         loss = engine(x.to(engine.device), y.to(engine.device))
-        engine.backward(loss)
+        aux = engine.module.moe_aux_loss()
+        engine.backward(loss if aux is None else loss + MOE_AUX_LOSS_COEF * aux)
         engine.step()
-        total += loss.detach().float()
-    return mean_over_ranks(total / len(batches))
+        total[0] += loss.detach().float()
+        if aux is not None:
+            moe = True
+            total[1] += aux.detach().float()
+    loss, aux = mean_over_ranks(total / len(batches))
+    return loss, aux if moe else None
 
 
 @torch.no_grad()
@@ -237,12 +270,16 @@ def restore_checkpoint(engine, run: RunDir, sampler: BatchSampler, rank: int) ->
 
 def export_fp32(engine, spec: Spec, plan: Plan, run: RunDir, tag: str, rank: int) -> None:
     """``run.export/pytorch_model.bin``: a plain GPT state dict in fp32.  ZeRO 1-3 without model
-    parallelism: DeepSpeed's zero_to_fp32 (the fp32 master weights).  Otherwise the weights the
-    engine computes with, gathered (tensor-parallel shards merged, pipeline stages joined, ZeRO-3
-    partitions gathered) and upcast."""
+    parallelism or experts: DeepSpeed's zero_to_fp32 (the fp32 master weights).  Otherwise the
+    weights the engine computes with, gathered (tensor-parallel shards merged, pipeline stages
+    joined, ZeRO-3 partitions gathered, experts collected from their expert-parallel group) and
+    upcast."""
     import deepspeed.comm as dist
     out = run.export / "pytorch_model.bin"
-    if plan.pp == 1 and plan.tp == 1 and plan.zero >= ZeroStage.OPTIMIZER:
+    # zero_to_fp32 reads no mixture-of-experts checkpoint: it takes DeepSpeed's per-expert files
+    # (layer_*_expert_*_model_states.pt) for model states and stops
+    if (plan.pp == 1 and plan.tp == 1 and not spec.model.moe_layers
+            and plan.zero >= ZeroStage.OPTIMIZER):
         if rank == 0:
             from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
             convert_zero_checkpoint_to_fp32_state_dict(str(run.checkpoints), str(run.export),
@@ -276,13 +313,14 @@ def _local_weights(engine, plan: Plan, rename) -> dict:
 
 def gathered_state_dict(engine, spec: Spec, plan: Plan, rank: int) -> Optional[dict]:
     """On rank 0, the whole model from every stage and tensor-parallel shard of data-parallel
-    replica 0 (None elsewhere)."""
+    replica 0, and every expert of expert-parallel group 0 (None elsewhere)."""
     import deepspeed.comm as dist
-    if plan.pp == 1 and plan.tp == 1:
+    if plan.pp == 1 and plan.tp == 1 and plan.ep == 1:
         return {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
-    rename = pipeline_param_names(spec.model) if plan.pp > 1 else (lambda name: name)
+    rename = (pipeline_param_names(spec.model) if plan.pp > 1 else
+              expert_param_names(spec.model, plan.ep, expert_parallel_rank(plan, rank)))
     mine = _local_weights(engine, plan, rename)
-    if plan.degrees.coords(rank)["dp"] != 0:
+    if plan.degrees.coords(rank)["dp"] >= plan.ep:  # ep 1: replica 0; else its experts' group
         mine = {}
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, mine)
@@ -345,13 +383,16 @@ def nonfinite_message(run: RunDir, step: int, loss: float) -> str:
             f"or longer warmup may help)")
 
 
-def record_step(engine, run: RunDir, step: int, last_step: int, loss: float, dt: float,
-                tokens: int, eta_s: float) -> None:
-    """Rank 0: one metrics record and one progress line."""
+def record_step(engine, run: RunDir, step: int, last_step: int, loss: float,
+                aux_loss: Optional[float], dt: float, tokens: int, eta_s: float) -> None:
+    """Rank 0: one metrics record and one progress line (a MoE model's with ``aux_loss``, the
+    routers' load-balancing loss summed over its layers)."""
     norm = engine.get_global_grad_norm()
     record = {"kind": "train", "step": step, "loss": loss, "lr": engine.get_lr()[0],
               "grad_norm": None if norm is None else float(norm), "step_time_s": dt,
               "tokens": step * tokens, "tokens_per_s": tokens / dt}
+    if aux_loss is not None:
+        record["aux_loss"] = aux_loss
     append_metrics(run, record)
     emit("progress", {**record, "last_step": last_step, "eta_s": eta_s})
 
@@ -398,7 +439,7 @@ def train(run: RunDir, *, resume: bool, max_steps: Optional[int]) -> int:
         step += 1
         batches = [sampler.next_batch() for _ in range(plan.grad_accum)]
         t0 = time.perf_counter()
-        loss = train_step(engine, plan, batches)  # the same value on every rank
+        loss, aux_loss = train_step(engine, plan, batches)  # the same values on every rank
         dt = time.perf_counter() - t0
         if not math.isfinite(loss):
             if rank == 0:
@@ -407,7 +448,8 @@ def train(run: RunDir, *, resume: bool, max_steps: Optional[int]) -> int:
             return EXIT_NONFINITE
         ema = dt if ema is None else 0.9 * ema + 0.1 * dt
         if rank == 0:
-            record_step(engine, run, step, last_step, loss, dt, tokens, ema * (last_step - step))
+            record_step(engine, run, step, last_step, loss, aux_loss, dt, tokens,
+                        ema * (last_step - step))
         if step % options.eval_every == 0 or step == last_step:
             eval_sampler = BatchSampler(val, m.seq_len, plan.micro_batch, dp_rank, dp_size,
                                         options.seed)
@@ -432,7 +474,8 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
                    device: str = "cpu") -> tuple[list[float], list[float]]:
     """The same training without DeepSpeed, in one process: the data-parallel global batch as
     dp * grad_accum micro-batches (BatchSampler gives one dp=1 sampler the windows the dp ranks
-    share out), PyTorch AdamW, clipping, DeepSpeed's own LR scheduler class, bf16 by autocast.
+    share out), PyTorch AdamW, clipping, DeepSpeed's own LR scheduler class, bf16 by autocast;
+    a mixture-of-experts model holds every expert (ep 1) and adds its load-balancing loss.
     Returns (losses, step seconds): the reference for equivalence tests and the throughput bench."""
     from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
 
@@ -460,7 +503,8 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
         for x, y in batches:
             with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
                 loss = model(x.to(device), y.to(device))
-            (loss / n_micro).backward()
+            aux = model.moe_aux_loss()
+            ((loss if aux is None else loss + MOE_AUX_LOSS_COEF * aux) / n_micro).backward()
             total += loss.detach().float()
         if spec.training.gradient_clipping > 0:
             torch.nn.utils.clip_grad_norm_(params, spec.training.gradient_clipping)

@@ -57,10 +57,11 @@ def test_param_count_equals_planner(preset):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_tensor_sizes_equal_planner(preset):
-    """ZeRO-3 gathers and persists per tensor: the planner's per-tensor sizes are the model's."""
+    """ZeRO-3 gathers and persists per tensor: the planner's per-tensor sizes are the model's
+    (a mixture-of-experts preset's: its MoE block's)."""
     m = ModelSpec(preset=preset)
     with torch.device("meta"):
-        block = Block(m)
+        block = Block(m, moe=m.moe_layers > 0)
     assert sorted(p.numel() for p in block.parameters()) == sorted(layer_tensor_sizes(m, tp=1))
 
 
