@@ -88,6 +88,9 @@ class MoESpec(_Frozen):
         if self.top_k > self.experts:
             raise ValueError(f"top_k: top_k ({self.top_k}) is more than experts "
                              f"({self.experts})")
+        if self.shared_expert_gate and not self.shared_d_ff:
+            raise ValueError("shared_expert_gate: the gate scales the shared expert, and there "
+                             "is none (shared_d_ff is 0)")
         return self
 
 
@@ -288,7 +291,7 @@ class SearchSpec(_Frozen):
                                    description="fraction of GPU memory kept free")
     top: PositiveInt = Field(5, description="plans in the report's table, the best included")
 
-    @field_validator("dp", "tp", "pp", "zero", "precision", "micro_batch", "recompute",
+    @field_validator("dp", "tp", "pp", "ep", "zero", "precision", "micro_batch", "recompute",
                      "offload", "sequence_parallel", mode="before")
     @classmethod
     def _axis(cls, value: Any) -> Any:

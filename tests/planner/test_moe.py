@@ -172,7 +172,37 @@ def test_a_dense_model_keeps_ep_1_and_the_search_finds_expert_parallel_plans(tmp
     result = search(spec(tmp_path, MIXTRAL))
     assert result.best is not None and result.best.plan.ep > 1
     assert all(e.plan.ep > 1 for e in result.feasible)  # 93 GB of bf16 weights need sharding
-    assert result.best.not_executable.startswith("model.moe: mixture-of-experts")
+    assert result.best.not_executable == ""  # the executor runs DeepSpeed-MoE's layer
+
+
+def test_top_1_routing_needs_min_capacity_tokens_per_micro_batch():
+    """DeepSpeed's top-1 gate asserts a rank's micro-batch has at least min_capacity tokens
+    (sharded_moe.py top1gating); top-2 and above have no such assert."""
+    def moe_spec(top_k):
+        return spec_from_dict({
+            "model": {"preset": "tiny-moe", "moe": {"experts": 4, "top_k": top_k,
+                                                    "min_capacity": 512}},
+            "cluster": {"gpu": "H100", "nodes": 1},
+            "training": {"tokens": 1e8, "global_batch_sequences": 64}})
+    short = plan_of(dp=8, ep=4, micro_batch=2, grad_accum=4)  # 2 x 128 = 256 tokens
+    rejected = check(moe_spec(1), short)
+    assert rejected.rule == "MoE top-1 tokens"
+    assert rejected.reason == ("model.moe.min_capacity: top-1 routing needs a micro-batch of at "
+                               "least min_capacity (512) tokens, not 2 x 128")
+    assert check(moe_spec(1), plan_of(dp=8, ep=4, micro_batch=4, grad_accum=2)) is None
+    assert check(moe_spec(2), short) is None
+
+
+def test_search_ep_takes_one_value_and_a_gate_needs_a_shared_expert():
+    """search.ep reads like the other axes (one value, a list or auto), and a shared-expert
+    gate without a shared expert is refused at its field."""
+    base = {"model": "tiny-moe", "cluster": {"gpu": "H100", "nodes": 1},
+            "training": {"tokens": 1e8, "global_batch_sequences": 64}}
+    assert spec_from_dict({**base, "search": {"ep": 2}}).search.ep == (2,)
+    with pytest.raises(Exception, match="model.moe.shared_expert_gate: the gate scales the "
+                                        "shared expert, and there is none"):
+        spec_from_dict({**base, "model": {"preset": "tiny-moe", "moe": {
+            "experts": 4, "shared_expert_gate": True}}})
 
 
 def test_the_report_shows_total_and_active_parameters(tmp_path):

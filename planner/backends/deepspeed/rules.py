@@ -58,9 +58,21 @@ def _moe_layout_why(spec, p):
     return f"mixture-of-experts with {what}"
 
 
+def _moe_top1_tokens(spec, p):
+    """deepspeed/moe/sharded_moe.py:278 (top1gating): 'No. of tokens (batch-size) should be
+    greater than min_capacity', an assert on the tokens of one rank's micro-batch."""
+    moe = spec.model.moe
+    if moe is None or moe.top_k != 1:
+        return False
+    return p.micro_batch * spec.model.seq_len < moe.min_capacity
+
+
 #: DeepSpeed refuses these plans (or, for offload, has no path that runs them)
 RULES: tuple[Rule, ...] = (
     Rule("MoE layout", _moe_layout, _moe_layout_why),
+    Rule("MoE top-1 tokens", _moe_top1_tokens, lambda s, p: (
+        f"model.moe.min_capacity: top-1 routing needs a micro-batch of at least min_capacity "
+        f"({s.model.moe.min_capacity}) tokens, not {p.micro_batch} x {s.model.seq_len}")),
     Rule("pipeline needs ZeRO 0/1", _pipeline_zero, lambda s, p: (
         f"pipeline parallelism (pp={p.pp}) needs ZeRO 0 or 1, not {int(p.zero)}")),
     Rule("pipeline with offload", _pipeline_offload, lambda s, p: (
@@ -94,9 +106,6 @@ def unbuilt_features(m) -> list[str]:
         out.append("model.logit_softcap/attention_softcap: soft-capping")
     if m.sliding_window is not None and m.sliding_window < m.seq_len:
         out.append(f"model.sliding_window: a {m.sliding_window}-token window")
-    if m.moe is not None:
-        out.append("model.moe: mixture-of-experts layers (planned; the executor's MoE blocks "
-                   "come with expert parallelism)")
     return out
 
 
