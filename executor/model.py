@@ -88,8 +88,8 @@ class CausalSelfAttention(nn.Module):
         self.h, self.kv, self.hd = m.n_heads, m.n_kv_heads, m.head_dim
         self.rope = m.position is Position.ROPE
         self.flash = m.attention is AttentionKernel.FLASH
-        self.qkv = nn.Linear(m.d_model, (self.h + 2 * self.kv) * self.hd, bias=m.bias)
-        self.proj = nn.Linear(m.d_model, m.d_model, bias=m.bias)
+        self.qkv = nn.Linear(m.d_model, (self.h + 2 * self.kv) * self.hd, bias=m.qkv_bias)
+        self.proj = nn.Linear(m.d_model, m.d_model, bias=m.out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
@@ -116,8 +116,8 @@ class MLP(nn.Module):
     def __init__(self, m: ModelSpec, d_ff: Optional[int] = None):
         super().__init__()
         d_ff = d_ff or m.d_ff
-        self.fc = nn.Linear(m.d_model, d_ff, bias=m.bias)
-        self.fc2 = nn.Linear(d_ff, m.d_model, bias=m.bias)
+        self.fc = nn.Linear(m.d_model, d_ff, bias=m.mlp_bias)
+        self.fc2 = nn.Linear(d_ff, m.d_model, bias=m.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc(x), approximate="tanh"))
@@ -129,8 +129,8 @@ class SwiGLU(nn.Module):
     def __init__(self, m: ModelSpec, d_ff: Optional[int] = None):
         super().__init__()
         d_ff = d_ff or m.d_ff
-        self.w13 = nn.Linear(m.d_model, 2 * d_ff, bias=m.bias)
-        self.w2 = nn.Linear(d_ff, m.d_model, bias=m.bias)
+        self.w13 = nn.Linear(m.d_model, 2 * d_ff, bias=m.mlp_bias)
+        self.w2 = nn.Linear(d_ff, m.d_model, bias=m.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)

@@ -27,6 +27,8 @@ TINY = {
     "gpt2-rope-untied": dict(arch="gpt2", n_layers=2, d_model=32, n_heads=2, vocab_size=97,
                              seq_len=16, position="rope", tied_embeddings=False,
                              loss_dtype="param"),
+    "qwen2-qkv-bias": dict(arch="llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
+                           d_ff=48, vocab_size=97, seq_len=16, qkv_bias=True),
 }
 
 

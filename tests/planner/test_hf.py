@@ -178,8 +178,8 @@ def test_plans_of_a_model_the_executor_does_not_build_are_not_executable(tmp_pat
     assert llama.best is not None  # a Llama the executor builds stays executable
 
 
-@pytest.mark.parametrize("name", ["llama-2-7b", "llama-3.2-1b", "mistral-7b", "phi-3-mini",
-                                  "gpt2"])
+@pytest.mark.parametrize("name", ["llama-2-7b", "llama-3.2-1b", "llama-biased", "mistral-7b",
+                                  "qwen2-0.5b", "phi-3-mini", "gpt2"])
 def test_the_executor_builds_what_it_may_run_with_the_planners_tensors(tmp_path, name):
     """A config the executor may run (no rule against it) builds in its GPT with the planner's
     parameter count and per-tensor sizes, which equal transformers' count."""

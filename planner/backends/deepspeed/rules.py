@@ -94,8 +94,6 @@ def unbuilt_features(m) -> list[str]:
     out = []
     if m.q_dim != m.d_model:
         out.append(f"model.head_dim: {m.n_heads} heads x {m.head_dim} != d_model {m.d_model}")
-    if len({m.bias, m.qkv_bias, m.out_bias, m.mlp_bias}) > 1:
-        out.append("model.qkv_bias/out_bias/mlp_bias: biases on some matrices only")
     if m.norms_per_block != 2:
         out.append("model.norms_per_block: sandwich norms")
     if m.parallel_residual:
