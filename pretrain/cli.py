@@ -221,7 +221,7 @@ def _question_options(options: dict, sweep_arg, compare_arg, execute: bool):
 def _question(spec, spec_path: str, question, as_json: bool) -> bool:
     """An inverse question (planner/capacity/inverse.py), with the constraint that binds."""
     from planner.capacity import inverse
-    from planner.report import answer_json, answer_text
+    from planner.capacity_report import answer_json, answer_text
     what, days, usd = question
     if what == "gpus":
         answer = inverse.fewest_gpus(spec, days=days, usd=usd)
@@ -302,7 +302,8 @@ def _plan(spec, spec_path: str, as_json: bool, verbose: bool, executable: bool =
 
 def _budget(spec, spec_path: str, as_json: bool) -> bool:
     from planner.capacity.budget import plan_budget
-    from planner.report import budget_json, budget_text, to_text
+    from planner.capacity_report import budget_json, budget_text
+    from planner.report import to_text
     with Progress("budget mode: searching model sizes") as progress:
         result = plan_budget(spec, progress=progress)
     pick = result.pick
@@ -320,7 +321,7 @@ def _budget(spec, spec_path: str, as_json: bool) -> bool:
 def _lab(spec, spec_path: str, as_json: bool) -> bool:
     """The scaling-law lab's grid (what --execute trains)."""
     from planner.capacity.lab import lab_grid
-    from planner.report import lab_json, lab_text
+    from planner.capacity_report import lab_json, lab_text
     grid = lab_grid(spec)
     if as_json:
         click.echo(json.dumps(lab_json(grid, spec_path), indent=2))
@@ -331,7 +332,7 @@ def _lab(spec, spec_path: str, as_json: bool) -> bool:
 
 def _sweep(spec, sweep_arg: str, as_json: bool, plot_dir: str | None = None) -> bool:
     from planner.capacity.whatif import parse_assignment, parse_value, sweep
-    from planner.report import sweep_json, sweep_text
+    from planner.capacity_report import sweep_json, sweep_text
     path, _ = parse_assignment(sweep_arg)
     texts = [v.strip() for v in sweep_arg.partition("=")[2].split(",")]
     if not all(texts):
@@ -406,7 +407,7 @@ def calibrate_command(sources: tuple[str, ...], output: str, constants: str | No
     an executor run directory, a calibration .jsonl (shared/calibration's format) or a .csv of
     runs made elsewhere (docs/calibration.md)."""
     try:
-        from planner.report import calibration_json, calibration_text
+        from planner.capacity_report import calibration_json, calibration_text
         from planner.spec.profile import save_profile
         from planner.validate.calibrate import calibrate
         runs = _measured_runs(sources)

@@ -21,7 +21,8 @@ LAYERS = (
     ("planner.estimate",),
     ("planner.search",),
     ("planner.capacity", "planner.validate"),
-    ("planner.report", "planner.compare_report", "planner.plots", "planner.api", "planner"),
+    ("planner.report", "planner.capacity_report", "planner.compare_report", "planner.plots",
+     "planner.api", "planner"),
     ("executor",),
     ("pretrain",),
 )
