@@ -4,8 +4,8 @@ from __future__ import annotations
 from planner.capacity.advice import nearest_fix
 from planner.capacity.budget import BudgetResult, plan_budget
 from planner.capacity.compare import Comparison, compare
-from planner.capacity.inverse import (Answer, fewest_gpus, largest_micro_batch, largest_model,
-                                      largest_seq_len)
+from planner.capacity.inverse import Answer, largest_micro_batch, largest_seq_len
+from planner.capacity.sizing import fewest_gpus, largest_model
 from planner.capacity.lawfit import fit_law
 from planner.capacity.scaling import ScalingLaw, law_of, preset_law
 from planner.capacity.whatif import SweepRow, edit, sweep, what_if

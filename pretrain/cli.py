@@ -219,19 +219,20 @@ def _question_options(options: dict, sweep_arg, compare_arg, execute: bool):
 
 
 def _question(spec, spec_path: str, question, as_json: bool) -> bool:
-    """An inverse question (planner/capacity/inverse.py), with the constraint that binds."""
-    from planner.capacity import inverse
+    """An inverse question (planner/capacity/inverse.py, sizing.py), with the constraint that
+    binds."""
+    from planner.capacity import inverse, sizing
     from planner.capacity_report import answer_json, answer_text
     what, days, usd = question
     if what == "gpus":
-        answer = inverse.fewest_gpus(spec, days=days, usd=usd)
+        answer = sizing.fewest_gpus(spec, days=days, usd=usd)
     elif what == "micro_batch":
         answer = inverse.largest_micro_batch(spec)
     elif what == "seq_len":
         answer = inverse.largest_seq_len(spec)
     else:
         spec = _with_budget(spec, days, usd)
-        answer = inverse.largest_model(spec)
+        answer = sizing.largest_model(spec)
     if as_json:
         click.echo(json.dumps(answer_json(answer, spec, spec_path), indent=2))
     else:
@@ -242,7 +243,7 @@ def _question(spec, spec_path: str, question, as_json: bool) -> bool:
 def _with_budget(spec, days, usd):
     """The spec in budget mode for --max model: --days or --budget-usd replace its budget or
     tokens; without them the spec must have a budget."""
-    from planner.capacity.inverse import price_of
+    from planner.capacity.sizing import price_of
     from planner.capacity.whatif import edit
     if days is None and usd is None:
         if spec.training.budget is None:

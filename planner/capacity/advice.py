@@ -1,13 +1,13 @@
 """Advice beside a plan: the nearest fix for a spec with no feasible plan (which relaxation of the
 search space makes something fit, and the fewest GPUs on which the spec's own search space does:
-one algorithm, planner/capacity/inverse.py's fewest_gpus), and whether the global batch caps the
+one algorithm, planner/capacity/sizing.py's fewest_gpus), and whether the global batch caps the
 cluster's scaling."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from planner.capacity.inverse import fewest_gpus
+from planner.capacity.sizing import fewest_gpus
 from planner.capacity.whatif import edit
 from planner.errors import SpecError
 from planner.search.engine import SearchResult, search

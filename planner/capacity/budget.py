@@ -200,7 +200,7 @@ def plan_budget(spec: Spec,
     """Every family candidate for the spec's budget, evaluated on its cluster (smallest first;
     ``progress(done, total)`` after each ladder width):
     the ladder's widths, then the widths of FINE_WIDTHS around the lowest predicted loss.  The
-    one algorithm behind budget mode and ``largest_model`` (planner/capacity/inverse.py)."""
+    one algorithm behind budget mode and ``largest_model`` (planner/capacity/sizing.py)."""
     if spec.training.budget is None:
         raise SpecError("training.budget", "budget mode needs a budget (gpu_hours, days, flops "
                         "or dollars)")

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import sympy
 
+from planner.capacity.budget import FINE_WIDTHS as WIDTHS
 from planner.capacity.budget import Candidate, evaluate, family_shape, plan_budget
-from planner.capacity.inverse import (WIDTHS, fewest_gpus, largest_micro_batch, largest_model,
-                                      largest_seq_len, seq_len_values)
+from planner.capacity.inverse import largest_micro_batch, largest_seq_len, seq_len_values
 from planner.capacity.scaling import law_of
+from planner.capacity.sizing import fewest_gpus, largest_model
 from planner.capacity.whatif import edit
 from planner.errors import SpecError
 from planner.estimate.predict import estimate

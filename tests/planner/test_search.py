@@ -1,7 +1,7 @@
 """Plan search: the candidates the axes generate, rejection counting, ranking, and the nearest
 fix for specs with no feasible plan."""
 from planner.capacity.advice import nearest_fix
-from planner.capacity.inverse import fewest_gpus
+from planner.capacity.sizing import fewest_gpus
 from planner.search.engine import candidates, micro_batches, parallel_degrees, search
 from planner.spec.spec import load_spec, spec_from_dict
 from planner.spec.units import Recompute, ZeroStage
