@@ -22,3 +22,16 @@ VENDORED_PUBLISHED = ROOT / "tests" / "data" / "published_runs_sample.yaml"
 
 def published_path() -> Path:
     return SHARED_PUBLISHED if SHARED_PUBLISHED.exists() else VENDORED_PUBLISHED
+
+
+def invoke(*args):
+    """`plan ARGS` in-process (click's CliRunner), stdout and stderr kept apart whatever the click
+    version (8.1 mixes them unless told; 8.2 dropped the option and always keeps them apart)."""
+    from click.testing import CliRunner
+
+    from pretrain.cli import main
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(main, [str(a) for a in args])

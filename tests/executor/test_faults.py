@@ -5,7 +5,6 @@ written (a flipped byte inside an intact zip directory loads silently) fails its
 the resume falls back to the previous checkpoint with one line saying so."""
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -33,7 +32,7 @@ from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa:
 
 ROOT = Path(__file__).resolve().parents[2]
 #: JIT-built DeepSpeed ops cached across test sessions (as tests/executor/test_runs.py does)
-EXTENSIONS = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ROOT / "build" / "torch_extensions"))
+from .conftest import EXTENSIONS  # noqa: E402
 
 
 def ranks_alive(run_dir: Path) -> list[str]:
@@ -106,18 +105,6 @@ def tiny_spec():
                   "seq_len": 64},
         "cluster": {"gpu": cpu, "nodes": 1, "gpus_per_node": 2},
         "training": {"tokens": 40 * 8 * 64, "global_batch_sequences": 8}})
-
-
-@pytest.fixture(scope="module")
-def extensions():
-    """Cached extensions for the ranks; DeepSpeed's shared-memory buffers removed afterwards."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
-    before = set(glob.glob("/dev/shm/deepspeed_*"))
-    yield
-    for leftover in set(glob.glob("/dev/shm/deepspeed_*")) - before:
-        Path(leftover).unlink(missing_ok=True)
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

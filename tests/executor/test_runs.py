@@ -8,7 +8,6 @@ the run's own eval loss, the resumed trajectory against the uninterrupted one.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -33,7 +32,6 @@ from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa:
 
 ROOT = Path(__file__).resolve().parents[2]
 #: JIT-built DeepSpeed ops (shm comm, CPU Adam, fused Adam) cached across test sessions
-EXTENSIONS = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ROOT / "build" / "torch_extensions"))
 STEPS = 8
 LAB_CPU = {"name": "cpu", "memory_gib": 8, "peak_tflops": {"fp32": 0.2, "bf16": 0.1},
            "hbm_gbps": 20, "intra_node_link": "pcie", "intra_node_gbps": 10, "accelerator": "cpu"}
@@ -99,16 +97,8 @@ CASES4 = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def environment():
-    """Cached extensions for the ranks; DeepSpeed's shared-memory buffers removed afterwards."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
-    before = set(glob.glob("/dev/shm/deepspeed_*"))
-    yield
-    for leftover in set(glob.glob("/dev/shm/deepspeed_*")) - before:
-        Path(leftover).unlink(missing_ok=True)
-    mp.undo()
+#: every launch of this module with the cached extensions (tests/executor/conftest.py)
+pytestmark = pytest.mark.usefixtures("extensions")
 
 
 @pytest.fixture(scope="module")

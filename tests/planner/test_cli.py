@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from planner.model.memory_terms import TERMS
 from pretrain.cli import main
+from tests.conftest import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_7B = ROOT / "specs" / "7b_on_64xA100.yaml"
@@ -39,15 +40,6 @@ search: {zero: [0], recompute: [none]}
 """
 
 
-def runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click 8.1
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart
-
-
-def invoke(*args):
-    return runner().invoke(main, [str(a) for a in args])
 
 
 def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:

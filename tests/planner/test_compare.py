@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from planner.capacity.compare import compare, parse_compare
 from planner.capacity.scaling import training_tokens
@@ -20,19 +19,13 @@ from planner.search.engine import search
 from planner.search.rules import check
 from planner.spec.spec import load_spec
 from planner.spec.units import GiB, Precision, Recompute, ZeroStage
-from pretrain.cli import main
+from tests.conftest import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_7B = ROOT / "specs" / "7b_on_64xA100.yaml"
 SPEC_TINY = ROOT / "specs" / "tiny_cpu.yaml"
 
 
-def invoke(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click 8.1
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 keeps stderr apart
-    return runner.invoke(main, [str(a) for a in args])
 
 
 def expected_plan(spec, best, axis, value):

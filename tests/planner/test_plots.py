@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from planner.capacity.compare import compare, parse_compare
 from planner.capacity.whatif import sweep
@@ -18,19 +17,13 @@ from planner.report import to_text
 from planner.search.engine import search
 from planner.spec.spec import load_spec
 from planner.spec.units import GiB
-from pretrain.cli import main
+from tests.conftest import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_7B = ROOT / "specs" / "7b_on_64xA100.yaml"
 SPEC_TINY = ROOT / "specs" / "tiny_cpu.yaml"
 
 
-def invoke(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click 8.1
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 keeps stderr apart
-    return runner.invoke(main, [str(a) for a in args])
 
 
 def assert_picture(path: Path, width: int, height: int) -> None:
