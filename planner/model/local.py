@@ -22,7 +22,7 @@ from planner.spec.spec import ModelSpec
 
 @dataclass(frozen=True)
 class LocalDims:
-    seq: Any  #: tokens of one sequence this rank holds (the whole sequence until cp exists)
+    seq: Any  #: tokens of one sequence this rank holds: seq_len / cp
     micro_batch: Any  #: sequences per forward/backward
     d_model: int  #: residual-stream width, whole on every tp rank
     heads: Any  #: query heads on this rank
@@ -32,6 +32,7 @@ class LocalDims:
     vocab: Any  #: vocabulary rows on this rank (fractional when tp does not divide it)
     norm_share: Any  #: share of the norm-region tensors kept: 1/tp with sequence parallelism
     tp: Any
+    cp: Any = 1  #: context-parallel ranks the sequence is split over
 
     @property
     def q_width(self):
@@ -70,7 +71,8 @@ def local_dims(m: ModelSpec, plan) -> LocalDims:
 
 def _local_dims(m: ModelSpec, plan) -> LocalDims:
     tp = plan.tp
-    return LocalDims(seq=m.seq_len, micro_batch=plan.micro_batch, d_model=m.d_model,
+    return LocalDims(seq=m.seq_len / plan.cp, micro_batch=plan.micro_batch, d_model=m.d_model,
                      heads=m.n_heads / tp, kv_heads=m.n_kv_heads / tp, head_dim=m.head_dim,
                      ffn=m.d_ff / tp, vocab=m.vocab_size / tp,
-                     norm_share=where(plan.sequence_parallel, 1 / tp, 1.0), tp=tp)
+                     norm_share=where(plan.sequence_parallel, 1 / tp, 1.0), tp=tp,
+                     cp=plan.cp)

@@ -4,9 +4,10 @@ the process-group layout and where each rank sits.
 Degrees hold ints for one plan, or numpy arrays (one entry per candidate) for a PlanBatch; every
 property works on both.  Ranks are laid out with the first axis of ``order`` innermost:
 ("tp", "dp", "pp") is Megatron-LM's and DeepSpeed's PipeModelDataParallelTopology default
-(tensor-parallel ranks adjacent, so they share a node).  Axes not yet searched (expert and context
-parallelism) are named in AXES with degree 1 so that adding one is a field here and a generator
-in the search, not a new loose integer threaded through the estimators.
+(tensor-parallel ranks adjacent, so they share a node).  Context parallelism sits next to tensor
+parallelism (Megatron-Core's tp-cp-ep-dp-pp order: its all-to-alls or ring exchange run every
+layer, so its ranks share a node where they can).  Expert parallelism is not a factor of the
+world size (ep ranks are data-parallel ranks), so it is a Plan field, not an axis here.
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence
 
 #: every parallel axis, in the order a label prints them
-AXES = ("dp", "tp", "pp")
+AXES = ("dp", "tp", "pp", "cp")
 
 #: rank orders, innermost first, the step-time model tries (tensor parallel always innermost: it
 #: all-reduces every layer)
-ORDERS: tuple[tuple[str, ...], ...] = (("tp", "dp", "pp"), ("tp", "pp", "dp"))
+ORDERS: tuple[tuple[str, ...], ...] = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,11 @@ class Degrees:
     dp: Any  #: data-parallel replicas (ZeRO shards over these)
     tp: Any  #: tensor-parallel ranks (Megatron column/row split of every block)
     pp: Any  #: pipeline stages
+    cp: Any = 1  #: context-parallel ranks, each holding 1/cp of every sequence
 
     @property
     def world_size(self):
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
 
     @property
     def model_parallel(self):
@@ -40,7 +42,8 @@ class Degrees:
         """Why these degrees do not fill the world (torchtitan's ParallelDims check), or None."""
         if self.world_size == world_size:
             return None
-        return (f"dp({self.dp}) * tp({self.tp}) * pp({self.pp}) != world size "
+        cp = f" * cp({self.cp})" if self.cp != 1 else ""
+        return (f"dp({self.dp}) * tp({self.tp}) * pp({self.pp}){cp} != world size "
                 f"({world_size})")
 
     def sizes(self) -> dict[str, Any]:

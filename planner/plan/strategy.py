@@ -14,11 +14,13 @@ from typing import Sequence
 import numpy as np
 
 from planner.plan.degrees import Degrees
-from planner.spec.units import RECIPES, Offload, Precision, Recompute, ZeroStage
+from planner.spec.units import (RECIPES, ContextParallel, Offload, Precision, Recompute,
+                                ZeroStage)
 
 PRECISIONS = tuple(Precision)
 RECOMPUTES = tuple(Recompute)
 OFFLOADS = tuple(Offload)
+CP_KINDS = tuple(ContextParallel)
 _RECIPE = {name: np.array([getattr(RECIPES[p], name) for p in PRECISIONS], dtype=float)
            for name in ("param_bytes", "grad_bytes", "master_bytes", "activation_bytes")}
 _OPT_OFF = np.array([o.optimizer_off_gpu for o in OFFLOADS])
@@ -29,8 +31,9 @@ _NVME = np.array([o.uses_nvme for o in OFFLOADS])
 #: how a Plan field is rebuilt from its plain value, and (enum columns) the members a PlanBatch
 #: stores by index
 _FIELD_TYPES = {"zero": ZeroStage, "precision": Precision, "recompute": Recompute,
-                "offload": Offload, "sequence_parallel": bool}
-_ENUM_COLUMNS = {"precision": PRECISIONS, "recompute": RECOMPUTES, "offload": OFFLOADS}
+                "offload": Offload, "sequence_parallel": bool, "cp_kind": ContextParallel}
+_ENUM_COLUMNS = {"precision": PRECISIONS, "recompute": RECOMPUTES, "offload": OFFLOADS,
+                 "cp_kind": CP_KINDS}
 
 
 def _identity(x):
@@ -65,17 +68,29 @@ class Plan:
     #: expert parallelism: each MoE layer's experts split over ep of the dp ranks (DeepSpeed-MoE;
     #: not a factor of the world size: the other dp / ep ranks hold the same experts)
     ep: int = 1
+    #: context parallelism: each sequence split over cp ranks (a factor of the world size);
+    #: ZeRO partitions and gradients reduce over dp x cp
+    cp: int = 1
+    cp_kind: ContextParallel = ContextParallel.ULYSSES  #: how the cp ranks attend (cp > 1)
 
     @property
     def world_size(self) -> int:
         return self.degrees.world_size
 
     @property
+    def zero_ranks(self) -> int:
+        """Ranks that hold the same model shard: ZeRO partitions over them and gradients are
+        averaged across them (DeepSpeed's sequence-data-parallel group, Megatron's dp x cp)."""
+        return self.dp * self.cp
+
+    @property
     def label(self) -> str:
         sp = "+sp" if self.sequence_parallel else ""
         off = "" if self.offload is Offload.NONE else f" off={self.offload.value}"
         ep = f"·ep{self.ep}" if self.ep > 1 else ""
-        return (f"dp{self.dp}{ep}·tp{self.tp}{sp}·pp{self.pp} z{int(self.zero)} "
+        cp = f"·cp{self.cp}{'u' if self.cp_kind is ContextParallel.ULYSSES else 'r'}" \
+            if self.cp > 1 else ""
+        return (f"dp{self.dp}{ep}·tp{self.tp}{sp}·pp{self.pp}{cp} z{int(self.zero)} "
                 f"{self.precision.value} mb{self.micro_batch}×ga{self.grad_accum} "
                 f"rc={self.recompute.value}{off}")
 
@@ -91,7 +106,7 @@ class Plan:
 
     @property
     def degrees(self) -> Degrees:
-        return Degrees(self.dp, self.tp, self.pp)
+        return Degrees(self.dp, self.tp, self.pp, self.cp)
 
     # the derived quantities the estimators use (PlanBatch has the same, as arrays)
     @property
@@ -124,6 +139,9 @@ class Plan:
     def is_recompute(self, r: Recompute) -> bool:
         return self.recompute is r
 
+    def is_cp_kind(self, k: ContextParallel) -> bool:
+        return self.cp_kind is k
+
 
 def column(name: str, values: Sequence) -> np.ndarray:
     """A PlanBatch column from Plan field values: enum members by their index in the enum."""
@@ -147,10 +165,13 @@ class PlanBatch:
     offload: np.ndarray
     sequence_parallel: np.ndarray
     ep: np.ndarray = None  #: 1 for every plan when not given (dense models)
+    cp: np.ndarray = None  #: 1 for every plan when not given
+    cp_kind: np.ndarray = None  #: ulysses (index 0) when not given
 
     def __post_init__(self):
-        if self.ep is None:
-            object.__setattr__(self, "ep", np.ones_like(self.dp))
+        for name, default in (("ep", 1), ("cp", 1), ("cp_kind", 0)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full_like(self.dp, default))
 
     @classmethod
     def of(cls, plans: Sequence[Plan]) -> "PlanBatch":
@@ -173,11 +194,15 @@ class PlanBatch:
 
     @property
     def world_size(self) -> np.ndarray:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def zero_ranks(self) -> np.ndarray:
+        return self.dp * self.cp
 
     @property
     def degrees(self) -> Degrees:
-        return Degrees(self.dp, self.tp, self.pp)
+        return Degrees(self.dp, self.tp, self.pp, self.cp)
 
     @property
     def param_bytes(self) -> np.ndarray:
@@ -208,3 +233,6 @@ class PlanBatch:
 
     def is_recompute(self, r: Recompute) -> np.ndarray:
         return self.recompute == RECOMPUTES.index(r)
+
+    def is_cp_kind(self, k: ContextParallel) -> np.ndarray:
+        return self.cp_kind == CP_KINDS.index(k)

@@ -27,6 +27,26 @@ class Precision(str, Enum):
     FP32 = "fp32"  #: fp32 weights, gradients and optimizer; no master copy
     FP16 = "fp16"  #: fp16 weights and gradients, fp32 master + optimizer, dynamic loss scaling
     BF16 = "bf16"  #: bf16 weights and gradients, fp32 master + optimizer
+    #: bf16 training whose block GEMMs (QKV, output projection, MLP) run in fp8; which scaling,
+    #: caches and casts: ``runtime.fp8_recipe`` (planner/model/fp8.py)
+    FP8 = "fp8"
+
+
+class Fp8Recipe(str, Enum):
+    """How fp8 GEMMs are scaled and what copies they keep (planner/model/fp8.py cites each)."""
+
+    TE_DELAYED = "te_delayed"  #: Transformer Engine DelayedScaling: per-tensor, amax history
+    TE_CURRENT = "te_current"  #: Transformer Engine Float8CurrentScaling: per-tensor, this amax
+    TE_MXFP8 = "te_mxfp8"  #: Transformer Engine MXFP8BlockScaling (Blackwell): 1x32 blocks
+    TORCHAO_TENSORWISE = "torchao_tensorwise"  #: torchao float8, dynamic per-tensor scales
+    TORCHAO_ROWWISE = "torchao_rowwise"  #: torchao float8, dynamic per-row scales
+
+
+class ContextParallel(str, Enum):
+    """How a context-parallel group splits the sequence (``Plan.cp`` ranks)."""
+
+    ULYSSES = "ulysses"  #: DeepSpeed-Ulysses: all-to-alls turn the sequence split into a head split
+    RING = "ring"  #: ring attention (Megatron CP, torchtitan CP): K/V blocks passed round the ring
 
 
 class Recompute(str, Enum):
@@ -106,6 +126,9 @@ RECIPES: dict[Precision, Recipe] = {
     Precision.FP32: Recipe(param_bytes=4, grad_bytes=4, master_bytes=0, activation_bytes=4),
     Precision.FP16: Recipe(param_bytes=2, grad_bytes=2, master_bytes=4, activation_bytes=2),
     Precision.BF16: Recipe(param_bytes=2, grad_bytes=2, master_bytes=4, activation_bytes=2),
+    # fp8 recipes keep bf16 weights, gradients and activations between GEMMs (their fp8 copies
+    # are planner/model/fp8.py's terms) and the fp32 master and moments
+    Precision.FP8: Recipe(param_bytes=2, grad_bytes=2, master_bytes=4, activation_bytes=2),
 }
 
 #: fp32 optimizer state bytes per parameter (Adam: exp_avg + exp_avg_sq; SGD: momentum).

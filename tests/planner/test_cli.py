@@ -82,7 +82,7 @@ def test_pinned_search_gives_exactly_that_strategy(tmp_path):
     assert report["best"]["strategy"] == {
         "dp": 2, "tp": 2, "pp": 2, "zero": 1, "precision": "bf16", "micro_batch": 1,
         "grad_accum": 64 // (2 * 1), "recompute": "full", "offload": "none",
-        "sequence_parallel": False, "ep": 1,
+        "sequence_parallel": False, "ep": 1, "cp": 1, "cp_kind": "ulysses",
     }
 
 

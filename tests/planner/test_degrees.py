@@ -34,14 +34,25 @@ def test_groups_tp_innermost():
     assert d.groups("tp") == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert d.groups("dp") == [[0, 2], [1, 3], [4, 6], [5, 7]]
     assert d.groups("pp") == [[0, 4], [1, 5], [2, 6], [3, 7]]
-    assert d.coords(6) == {"tp": 0, "dp": 1, "pp": 1}
+    assert d.coords(6) == {"tp": 0, "cp": 0, "dp": 1, "pp": 1}
     assert all(d.rank(d.coords(r)) == r for r in range(8))
+
+
+def test_context_parallel_ranks_sit_between_tp_and_dp():
+    """Megatron-Core's tp-cp-dp-pp order: cp groups are tp apart, dp groups tp x cp apart; the
+    world is the product of all four degrees."""
+    d = Degrees(dp=2, tp=2, pp=1, cp=2)
+    assert d.world_size == 8
+    assert d.groups("tp") == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert d.groups("cp") == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert d.groups("dp") == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert d.mismatch(16) == "dp(2) * tp(2) * pp(1) * cp(2) != world size (16)"
 
 
 @pytest.mark.parametrize("order", ORDERS, ids=",".join)
 def test_every_rank_is_in_exactly_one_group_per_axis(order):
     d = Degrees(dp=3, tp=4, pp=2)
-    for axis in ("dp", "tp", "pp"):
+    for axis in ("dp", "tp", "pp", "cp"):
         groups = d.groups(axis, order)
         assert sorted(r for g in groups for r in g) == list(range(24))
         assert all(len(g) == d.sizes()[axis] for g in groups)

@@ -212,7 +212,7 @@ def test_batch_tokens_not_multiple_of_seq_len():
 
 @pytest.mark.parametrize("overrides, allowed", [
     ({"search.zero": 5}, "0, 1, 2 or 3"),
-    ({"search.precision": "fp8x"}, "'fp32', 'fp16' or 'bf16'"),
+    ({"search.precision": "fp8x"}, "'fp32', 'fp16', 'bf16' or 'fp8'"),
 ], ids=["zero", "precision"])
 def test_bad_enum_message_lists_allowed_values(overrides, allowed):
     """A union ('auto' | list of enum) must report the enum's allowed values, once."""
