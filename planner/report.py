@@ -33,7 +33,8 @@ TERM_LABELS = {
 #: the step-time terms (planner/estimate/timing.py StepTime) as the reports name them
 TIME_LABELS = {"compute": "compute (GEMMs, attention, element-wise, host)",
                "tp_comm": "tensor-parallel all-reduces",
-               "ep_comm": "expert-parallel all-to-alls", "pp_comm": "pipeline transfers",
+               "ep_comm": "expert-parallel all-to-alls",
+               "cp_comm": "context-parallel exchanges", "pp_comm": "pipeline transfers",
                "bubble": "pipeline bubble", "dp_comm": "data-parallel traffic (exposed)",
                "optimizer": "optimizer step", "offload": "offload (PCIe + host Adam)"}
 
@@ -302,7 +303,7 @@ def _alternatives_table(result: SearchResult, tokens: float) -> str:
     cols = {
         "step s": column([st.total for st in steps], places=places),
         "compute": column([st.compute for st in steps], places=places),
-        "comm": column([st.tp_comm + st.ep_comm + st.pp_comm + st.dp_comm for st in steps],
+        "comm": column([st.tp_comm + st.ep_comm + st.cp_comm + st.pp_comm + st.dp_comm for st in steps],
                        places=places),
         "bubble": column([st.bubble for st in steps], places=places),
         "optim": column([st.optimizer + st.offload for st in steps], places=places),

@@ -102,7 +102,7 @@ def batch_limit(result: SearchResult, *, executable: bool = False) -> Optional[B
     if best is None or best.time is None:
         return None
     st = best.time.step
-    overhead = (st.tp_comm + st.ep_comm + st.pp_comm + st.dp_comm + st.bubble) / st.total
+    overhead = (st.tp_comm + st.ep_comm + st.cp_comm + st.pp_comm + st.dp_comm + st.bubble) / st.total
     if best.plan.grad_accum > 1 and overhead < 0.1:
         return None
     gb = spec.global_batch_sequences
@@ -137,7 +137,8 @@ def logits_note(result: SearchResult) -> Optional[str]:
     """When the logits and the loss take a fifth of the best plan's peak or more (long sequences,
     large vocabularies), what would cut them: the fused, chunked cross-entropy the memory model
     knows (model.fused_kernels: no full-size fp32 copies; Liger, Megatron), re-estimated on the
-    same plan; and tensor parallelism, whose vocab-parallel loss divides them by tp."""
+    same plan; tensor parallelism, whose vocab-parallel loss divides them by tp; and context
+    parallelism, which divides them by cp."""
     spec, best = result.spec, result.best
     if best is None or spec.model.fused_kernels:
         return None
@@ -152,8 +153,18 @@ def logits_note(result: SearchResult) -> Optional[str]:
             f"seq {spec.model.seq_len:,}); a fused, chunked cross-entropy (model.fused_kernels: "
             f"true) keeps {fused.memory.logits_loss / gib:.1f} GiB at the loss "
             f"(peak {fused.memory.total / gib:.1f} GiB)"
-            + (", and tensor parallelism's vocab-parallel loss divides the logits by tp"
-               if spec.cluster.gpus_per_node > 1 else ""))
+            + (", tensor parallelism's vocab-parallel loss divides the logits by tp"
+               if spec.cluster.gpus_per_node > 1 else "")
+            + _cp_clause(best.plan, spec))
+
+
+def _cp_clause(plan, spec) -> str:
+    """Context parallelism divides the logits too: each rank holds its slice of the sequence."""
+    if plan.cp > 1:
+        return f", and they are already 1/{plan.cp} of the sequence's (cp {plan.cp})"
+    if spec.cluster.world_size == 1:
+        return ""
+    return ", and context parallelism (search.cp) divides them by cp"
 
 
 def plan_notes(result: SearchResult, *, executable: bool = False) -> tuple[str, ...]:

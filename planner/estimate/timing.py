@@ -21,8 +21,8 @@ from planner.network.topology import group_link
 from planner.plan.degrees import ORDERS
 from planner.plan.strategy import PRECISIONS, Plan, where
 from planner.spec.spec import Spec
-from planner.spec.units import (TERA, Activation, AttentionKernel, Norm, Position, Precision,
-                                Recompute)
+from planner.spec.units import (TERA, Activation, AttentionKernel, ContextParallel, Norm,
+                                Position, Precision, Recompute)
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class StepTime:
     compute: Any = 0.0  #: GEMMs, attention, element-wise work, host dispatch when it dominates
     tp_comm: Any = 0.0  #: tensor-parallel all-reduces (never overlapped)
     ep_comm: Any = 0.0  #: expert-parallel all-to-alls of the MoE layers (never overlapped)
+    cp_comm: Any = 0.0  #: context parallelism: Ulysses all-to-alls, or ring exchange not hidden
     pp_comm: Any = 0.0  #: pipeline activation/gradient transfers
     bubble: Any = 0.0  #: 1F1B fill and drain: (p - 1) / v micro-batch slots
     dp_comm: Any = 0.0  #: exposed data-parallel gradient / ZeRO parameter traffic
@@ -92,21 +93,27 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     """(forward, backward) of one block's attention core.  Fused kernels skip the masked half of
     a causal s x s product (Dao 2023); FlashAttention's backward does 2.5x the forward's matmuls.
     Eager attention runs QK^T and PV as batched GEMMs over the full square plus a memory-bound
-    softmax over a·s² elements per sequence."""
+    softmax over a·s² elements per sequence.
+
+    Context parallelism gives each of the cp ranks 1/cp of the pairs: Ulysses attends over the
+    whole sequence with heads / cp heads; ring attention over its own queries against every
+    K/V block, load-balanced for causality (Megatron-Core / Transformer Engine split the
+    sequence into 2·cp chunks, rank i holding chunks i and 2·cp - 1 - i)."""
     mdl, peak = spec.model, peak_flops(spec, plan)
     ld = local_dims(mdl, plan)
-    b, s, q = ld.micro_batch, ld.seq, ld.q_width
+    b, q, cp = ld.micro_batch, ld.q_width, ld.cp
     eff = spec.cluster.gpu.efficiency
     if mdl.attention is AttentionKernel.FLASH:
-        fwd_flops = 4 * b * causal_pairs(mdl) * q  # 4·b·s²·h halved by causality (or a band)
+        fwd_flops = 4 * b * causal_pairs(mdl) * q / cp  # 4·b·s²·h halved by causality (or band)
         fp32 = plan.is_precision(Precision.FP32)
         fwd = where(fp32, eff.attention_fp32, eff.attention_fwd)
         bwd = where(fp32, eff.attention_fp32, eff.attention_bwd)
         return fwd_flops / (peak * fwd), 2.5 * fwd_flops / (peak * bwd)
-    fwd_flops = 4 * b * s * s * q
+    s = ld.seq * cp  # eager attention under Ulysses: the whole sequence, heads / cp
+    fwd_flops = 4 * b * s * s * q / cp
     gemm = fwd_flops / (peak * gemm_efficiency(spec, plan, s, s, mdl.head_dim))
     e = plan.activation_bytes
-    softmax_bytes = 4 * e * b * ld.heads * s * s  # scale+mask+softmax read/write
+    softmax_bytes = 4 * e * b * ld.heads / cp * s * s  # scale+mask+softmax read/write
     mem = softmax_bytes / spec.cluster.gpu.hbm_bytes_per_s
     return gemm + mem, 2 * gemm + 2 * mem
 
@@ -244,7 +251,11 @@ def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
     recompute counted once more), plus the backend's own bookkeeping (hooks, fetch/release)."""
     rt = spec.runtime
     passes = 3 + where(plan.is_recompute(Recompute.FULL), 1, 0)
-    kernels = stage.n_layers * kernels_per_block(spec, plan.ep) * passes + 20
+    # context parallelism per block and pass: Ulysses' four all-to-alls and their reshapes; a
+    # ring's per-step attention calls, sends/receives and softmax corrections
+    ring = plan.is_cp_kind(ContextParallel.RING)
+    cp_kernels = where(plan.cp > 1, where(ring, 4 * (plan.cp - 1) + 2, 12), 0)
+    kernels = stage.n_layers * (kernels_per_block(spec, plan.ep) + cp_kernels) * passes + 20
     return (kernels * rt.cpu_op_us + backend.host_us_per_micro_batch(spec, plan, stage)) * 1e-6
 
 
@@ -278,6 +289,40 @@ def ep_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> f
     return stage.n_layers * m.moe_layers / m.n_layers * calls * per
 
 
+def cp_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage, order) -> float:
+    """Context parallelism's exchanges for one micro-batch on one stage, as far as they are not
+    hidden.
+
+    Ulysses (Jacobs et al. 2023, DeepSpeed deepspeed/sequence/layer.py DistributedAttention):
+    all-to-alls of q, k and v before the local attention (sequence split -> head split) and of
+    its output after, each a rank's [s/cp, width] slice; backward moves the gradients the same
+    way; a recomputed forward repeats the forward's.  They run on the compute stream, exposed.
+
+    Ring (Megatron-Core context parallelism through Transformer Engine's fused attention, cp
+    communication type p2p; torchtitan's ring): cp - 1 steps, each sending the K/V block a rank
+    holds to the next rank while attending to the one it has; backward passes K/V and their
+    gradients (twice the bytes).  Each step's transfer hides under that step's attention, so
+    what shows is the transfer time beyond the attention time."""
+    ld = local_dims(spec.model, plan)
+    e, cp = plan.activation_bytes, ld.cp
+    # an order that does not name cp leaves it at degree 1
+    link = group_link(spec.cluster, cp, plan.degrees.strides(order).get("cp", 1))
+    net = spec.cluster.gpu.efficiency.network
+    rc = where(plan.is_recompute(Recompute.FULL), 1, 0)
+    tokens = ld.tokens
+    a2a = [coll.all_to_all(e * tokens * w, link, net)
+           for w in (ld.q_width, ld.kv_width, ld.kv_width, ld.q_width)]
+    ulysses = (2 + rc) * sum(a2a)
+    kv = e * tokens * 2 * ld.kv_width
+    attn_f, attn_b = attention_seconds(spec, plan)
+    steps = np.maximum(cp - 1, 0)
+    fwd = np.maximum(0.0, steps * coll.p2p(kv, link, net) - attn_f)
+    bwd = np.maximum(0.0, steps * coll.p2p(2 * kv, link, net) - attn_b)
+    ring = (1 + rc) * fwd + bwd
+    per_layer = where(plan.is_cp_kind(ContextParallel.RING), ring, ulysses)
+    return where(cp > 1, stage.n_layers * per_layer, 0.0)
+
+
 def pp_seconds_per_micro_batch(spec: Spec, plan: Plan, order) -> float:
     """Send the activation forward and its gradient back across a stage boundary."""
     ld = local_dims(spec.model, plan)
@@ -305,11 +350,13 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
         comp = np.maximum(host, gpu + spec.runtime.host_sync_fraction * host)
         tp_t = tp_seconds_per_micro_batch(spec, plan, stage, order)
         ep_t = ep_seconds_per_micro_batch(spec, plan, stage, order)
+        cp_t = cp_seconds_per_micro_batch(spec, plan, stage, order)
         pp_t = pp_seconds_per_micro_batch(spec, plan, order)
         per_step, per_micro = backend.dp_traffic_seconds(spec, plan, stage, order)
         n = stage_params(spec.model, stage, plan.tp)
         held = stage_params(spec.model, stage, plan.tp, plan.ep)
-        here = dict(held=held, slot=comp + tp_t + ep_t + pp_t, comp=comp, tp=tp_t, ep=ep_t, pp=pp_t,
+        here = dict(held=held, slot=comp + tp_t + ep_t + cp_t + pp_t, comp=comp, tp=tp_t, ep=ep_t,
+                    cp=cp_t, pp=pp_t,
                     per_step=per_step,
                     per_micro=per_micro, n=n, layers=stage.n_layers,
                     tensors=tensor_stats(spec.model, stage, plan.tp, 0).count)
@@ -326,7 +373,7 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
     exposed_micro = where(backend.overlaps_dp(spec, plan), hidden, worst["per_micro"])
     bubble = (plan.pp - 1) / spec.runtime.virtual_stages * worst["slot"]
     return StepTime(compute=m * worst["comp"], tp_comm=m * worst["tp"], ep_comm=m * worst["ep"],
-                    pp_comm=m * worst["pp"],
+                    cp_comm=m * worst["cp"], pp_comm=m * worst["pp"],
                     bubble=bubble, dp_comm=m * exposed_micro + worst["per_step"],
                     optimizer=backend.optimizer_seconds(spec, plan, worst["n"],
                                                         worst["tensors"], worst["held"]),

@@ -21,8 +21,8 @@ from planner.model.local import local_dims
 from planner.model.shape import layer_average
 from planner.plan.strategy import Plan, where
 from planner.spec.spec import ModelSpec
-from planner.spec.units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel, Norm,
-                                Position, Precision, Recompute)
+from planner.spec.units import (FP32_BYTES, INDEX_BYTES, Activation, AttentionKernel,
+                                ContextParallel, Norm, Position, Precision, Recompute)
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,16 @@ class _Dims:
     e: Any  #: bytes per activation element
     r: Any  #: share of norm-region tensors this rank keeps: 1/t with sequence parallel, else 1
     fused: bool  #: fused norm / rotary / SwiGLU / cross-entropy kernels (model.fused_kernels)
+    cp: Any = 1  #: context-parallel ranks (s is already the local 1/cp of the sequence)
+    ulysses: Any = False  #: cp > 1 through Ulysses' all-to-alls
 
 
 def _dims(m: ModelSpec, plan: Plan) -> _Dims:
     ld = local_dims(m, plan)
     return _Dims(s=ld.seq, b=ld.micro_batch, h=ld.d_model, q=ld.q_width, k=ld.kv_width,
                  f=ld.ffn, a=ld.heads, V=ld.vocab, e=plan.activation_bytes, r=ld.norm_share,
-                 fused=m.fused_kernels)
+                 fused=m.fused_kernels, cp=plan.cp,
+                 ulysses=(plan.cp > 1) & plan.is_cp_kind(ContextParallel.ULYSSES))
 
 
 def norm_saved_bytes(m: ModelSpec, d: _Dims) -> float:
@@ -85,6 +88,14 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
     head), and the softmax probabilities (a·s²·b elements), which selective recompute drops
     (Korthikanti et al. 2022, section 4.2).
     SDPA's math path (fp32 with GQA) is eager attention plus its scaled copy of q.
+
+    Context parallelism: every tensor holds the rank's s/cp tokens (ring attention keeps its
+    own q, k, v, output and statistics; the K/V blocks it receives are transient).  Under
+    Ulysses the kernel's q, k and v are the all-to-all's outputs (whole sequence, heads / cp:
+    the same elements), new tensors, so the projection's fused output and the rotated copies
+    are freed once exchanged; the kernel's output is exchanged back into a new tensor that the
+    output projection keeps beside the kernel's own saved output.  Eager attention's s² tensors
+    cover the whole sequence for heads / cp heads: cp times the local s².
     """
     sb = d.s * d.b
     rope = m.position is Position.ROPE and not d.fused
@@ -102,12 +113,16 @@ def attention_saved_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
         # (tests/executor/test_activation_accounting.py); on the H200 harness runs it is the
         # ~0.69 GiB per 8,192 tokens a 22-layer d_model-2048 Llama lacked (issue 11).
         flash += d.e * sb * (d.q + d.k) + d.e * sb * d.q
+    # Ulysses: the exchanged q, k, v, the kernel's output and its exchanged copy, the stats
+    ulysses_flash = qkv + 2 * out + tables + FP32_BYTES * d.b * d.a * d.s
+    flash = where(d.ulysses, ulysses_flash, flash)
     kv = d.q if m.n_kv_heads != m.n_heads else d.k  # GQA repeats k and v to every query head
     eager = out + tables + d.e * sb * (d.q + 2 * kv)  # the batched matmuls' q, k^T, v
+    eager = eager + where(d.ulysses, out, 0.0)  # the output exchanged back
     math = math_fallback(m, plan)
     eager = eager + where(math, d.e * sb * d.q, 0.0)
     eager = eager + where(plan.is_recompute(Recompute.SELECTIVE), 0.0,
-                          d.e * d.b * d.a * d.s * d.s)
+                          d.e * d.b * d.a * d.s * d.s * d.cp)
     if m.attention is AttentionKernel.FLASH:
         return where(math, eager, flash)
     return eager
@@ -227,7 +242,21 @@ def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
         slots = expert_slots(m, d.s * d.b)
         moe = d.e * (d.s * d.b * d.h + slots * (d.h + per_f * m.moe.expert_d_ff))
         grads = moe if m.moe_layers == m.n_layers else np.maximum(grads, moe)
-    return grads + where(plan.is_recompute(Recompute.FULL), block_saved_bytes(m, plan), 0.0)
+    return grads + cp_transient_bytes(m, d, plan) \
+        + where(plan.is_recompute(Recompute.FULL), block_saved_bytes(m, plan), 0.0)
+
+
+def cp_transient_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:
+    """Context parallelism's buffers alive while one block's attention runs backward.  Ulysses:
+    the gradients of q, k and v in the head layout and their exchanged copies (the all-to-all
+    writes a new tensor).  Ring: the K/V block being received beside the one in use, and in
+    backward their gradients travelling with them (Transformer Engine's p2p ring double-buffers
+    K/V and dK/dV)."""
+    sb = d.s * d.b
+    ulysses = 2 * d.e * sb * (d.q + 2 * d.k)
+    ring = 2 * 2 * d.e * sb * 2 * d.k
+    per = where(plan.is_cp_kind(ContextParallel.RING), ring, ulysses)
+    return where(plan.cp > 1, per, 0.0)
 
 
 def cpu_checkpoint_transient_bytes(m: ModelSpec, plan: Plan, cpu_checkpointing: bool) -> float:

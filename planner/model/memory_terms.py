@@ -51,7 +51,7 @@ def parameter_bytes(plan: AnyPlan, n):
     stage_1_and_2.py:503-534); ZeRO-3 keeps its 1/dp partition (stage3.py:972), none on the GPU
     when parameters are offloaded."""
     b = plan.param_bytes
-    z3 = where(plan.params_off_gpu, 0.0, n * b / plan.dp)
+    z3 = where(plan.params_off_gpu, 0.0, n * b / plan.zero_ranks)
     return where(plan.zero < ZeroStage.PARAMETERS, n * b, z3)
 
 

@@ -18,10 +18,11 @@ from planner.estimate.predict import (Estimate, estimate, floor_bytes_needed, re
 from planner.estimate.timing import throughput
 from planner.plan.rule import Rejected, check_rules, first_failing
 from planner.errors import SpecError
-from planner.plan.strategy import Plan, PlanBatch, column
+from planner.plan.strategy import CP_KINDS, Plan, PlanBatch, column
 from planner.search.rules import first_failure, rules_for
-from planner.spec.spec import SearchSpec, Spec
-from planner.spec.units import AttentionKernel, GiB, Offload, Precision, Recompute, ZeroStage
+from planner.spec.spec import MIN_CP_TOKENS, SearchSpec, Spec
+from planner.spec.units import (AttentionKernel, ContextParallel, GiB, Offload, Precision,
+                                Recompute, ZeroStage)
 
 MAX_AUTO_MICRO_BATCH = 256
 #: the most candidates one search builds and evaluates (2 million: about 3 s and 0.5 GiB on one
@@ -41,36 +42,50 @@ def _axis(value, auto: Sequence) -> tuple:
     return tuple(auto) if value == "auto" else tuple(value)
 
 
-def _tps_pps(spec: Spec) -> tuple[tuple, tuple]:
-    """The tp and pp values: 'auto' tp takes the divisors of the node size that divide the world
-    size, 'auto' pp the divisors of the world size up to the layer count."""
+def _tps_pps(spec: Spec) -> tuple[tuple, tuple, tuple]:
+    """The tp, pp and cp values: 'auto' tp takes the divisors of the node size that divide the
+    world size, 'auto' pp the divisors of the world size up to the layer count, 'auto' cp 1 and
+    the divisors of the world size that divide the sequence and leave each rank MIN_CP_TOKENS."""
     s, ws = spec.search, spec.cluster.world_size
     tps = _axis(s.tp, [t for t in divisors(spec.cluster.gpus_per_node) if ws % t == 0])
     pps = _axis(s.pp, [p for p in divisors(ws) if p <= spec.model.n_layers])
-    return tps, pps
+    seq = spec.model.seq_len
+    cps = _axis(s.cp, [1] + [c for c in divisors(ws) if c > 1 and seq % c == 0
+                             and seq // c >= MIN_CP_TOKENS])
+    return tps, pps, cps
 
 
-def _auto_dp_pairs(spec: Spec, tps: tuple, pps: tuple) -> np.ndarray:
-    """The (tp, pp) pairs whose product divides the world size, tp-major (an 'auto' dp takes
-    what is left); at most MAX_AXIS_VALUES² of them, tested as one array."""
-    tp, pp = (a.ravel() for a in np.meshgrid(np.array(tps, dtype=np.int64),
-                                             np.array(pps, dtype=np.int64), indexing="ij"))
-    keep = spec.cluster.world_size % (tp * pp) == 0
-    return np.stack([tp[keep], pp[keep]], axis=1)
+def _auto_dp_pairs(spec: Spec, tps: tuple, pps: tuple, cps: tuple = (1,)) -> np.ndarray:
+    """The (tp, pp, cp) triples whose product divides the world size, tp-major (an 'auto' dp
+    takes what is left); tested as one array."""
+    tp, pp, cp = (a.ravel() for a in np.meshgrid(np.array(tps, dtype=np.int64),
+                                                 np.array(pps, dtype=np.int64),
+                                                 np.array(cps, dtype=np.int64), indexing="ij"))
+    keep = spec.cluster.world_size % (tp * pp * cp) == 0
+    return np.stack([tp[keep], pp[keep], cp[keep]], axis=1)
 
 
-def parallel_degrees(spec: Spec) -> Iterator[tuple[int, int, int]]:
-    """(dp, tp, pp) triples.  'auto' tp takes the divisors of the node size, 'auto' pp the
+def parallel_degrees(spec: Spec) -> Iterator[tuple[int, int, int, int]]:
+    """(dp, tp, pp, cp).  'auto' tp takes the divisors of the node size, 'auto' pp the
     divisors of the world size up to the layer count, 'auto' dp what is left."""
     s, ws = spec.search, spec.cluster.world_size
-    tps, pps = _tps_pps(spec)
+    tps, pps, cps = _tps_pps(spec)
     if s.dp == "auto":
-        for tp, pp in _auto_dp_pairs(spec, tps, pps).tolist():
-            yield ws // (tp * pp), tp, pp
+        for tp, pp, cp in _auto_dp_pairs(spec, tps, pps, cps).tolist():
+            yield ws // (tp * pp * cp), tp, pp, cp
         return
-    for tp, pp in itertools.product(tps, pps):
+    for tp, pp, cp in itertools.product(tps, pps, cps):
         for dp in s.dp:
-            yield dp, tp, pp
+            yield dp, tp, pp, cp
+
+
+def cp_kinds(spec: Spec, cp: int) -> tuple[int, ...]:
+    """How the cp ranks attend, as column codes: one (Ulysses, unused) without context
+    parallelism; 'auto' both kinds."""
+    if cp == 1:
+        return (0,)
+    kinds = _axis(spec.search.cp_kind, list(ContextParallel))
+    return tuple(CP_KINDS.index(k) for k in kinds)
 
 
 def grad_accum(spec: Spec, dp: int, micro_batch: int) -> int:
@@ -132,12 +147,14 @@ def check_size(spec: Spec) -> int:
     """The number of candidates, counted from the axes' sizes before any is built (an 'auto'
     micro-batch counted at its most values); over MAX_CANDIDATES, a SpecError naming the axes."""
     s = spec.search
-    tps, pps = _tps_pps(spec)
+    tps, pps, cps = _tps_pps(spec)
     if s.dp == "auto":
-        sizes = {"(dp, tp, pp)": len(_auto_dp_pairs(spec, tps, pps))}
-        blame = {"(dp, tp, pp)": ("tp", "pp")}
+        sizes = {"(dp, tp, pp, cp)": len(_auto_dp_pairs(spec, tps, pps, cps))}
+        blame = {"(dp, tp, pp, cp)": ("tp", "pp")}
     else:
-        sizes, blame = {"dp": len(s.dp), "tp": len(tps), "pp": len(pps)}, {}
+        sizes, blame = {"dp": len(s.dp), "tp": len(tps), "pp": len(pps), "cp": len(cps)}, {}
+    if len(cps) > 1:
+        sizes["cp_kind"] = len(_axis(s.cp_kind, list(ContextParallel)))
     sizes["micro_batch"] = len(micro_batches(spec, dp=1))  # dp 1: the largest per-rank share
     if spec.model.moe_layers:  # at most the experts' divisors, whatever dp
         sizes["ep"] = len(expert_degrees(spec, dp=math.prod(divisors(spec.model.moe.experts))))
@@ -158,13 +175,13 @@ def candidate_batch(spec: Spec) -> PlanBatch:
     check_size(spec)
     others = list(itertools.product(*[AXES[name](spec) for name in AXES]))
     codes = {name: column(name, [v[i] for v in others]) for i, name in enumerate(AXES)}
-    rows = [(dp, tp, pp, mb, grad_accum(spec, dp, mb), ep)
-            for dp, tp, pp in parallel_degrees(spec) for mb in micro_batches(spec, dp)
-            for ep in expert_degrees(spec, dp)]
-    outer = np.array(rows, dtype=np.int64).reshape(-1, 6)
+    rows = [(dp, tp, pp, mb, grad_accum(spec, dp, mb), ep, cp, kind)
+            for dp, tp, pp, cp in parallel_degrees(spec) for mb in micro_batches(spec, dp)
+            for ep in expert_degrees(spec, dp) for kind in cp_kinds(spec, cp)]
+    outer = np.array(rows, dtype=np.int64).reshape(-1, 8)
     k = len(others)
     cols = {name: np.repeat(outer[:, i], k) for i, name in
-            enumerate(("dp", "tp", "pp", "micro_batch", "grad_accum", "ep"))}
+            enumerate(("dp", "tp", "pp", "micro_batch", "grad_accum", "ep", "cp", "cp_kind"))}
     for name, values in codes.items():
         cols[name] = np.tile(values, len(outer))
     return PlanBatch(**cols)
@@ -282,10 +299,11 @@ def why_infeasible(result: SearchResult) -> str:
     candidate at all, why the degrees the search space allows make none."""
     if result.evaluated == 0:
         s, ws = result.spec.search, result.spec.cluster.world_size
-        pinned = [f"{a}={list(v)}" for a in ("dp", "tp", "pp") if (v := getattr(s, a)) != "auto"]
+        pinned = [f"{a}={list(v)}" for a in ("dp", "tp", "pp", "cp")
+                  if (v := getattr(s, a)) != "auto"]
         allowed = f" with {', '.join(pinned)}" if pinned else ""
-        return (f"no candidate: no dp x tp x pp{allowed} makes the world size of {ws:,} GPUs "
-                f"(search.dp, search.tp, search.pp)")
+        return (f"no candidate: no dp x tp x pp x cp{allowed} makes the world size of {ws:,} "
+                f"GPUs (search.dp, search.tp, search.pp, search.cp)")
     reasons = ", ".join(f"{key}: {n}" for key, n in result.by_reason.most_common(3))
     return f"no feasible plan among {result.evaluated} candidates ({reasons})"
 

@@ -14,8 +14,9 @@ import numpy as np
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
 from planner.plan.rule import Rejected, Rule, check_rules, first_failing
-from planner.plan.strategy import PRECISIONS, Plan, PlanBatch
+from planner.plan.strategy import PRECISIONS, Plan, PlanBatch, where
 from planner.spec.spec import Spec
+from planner.spec.units import AttentionKernel, ContextParallel
 
 
 def _tp_heads(spec, p):
@@ -73,6 +74,46 @@ def _ep_why(spec, p):
     return f"ep ({p.ep}) must divide the experts ({m.moe.experts}) and dp ({p.dp})"
 
 
+def _cp_sequence(spec, p):
+    """Each cp rank holds an equal slice of every sequence; ring attention balances causality
+    over 2·cp chunks (Megatron-Core / Transformer Engine: rank i holds chunks i and
+    2·cp - 1 - i), so its sequence divides by 2·cp."""
+    chunks = p.cp * where(p.is_cp_kind(ContextParallel.RING), 2, 1)
+    return (p.cp > 1) & (spec.model.seq_len % chunks != 0)
+
+
+def _cp_sequence_why(spec, p):
+    ring = p.cp_kind is ContextParallel.RING
+    need = f"2·cp ({2 * p.cp}; ring attention balances 2·cp chunks)" if ring else f"cp ({p.cp})"
+    return f"seq_len ({spec.model.seq_len}) is not divisible by {need}"
+
+
+def _ulysses_heads(spec, p):
+    """DeepSpeed-Ulysses turns the sequence split into a head split: the heads and kv-heads a
+    tp rank holds divide by cp (deepspeed/sequence/layer.py scatters the head dimension)."""
+    m = spec.model
+    heads, kv = m.n_heads // p.tp, m.n_kv_heads // p.tp
+    return (p.cp > 1) & p.is_cp_kind(ContextParallel.ULYSSES) & ((heads % p.cp != 0)
+                                                               | (kv % p.cp != 0))
+
+
+def _ulysses_heads_why(spec, p):
+    m = spec.model
+    return (f"Ulysses cp ({p.cp}) must divide the heads ({m.n_heads // p.tp}) and kv-heads "
+            f"({m.n_kv_heads // p.tp}) of a tp rank; ring attention does not need it")
+
+
+def _ring_eager(spec, p):
+    """Ring attention is blockwise online softmax (fused kernels); eager attention's
+    materialised s x s softmax has no ring form."""
+    return (p.cp > 1) & p.is_cp_kind(ContextParallel.RING) & (
+        spec.model.attention is AttentionKernel.EAGER)
+
+
+def _cp_moe(spec, p):
+    return (p.cp > 1) & bool(spec.model.moe_layers)
+
+
 #: degrees against the model and the cluster: checked first
 DEGREE_RULES: tuple[Rule, ...] = (
     Rule("world size", _world_size, lambda s, p: p.degrees.mismatch(s.cluster.world_size)),
@@ -82,6 +123,13 @@ DEGREE_RULES: tuple[Rule, ...] = (
     Rule("pp vs layers", lambda s, p: p.pp > s.model.n_layers, lambda s, p: (
         f"pp ({p.pp}) exceeds n_layers ({s.model.n_layers})")),
     Rule("ep vs experts", _ep, _ep_why),
+    Rule("cp vs sequence", _cp_sequence, _cp_sequence_why),
+    Rule("Ulysses vs heads", _ulysses_heads, _ulysses_heads_why),
+    Rule("ring needs fused attention", _ring_eager, lambda s, p: (
+        "model.attention: ring attention needs a fused kernel (flash), not eager")),
+    Rule("cp with experts", _cp_moe, lambda s, p: (
+        f"cp ({p.cp}) with mixture-of-experts layers is not modelled (tokens per rank, "
+        f"all-to-alls of both)")),
 )
 
 #: the hardware's precisions and the batch arithmetic: checked after the backend's rules

@@ -24,7 +24,8 @@ from planner.spec.cluster import (MAX_WORLD_SIZE, ClusterSpec,  # noqa: F401 (AP
 from planner.spec.launch import LaunchSpec, NcclSpec, SlurmSpec  # noqa: F401 (API)
 from planner.spec.training import (LAW_CONSTANTS, BudgetSpec, LabSpec,  # noqa: F401 (API)
                                    ScalingLawSpec, TrainingSpec)
-from planner.spec.units import Offload, Precision, Recompute, ZeroStage
+from planner.spec.units import (ContextParallel, Fp8Recipe, Offload, Precision, Recompute,
+                                ZeroStage)
 
 from planner.spec.model import (MAX_D_FF, MAX_D_MODEL, MAX_LAYERS,  # noqa: F401 (API)
                                 MAX_SEQ_LEN, MAX_VOCAB, ModelSpec, MoESpec)
@@ -38,6 +39,10 @@ MAX_MICRO_BATCH = 2**16
 #: a parallel degree: at most the largest cluster (so dp*tp*pp stays in int64)
 Degree = Annotated[int, Strict(), Gt(0), Le(MAX_WORLD_SIZE)]
 MicroBatch = Annotated[int, Strict(), Gt(0), Le(MAX_MICRO_BATCH)]
+#: 'auto' context parallelism keeps at least this many tokens of a sequence on each rank: below
+#: it attention is a small share of a block's work and the split only adds exchanges (list cp
+#: values to search others)
+MIN_CP_TOKENS = 4096
 
 
 def _as_axis(value: Any) -> Any:
@@ -62,6 +67,14 @@ class SearchSpec(_Frozen):
     ep: Union[Literal["auto"], tuple[Degree, ...]] = Field(
         "auto", description="expert-parallel degrees for a mixture-of-experts model; auto: the "
                             "divisors of experts that divide dp")
+    cp: Union[Literal["auto"], tuple[Degree, ...]] = Field(
+        "auto", description="context-parallel degrees (the sequence split over cp ranks); auto: "
+                            "1, and every divisor of the world size that leaves each rank at "
+                            f"least {MIN_CP_TOKENS:,} tokens of a sequence")
+    cp_kind: Union[Literal["auto"], tuple[ContextParallel, ...]] = Field(
+        "auto", description="how cp ranks attend: ulysses (all-to-all, DeepSpeed-Ulysses) or "
+                            "ring (K/V passed round the ring, Megatron-Core / torchtitan CP); "
+                            "auto: both")
     zero: Union[Literal["auto"], tuple[ZeroStage, ...]] = "auto"
     precision: Union[Literal["auto"], tuple[Precision, ...]] = "auto"
     micro_batch: Union[Literal["auto"], tuple[MicroBatch, ...]] = "auto"
@@ -72,8 +85,8 @@ class SearchSpec(_Frozen):
                                    description="fraction of GPU memory kept free")
     top: PositiveInt = Field(5, description="plans in the report's table, the best included")
 
-    @field_validator("dp", "tp", "pp", "ep", "zero", "precision", "micro_batch", "recompute",
-                     "offload", "sequence_parallel", mode="before")
+    @field_validator("dp", "tp", "pp", "ep", "cp", "cp_kind", "zero", "precision", "micro_batch",
+                     "recompute", "offload", "sequence_parallel", mode="before")
     @classmethod
     def _axis(cls, value: Any) -> Any:
         return _as_axis(value)

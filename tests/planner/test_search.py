@@ -15,7 +15,9 @@ def spec(model="llama2-7b", nodes=8, per_node=8, gpu="A100-80GB-SXM", batch=1024
 
 
 def test_auto_degrees_factor_the_world_size():
-    triples = list(parallel_degrees(spec()))
+    quads = list(parallel_degrees(spec()))
+    assert {cp for *_, cp in quads} == {1}  # 4,096 tokens: no cp leaves a rank 4,096
+    triples = [q[:3] for q in quads]
     assert all(dp * tp * pp == 64 for dp, tp, pp in triples)
     assert {tp for _, tp, _ in triples} == {1, 2, 4, 8}  # divisors of the 8-GPU node
     assert max(pp for _, _, pp in triples) == 32  # up to the layer count

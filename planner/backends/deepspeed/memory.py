@@ -78,7 +78,7 @@ def zero3_gathered_bytes(plan: AnyPlan, n, stats: TensorStats, rt: RuntimeSpec):
     """
     live = np.minimum(n - stats.small, rt.stage3_max_reuse_distance / 2
                       + rt.stage3_prefetch_bucket_size + stats.largest)
-    gathers = (plan.zero == ZeroStage.PARAMETERS) & ((plan.dp > 1) | plan.params_off_gpu)
+    gathers = (plan.zero == ZeroStage.PARAMETERS) & ((plan.zero_ranks > 1) | plan.params_off_gpu)
     return where(gathers, (live + stats.small) * plan.param_bytes, 0.0)
 
 
@@ -86,8 +86,10 @@ def partition(plan: AnyPlan, n, n_full=None):
     """Parameters of a ZeRO partition on one rank: 1/dp of the stage's.  With expert parallelism
     a rank holds 1/ep of the routed experts and partitions them over the dp / ep ranks of its
     expert-data-parallel group (stage_1_and_2.py _configure_moe_settings), so the share is
-    still 1/dp of all of them: ``n_full`` counts every expert (default: n, a dense model)."""
-    return (n if n_full is None else n_full) / plan.dp
+    still 1/dp of all of them: ``n_full`` counts every expert (default: n, a dense model).
+    Context-parallel ranks hold the same model, so ZeRO partitions over dp x cp (DeepSpeed's
+    sequence-data-parallel group, engine.py seq_data_parallel_group)."""
+    return (n if n_full is None else n_full) / plan.zero_ranks
 
 
 def master_weight_bytes(plan: AnyPlan, n, n_full=None):
@@ -112,7 +114,7 @@ def resident_gradient_bytes(plan: AnyPlan, n):
     """Gradient storage alive for the whole step: ZeRO-3's P/dp partition buffer
     (stage3.py:791-803) and BF16_Optimizer's full fp32 accumulation buffer (bf16_optimizer.py:191)."""
     w = wrapper(plan)
-    z3 = where(plan.optimizer_off_gpu, 0.0, plan.grad_bytes * n / plan.dp)
+    z3 = where(plan.optimizer_off_gpu, 0.0, plan.grad_bytes * n / plan.zero_ranks)
     return where(_is(w, Wrapper.ZERO3), z3, where(_is(w, Wrapper.BF16_OPTIMIZER),
                                                   FP32_BYTES * n, 0.0))
 
@@ -282,7 +284,7 @@ def first_flush_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageState)
     alive = (stage.n_layers - done) * act.stored_per_block_bytes(m, plan, rt.cpu_checkpointing) \
         * stage.in_flight
     partition = where(plan.zero == ZeroStage.GRADIENTS,
-                      plan.grad_bytes * rt.reduce_bucket_size / plan.dp, 0.0)
+                      plan.grad_bytes * rt.reduce_bucket_size / plan.zero_ranks, 0.0)
     moment = MemoryBreakdown(
         **st.base, gradients=st.resident_grads + st.carried + partition,
         activations=alive + _backward_transient(spec, plan),
@@ -346,4 +348,4 @@ def host_offload_bytes(spec: Spec, plan: AnyPlan):
         for stage in stages_to_check(spec.model, plan.pp, plan.grad_accum):
             held = np.maximum(held, stage.n_layers * stage.in_flight)
         checkpoints = held * act.host_checkpoint_bytes(spec.model, plan, True)
-    return where(plan.optimizer_off_gpu, per_param * n / plan.dp, 0.0) + checkpoints
+    return where(plan.optimizer_off_gpu, per_param * n / plan.zero_ranks, 0.0) + checkpoints

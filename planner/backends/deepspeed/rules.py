@@ -3,7 +3,7 @@ project's executor cannot run with DeepSpeed yet.  Same form as planner/search/r
 from __future__ import annotations
 
 from planner.plan.rule import Rule
-from planner.spec.units import Optimizer, Recompute, ZeroStage
+from planner.spec.units import ContextParallel, Optimizer, Recompute, ZeroStage
 
 CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
 
@@ -111,6 +111,12 @@ def _unbuilt(spec, p):
     return bool(unbuilt_features(spec.model))
 
 
+def _ring(spec, p):
+    """DeepSpeed's sequence parallelism is Ulysses (deepspeed/sequence/layer.py); ring attention
+    is Megatron-Core's and torchtitan's."""
+    return (p.cp > 1) & p.is_cp_kind(ContextParallel.RING)
+
+
 #: what this project's DeepSpeed executor (executor/) cannot run yet, as Rules, so the search
 #: never ranks it for --execute: its full recompute is torch.utils.checkpoint, whose
 #: checkpoints stay on the GPU (DeepSpeed's cpu_checkpointing needs its own checkpointing API)
@@ -121,4 +127,7 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
     Rule("model the executor does not build", _unbuilt, lambda s, p: (
         f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
         f"blocks only")),
+    Rule("ring attention", _ring, lambda s, p: (
+        f"cp_kind ring (cp {p.cp}): DeepSpeed runs context parallelism as Ulysses; ring "
+        f"attention is Megatron-Core's and torchtitan's")),
 )

@@ -51,7 +51,10 @@ def dp_traffic_seconds(spec: Spec, plan: Plan, stage: Stage, order):
     n = stage_params(m, stage, plan.tp)
     stride = plan.degrees.strides(order)["dp"]
     if not m.moe_layers:
-        return _dp_traffic(spec, plan, stage, n, plan.dp, stride)
+        # context-parallel ranks hold the same model: gradients and ZeRO traffic run over the
+        # dp x cp ranks (cp is inside dp in every order, so the group spans dp x stride ranks,
+        # an even stride of stride / cp)
+        return _dp_traffic(spec, plan, stage, n, plan.zero_ranks, stride // plan.cp)
     # DeepSpeed-MoE: the dense parameters reduce over dp; each rank's 1/ep of the routed experts
     # over its expert-data-parallel group, the dp / ep ranks ep apart holding the same experts
     experts = stage.n_layers * routed_expert_params(m)
@@ -99,7 +102,7 @@ def optimizer_seconds(spec: Spec, plan: Plan, n, n_tensors, held=None):
     share is what the rank holds (``held``: with expert parallelism 1/ep of the experts), with
     ZeRO 1/dp of the stage's n."""
     whole = np.isin(wrapper(plan), [Wrapper.PLAIN, Wrapper.FP16_OPTIMIZER])
-    local = where(whole, n if held is None else held, n / plan.dp)
+    local = where(whole, n if held is None else held, n / plan.zero_ranks)
     per_param = 32 + (16 if spec.runtime.torch_adam else 0)
     t = local * per_param / spec.cluster.gpu.hbm_bytes_per_s
     # ZeRO flattens each rank's share into one fp32 tensor; without ZeRO, PyTorch's AdamW and
@@ -112,7 +115,7 @@ def optimizer_seconds(spec: Spec, plan: Plan, n, n_tensors, held=None):
 def offload_seconds(spec: Spec, plan: Plan, n):
     """Optimizer offload: fp32 gradients down and b16 parameters up over PCIe, and
     DeepSpeedCPUAdam on the host (ZeRO-Offload, Ren et al. 2021)."""
-    local = n / plan.dp
+    local = n / plan.zero_ranks
     pcie = spec.cluster.gpu.pcie_gbps * 1e9
     transfer = local * (FP32_BYTES + plan.param_bytes) / pcie
     optimizer = where(plan.optimizer_off_gpu,
