@@ -85,7 +85,8 @@ def default_lr_schedule(spec: Spec, plan: Plan, **overrides: Any) -> LRSchedule:
 def batch_section(plan: Plan) -> dict:
     return {
         # DeepSpeed multiplies by its data-parallel size: dp, since a pipeline or tensor
-        # parallelism hands it the plan's process grid (DeepSpeedConfig._batch_assertion)
+        # parallelism hands it the plan's process grid, and context parallelism its Ulysses
+        # groups, for which it counts world / cp (DeepSpeedConfig._batch_assertion)
         "train_batch_size": plan.micro_batch * plan.grad_accum * plan.dp,
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "gradient_accumulation_steps": plan.grad_accum,
@@ -116,6 +117,10 @@ def zero_section(spec: Spec, plan: Plan, nvme_path: Optional[str]) -> dict:
     }
     if rt.overlap_comm is not None:  # None keeps DeepSpeed's stage-dependent default
         zero["overlap_comm"] = rt.overlap_comm
+    if plan.zero == ZeroStage.PARAMETERS and plan.cp > 1:
+        # DeepSpeed's default, pinned: every ZeRO-3 bucket then reduces by reduce-scatter,
+        # which averages over dp x cp ranks (executor/context_parallel.py loss_share)
+        zero["reduce_scatter"] = True
     if plan.zero == ZeroStage.PARAMETERS:
         zero.update({
             "stage3_prefetch_bucket_size": rt.stage3_prefetch_bucket_size,
@@ -166,6 +171,19 @@ def pipeline_section(plan: Plan) -> dict:
                          "grad_partitioned": whole}}
 
 
+def context_parallel_section(plan: Plan) -> dict:
+    """DeepSpeed-Ulysses: its groups reach the engine as an ``mpu`` (executor/
+    context_parallel.py), not as config keys: ``sequence_parallel_size`` with
+    ``data_parallel_size`` would make deepspeed.initialize build a (dp, sp) device mesh whose
+    data-parallel group leaves the cp ranks out of ZeRO (deepspeed/__init__.py, utils/groups.py).
+    What is written is the dtype of the gradient reductions over dp x cp, pinned at DeepSpeed's
+    default (runtime/constants.py SEQ_PARALLEL_COMMUNICATION_DATA_TYPE; engine.py uses it for
+    every reduction once the sequence-parallel size exceeds 1)."""
+    if plan.cp == 1:
+        return {}
+    return {"seq_parallel_communication_data_type": "fp32"}
+
+
 def optimizer_section(spec: Spec, plan: Plan, lr: LRSchedule) -> dict:
     """Adam(W): DeepSpeed picks FusedAdam, or DeepSpeedCPUAdam under offload, unless
     ``torch_adam`` asks for PyTorch's (engine.py get_optimizer_configuration).  "Adam" means AdamW
@@ -210,6 +228,7 @@ def to_deepspeed_config(spec: Spec, plan: Plan, *, lr_schedule: Optional[LRSched
         **precision_section(plan),
         **recompute_section(spec, plan),
         **pipeline_section(plan),
+        **context_parallel_section(plan),
         **optimizer_section(spec, plan, lr),
         **scheduler_section(lr),
     }

@@ -15,7 +15,9 @@ executor/tensor_parallel.py column-shards ``qkv``/``fc``/``w13``, row-shards
 ``proj``/``fc2``/``w2`` and splits the token table and the head over the vocabulary (the
 attention follows the local width of ``qkv``; ``loss_fn`` becomes the vocab-parallel loss);
 executor/parallel.py rebuilds each ``MoEMLP`` with ``ep`` > 1, keeping this rank's experts;
-activation checkpointing wraps the entries of ``blocks``.
+executor/context_parallel.py wraps each attention's ``core`` in DeepSpeed-Ulysses'
+all-to-alls and moves ``first_position`` to the rank's slice of the sequence; activation
+checkpointing wraps the entries of ``blocks``.
 """
 from __future__ import annotations
 
@@ -82,32 +84,48 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return probs @ v
 
 
+class AttentionCore(nn.Module):
+    """Attention proper, q, k, v (B, T, heads, hd) -> (B, T, heads, hd): RoPE at positions
+    0 .. T-1, then SDPA or the eager softmax.  No weights.  It is the seam context parallelism
+    wraps (executor/context_parallel.py): under DeepSpeed-Ulysses it receives the whole sequence
+    and heads / cp of the heads after an all-to-all, so the positions it rotates by are the
+    global ones."""
+
+    def __init__(self, m: ModelSpec):
+        super().__init__()
+        self.rope = m.position is Position.ROPE
+        self.flash = m.attention is AttentionKernel.FLASH
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.rope:
+            q, k = rope(q, k)
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               enable_gqa=k.shape[1] != q.shape[1])
+        else:
+            y = eager_attention(q, k, v)
+        return y.transpose(1, 2)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, m: ModelSpec):
         super().__init__()
         self.h, self.kv, self.hd = m.n_heads, m.n_kv_heads, m.head_dim
-        self.rope = m.position is Position.ROPE
-        self.flash = m.attention is AttentionKernel.FLASH
         self.qkv = nn.Linear(m.d_model, (self.h + 2 * self.kv) * self.hd, bias=m.qkv_bias)
+        self.core = AttentionCore(m)
         self.proj = nn.Linear(m.d_model, m.d_model, bias=m.out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
-        B, T, _ = qkv.shape  # with sequence parallelism x holds a slice of the sequence
+        B, T, _ = qkv.shape  # with sequence or context parallelism x holds a slice of it
         # a column-sharded qkv (tensor parallel) holds h/tp query and kv/tp key/value heads
         tp = (self.h + 2 * self.kv) * self.hd // qkv.shape[-1]
         h, kv = self.h // tp, self.kv // tp
         q, k, v = qkv.split([h * self.hd, kv * self.hd, kv * self.hd], dim=-1)
-        q = q.view(B, T, h, self.hd).transpose(1, 2)
-        k = k.view(B, T, kv, self.hd).transpose(1, 2)
-        v = v.view(B, T, kv, self.hd).transpose(1, 2)
-        if self.rope:
-            q, k = rope(q, k)
-        if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
-        else:
-            y = eager_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(B, T, h * self.hd))
+        y = self.core(q.view(B, T, h, self.hd), k.view(B, T, kv, self.hd),
+                      v.view(B, T, kv, self.hd))
+        return self.proj(y.reshape(B, T, h * self.hd))
 
 
 class MLP(nn.Module):
@@ -211,11 +229,14 @@ class EmbeddingLayer(nn.Module):
         self.wte = nn.Embedding(m.vocab_size, m.d_model)
         learned = m.position is Position.LEARNED
         self.wpe = nn.Embedding(m.max_positions, m.d_model) if learned else None
+        #: the global position of idx[:, 0]: a context-parallel rank holds a later slice
+        self.first_position = 0
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+            first = self.first_position
+            x = x + self.wpe(torch.arange(first, first + idx.shape[1], device=idx.device))
         return x
 
 
@@ -378,6 +399,7 @@ class GPT(nn.Module):
         return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
-__all__ = ["GPT", "Block", "MoEMLP", "MOE_AUX_LOSS_COEF", "make_mlp", "EmbeddingLayer",
+__all__ = ["GPT", "Block", "AttentionCore", "MoEMLP", "MOE_AUX_LOSS_COEF", "make_mlp",
+           "EmbeddingLayer",
            "TokenTable", "PositionLayer", "HeadLayer", "RMSNorm", "causal_lm_loss",
            "CausalLMLoss", "tied_logits", "initial_value", "initialise"]

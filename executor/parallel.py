@@ -1,9 +1,10 @@
 """Parallelism applied to a GPT from outside (torchtitan's ``parallelize_llama(model, ...)``):
 Megatron-style tensor parallelism (executor/tensor_parallel.py), expert parallelism (each
-DeepSpeed-MoE layer rebuilt with ``ep_size``), activation recomputation and the pipeline
-module, over one process layout: DeepSpeed's PipeModelDataParallelTopology, whose rank order
-(tensor-parallel ranks adjacent, then data, then pipeline) is the planner's ``Degrees`` order
-("tp", "dp", "pp").  Expert-parallel groups are DeepSpeed's own (created by the engine from
+DeepSpeed-MoE layer rebuilt with ``ep_size``), DeepSpeed-Ulysses context parallelism
+(executor/context_parallel.py), activation recomputation and the pipeline module, over one
+process layout: DeepSpeed's PipeModelDataParallelTopology, whose rank order (tensor-parallel
+ranks adjacent, then data, then pipeline) is the planner's ``Degrees`` order ("tp", "cp", "dp",
+"pp") with cp 1; with cp > 1 (tp and pp 1) DeepSpeed's Ulysses groups, cp adjacent ranks.  Expert-parallel groups are DeepSpeed's own (created by the engine from
 ``ep_size``); with tp 1 and pp 1, the only layout MoE plans take, they are ep consecutive
 data-parallel ranks (``expert_parallel_rank``, checked against DeepSpeed by
 ``check_expert_groups``).
@@ -40,8 +41,12 @@ def topology(plan: Plan):
 
 
 def process_grid(plan: Plan):
-    """The process groups of the plan's layout (data, tensor and pipeline groups), as the
-    ``mpu`` DeepSpeed takes; None without tensor parallelism (DeepSpeed's defaults serve)."""
+    """The process groups of the plan's layout, as the ``mpu`` DeepSpeed takes: data, tensor
+    and pipeline groups with tensor parallelism; DeepSpeed's Ulysses groups with context
+    parallelism (executor/context_parallel.py); None otherwise (DeepSpeed's defaults serve)."""
+    if plan.cp > 1:
+        from .context_parallel import sequence_groups
+        return sequence_groups(plan)
     if plan.tp == 1:
         return None
     from deepspeed.runtime.pipe.topology import PipelineParallelGrid
@@ -230,7 +235,8 @@ def _layer_prefixes(m: ModelSpec) -> list:
 def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None, *, seed: int = 0,
                 source: Optional[dict] = None) -> "nn.Module":
     """What deepspeed.initialize receives: the GPT split over the tensor-parallel group of
-    ``grid`` (when tp > 1), with recomputation applied, or the pipeline module over it.
+    ``grid`` (when tp > 1), its attention behind Ulysses' all-to-alls over the context-parallel
+    group (when cp > 1), with recomputation applied, or the pipeline module over it.
 
     A GPT built on the meta device gets its weights here, parameter by parameter and only the
     share this rank holds: the plain model's initial values for ``seed``, or ``source`` (a plain
@@ -246,6 +252,12 @@ def parallelize(model: "GPT", plan: Plan, ds_config: dict, grid=None, *, seed: i
         from .tensor_parallel import shard_model
         tp = tp_group(grid, plan.sequence_parallel)
         shard_model(model, tp)
+    if plan.cp > 1:
+        import deepspeed.comm as dist
+
+        from .context_parallel import apply_ulysses, cp_rank
+        apply_ulysses(model, plan, grid.get_sequence_parallel_group(),
+                      cp_rank(plan, dist.get_rank()))
     if plan.pp > 1:
         if plan.recompute is Recompute.SELECTIVE:
             apply_recompute(model, plan.recompute)

@@ -24,6 +24,7 @@ from planner.search.rules import check
 from planner.spec.spec import Spec
 from planner.spec.units import Precision
 
+from .context_parallel import problem as context_parallel_problem
 from .ds_config import LRSchedule, default_lr_schedule, to_deepspeed_config
 from .errors import ExecutorError
 from .launch import DS_ENV_FILE
@@ -62,9 +63,10 @@ class ExecuteRequest:
 
 def plan_problem(spec: Spec, plan: Plan) -> Optional[str]:
     """Why the backend cannot run ``plan`` at all, wherever it runs: the backend's own rules and
-    its executor's (planner/backends/), the very rules ``plan --execute`` ranks by."""
+    its executor's (planner/backends/), the very rules ``plan --execute`` ranks by, then the
+    context-parallel layouts this executor builds (executor/context_parallel.py)."""
     rejected = check(spec, plan, executable=True)
-    return None if rejected is None else rejected.reason
+    return rejected.reason if rejected is not None else context_parallel_problem(spec, plan)
 
 
 def machine_problem(spec: Spec, plan: Plan, device: str, nvme_path: Optional[str]) -> Optional[str]:

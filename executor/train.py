@@ -32,6 +32,8 @@ from planner.spec.units import Precision, ZeroStage
 
 from .data import BatchSampler, TokenDataset
 from .ds_config import LRSchedule, tokens_per_step
+from .context_parallel import cp_rank, local_slice, loss_share
+from .context_parallel import problem as context_parallel_problem
 from .model import GPT, MOE_AUX_LOSS_COEF
 from .tensor_parallel import unshard_state
 from .parallel import (check_expert_groups, expert_param_names, expert_parallel_rank,
@@ -77,10 +79,14 @@ def seed_everything(seed: int) -> None:
 def data_parallel_coords(engine, plan: Plan, rank: int) -> tuple[int, int]:
     """(dp_rank, dp_size) of this process: its data coordinate in the plan's layout, which is
     DeepSpeed's PipeModelDataParallelTopology (tensor-parallel ranks adjacent, then data, then
-    pipeline); the ranks of one tensor-parallel group read the same micro-batches."""
-    if engine.dp_world_size != plan.dp:
-        raise RuntimeError(f"DeepSpeed's data-parallel size ({engine.dp_world_size}) is not the "
-                           f"plan's dp ({plan.dp})")
+    pipeline) with context-parallel ranks next to the tensor-parallel ones; the ranks of one
+    tensor- or context-parallel group read the same micro-batches.  DeepSpeed reduces
+    gradients and partitions ZeRO over its sequence-data-parallel group, the data-parallel
+    group unless context parallelism makes it dp x cp ranks."""
+    if engine.seq_dp_world_size != plan.zero_ranks:
+        raise RuntimeError(f"DeepSpeed's (sequence-)data-parallel size "
+                           f"({engine.seq_dp_world_size}) is not the plan's dp x cp "
+                           f"({plan.dp} x {plan.cp})")
     return plan.degrees.coords(rank)["dp"], plan.dp
 
 
@@ -110,6 +116,9 @@ def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int,
                  init_from: Optional[str] = None):
     import deepspeed
 
+    problem = context_parallel_problem(spec, plan)
+    if problem:
+        raise ExecutorError(problem)
     reset_deepspeed_globals()
     seed_everything(seed)
     with torch.device("meta"):  # shapes only: each rank builds just its share (parallelize)
@@ -120,7 +129,8 @@ def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int,
     grid = process_grid(plan)
     module = parallelize(model, plan, ds_config, grid, seed=seed, source=source)
     # a pipeline hands DeepSpeed its own grid; tensor parallelism alone hands ours, so that ZeRO
-    # partitions over the data-parallel group and norms count a sharded tensor on every tp rank
+    # partitions over the data-parallel group and norms count a sharded tensor on every tp rank;
+    # context parallelism hands DeepSpeed's Ulysses groups (ZeRO over dp x cp)
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=optimizer_groups(module), config=ds_config,
         mpu=grid if plan.pp == 1 else None)
@@ -158,10 +168,21 @@ def mean_over_ranks(value: torch.Tensor) -> float:
     return mean.item() if mean.dim() == 0 else mean.tolist()
 
 
+def rank_batches(batches: list, plan: Plan, rank: int) -> list:
+    """The micro-batches as this rank computes them: a context-parallel rank keeps its slice
+    of every sequence (and of its targets); otherwise whole."""
+    if plan.cp == 1:
+        return batches
+    r = cp_rank(plan, rank)
+    return [(local_slice(x, plan.cp, r), local_slice(y, plan.cp, r)) for x, y in batches]
+
+
 def train_step(engine, plan: Plan, batches: list) -> tuple[float, Optional[float]]:
     """One optimizer step over ``grad_accum`` micro-batches: the mean loss over all ranks and,
     for a mixture-of-experts model, the mean of the routers' summed load-balancing loss, which
-    the objective adds with weight MOE_AUX_LOSS_COEF (None for a dense model)."""
+    the objective adds with weight MOE_AUX_LOSS_COEF (None for a dense model).  Under context
+    parallelism each rank's loss is its slice's mean (equal slices: their mean over the ranks
+    is the sequences' mean) and it backpropagates its share (``loss_share``)."""
     if plan.pp > 1:  # already averaged over dp
         return engine.train_batch(data_iter=iter(batches)).item(), None
     total = torch.zeros(2, device=engine.device)  # loss, load-balancing loss
@@ -169,7 +190,8 @@ def train_step(engine, plan: Plan, batches: list) -> tuple[float, Optional[float
     for x, y in batches:
         loss = engine(x.to(engine.device), y.to(engine.device))
         aux = engine.module.moe_aux_loss()
-        engine.backward(loss if aux is None else loss + MOE_AUX_LOSS_COEF * aux)
+        engine.backward(loss_share(loss if aux is None else loss + MOE_AUX_LOSS_COEF * aux,
+                                   plan))
         engine.step()
         total[0] += loss.detach().float()
         if aux is not None:
@@ -180,9 +202,9 @@ def train_step(engine, plan: Plan, batches: list) -> tuple[float, Optional[float
 
 
 @torch.no_grad()
-def evaluate(engine, plan: Plan, sampler: BatchSampler, n_batches: int) -> float:
+def evaluate(engine, plan: Plan, sampler: BatchSampler, n_batches: int, rank: int) -> float:
     """Mean loss over the same ``n_batches`` validation micro-batches per rank every time."""
-    batches = [sampler.next_batch() for _ in range(n_batches)]
+    batches = rank_batches([sampler.next_batch() for _ in range(n_batches)], plan, rank)
     if plan.pp > 1:
         loss = engine.eval_batch(iter(batches), num_micro_batches=n_batches)
         return float(loss.float().item())
@@ -347,6 +369,26 @@ def state_counts(engine) -> dict:
     return {"params": params, "optimizer_states": states}
 
 
+class ShapeProbe:
+    """What this rank computes on, seen once in the run's first forward: the tokens of its
+    micro-batch and the q, k, v shapes its first attention core receives (under context
+    parallelism: after Ulysses' all-to-all).  actual.json lists them beside the element counts,
+    for plan vs actual (the planner's ``local_dims``)."""
+
+    def __init__(self, module):
+        from .model import AttentionCore
+        self.seen: dict[str, Any] = {}
+        core = next((m for m in module.modules() if isinstance(m, AttentionCore)), None)
+        self._handle = core.register_forward_pre_hook(self._attention) if core else None
+
+    def _attention(self, _module, args) -> None:
+        self.seen["attention"] = {name: list(t.shape) for name, t in zip("qkv", args)}
+        self._handle.remove()
+
+    def batch(self, x: torch.Tensor) -> None:
+        self.seen.setdefault("tokens", x.numel())
+
+
 # -------------------------------------------------------------------------------------- loop
 
 def measured_memory(rank: int) -> Optional[list[dict]]:
@@ -398,12 +440,13 @@ def record_step(engine, run: RunDir, step: int, last_step: int, loss: float,
 
 
 def finish(engine, run: RunDir, spec: Spec, plan: Plan, step: int, sampler: BatchSampler,
-           keep: int, rank: int) -> None:
-    """Measured memory, the final checkpoint, the fp32 export and actual.json."""
+           keep: int, rank: int, seen: dict) -> None:
+    """Measured memory, the final checkpoint, the fp32 export and actual.json (``seen``: the
+    ShapeProbe's record)."""
     import deepspeed.comm as dist
     memory = measured_memory(rank)  # before the export, which gathers whole tensors
     counts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(counts, {"rank": rank, **state_counts(engine)})
+    dist.all_gather_object(counts, {"rank": rank, **state_counts(engine), **seen})
     if f"global_step{step}" not in complete_checkpoints(run):
         save_checkpoint(engine, run, step, sampler, rank, keep)
     export_fp32(engine, spec, plan, run, f"global_step{step}", rank)
@@ -434,10 +477,12 @@ def train(run: RunDir, *, resume: bool, max_steps: Optional[int]) -> int:
         truncate_metrics(run, step)
         emit("start", {"run_dir": str(run.path), "step": step, "last_step": last_step,
                        "tokens_per_step": tokens, "plan": plan.label})
-    ema = None
+    ema, probe = None, ShapeProbe(engine.module)
     while step < last_step:
         step += 1
-        batches = [sampler.next_batch() for _ in range(plan.grad_accum)]
+        batches = rank_batches([sampler.next_batch() for _ in range(plan.grad_accum)], plan,
+                               rank)
+        probe.batch(batches[0][0])
         t0 = time.perf_counter()
         loss, aux_loss = train_step(engine, plan, batches)  # the same values on every rank
         dt = time.perf_counter() - t0
@@ -453,13 +498,13 @@ def train(run: RunDir, *, resume: bool, max_steps: Optional[int]) -> int:
         if step % options.eval_every == 0 or step == last_step:
             eval_sampler = BatchSampler(val, m.seq_len, plan.micro_batch, dp_rank, dp_size,
                                         options.seed)
-            eval_loss = evaluate(engine, plan, eval_sampler, options.eval_batches)
+            eval_loss = evaluate(engine, plan, eval_sampler, options.eval_batches, rank)
             if rank == 0:
                 append_metrics(run, {"kind": "eval", "step": step, "eval_loss": eval_loss})
                 emit("eval", {"step": step, "eval_loss": eval_loss})
         if step % options.checkpoint_every == 0 and step != last_step:
             save_checkpoint(engine, run, step, sampler, rank, options.keep_checkpoints)
-    finish(engine, run, spec, plan, step, sampler, options.keep_checkpoints, rank)
+    finish(engine, run, spec, plan, step, sampler, options.keep_checkpoints, rank, probe.seen)
     return EXIT_OK
 
 
