@@ -19,6 +19,7 @@ from planner.spec.units import GiB
 
 TERM_LABELS = {
     "parameters": "parameters",
+    "fp8_weights": "fp8 weight copies",
     "gradients": "gradients",
     "master_weights": "fp32 master weights",
     "optimizer_states": "optimizer states",

@@ -12,6 +12,7 @@ import numpy as np
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
 from planner.model import activations as act
+from planner.model import fp8
 from planner.model.flops import causal_pairs, step_flops, utilisation
 from planner.model.local import local_dims
 from planner.model.shape import (Stage, layer_average, mlp_matrices, stage_params,
@@ -63,14 +64,43 @@ def gemm_efficiency(spec: Spec, plan: Plan, m: float, n: float, k: float) -> flo
     return top * (m / (m + half)) * (n / (n + half)) * (k / (k + half))
 
 
+def _peak_key(p: Precision) -> str:
+    """The peak a precision's GEMMs run at outside fp8's: fp8 training is bf16 training whose
+    block GEMMs alone run in fp8 (planner/model/fp8.py)."""
+    return "bf16" if p is Precision.FP8 else p.value
+
+
 def peak_flops(spec: Spec, plan: Plan) -> float:
-    """Dense peak for the precision; fp32 matmuls run on TF32 tensor cores where the GPU has
-    them (PyTorch's allow_tf32 / DeepSpeed default for fp32 training is not assumed: fp32 peak)."""
+    """Dense peak for the precision (bf16's for fp8 plans: the head, attention and MFU); fp32
+    matmuls run on TF32 tensor cores where the GPU has them (PyTorch's allow_tf32 / DeepSpeed
+    default for fp32 training is not assumed: fp32 peak)."""
     peaks = spec.cluster.gpu.peak_tflops
     if isinstance(plan.precision, Precision):
-        return peaks[plan.precision.value] * TERA
-    table = np.array([peaks.get(p.value, np.nan) for p in PRECISIONS]) * TERA
+        return peaks[_peak_key(plan.precision)] * TERA
+    table = np.array([peaks.get(_peak_key(p), np.nan) for p in PRECISIONS]) * TERA
     return table[plan.precision]
+
+
+def fp8_gemm_seconds(spec: Spec, shapes) -> float:
+    """Forward + backward of these GEMMs on fp8 tensor cores: the fp8 peak at the fp8 efficiency
+    curve (gemm_fp8_max, gemm_fp8_half_dim)."""
+    eff, peaks = spec.cluster.gpu.efficiency, spec.cluster.gpu.peak_tflops
+    if "fp8" not in peaks:
+        return np.inf
+    top = eff.gemm_fp8_max if eff.gemm_fp8_max is not None else eff.gemm_max
+    half = eff.gemm_fp8_half_dim if eff.gemm_fp8_half_dim is not None else 2 * eff.gemm_half_dim
+    peak = peaks["fp8"] * TERA
+    return sum(3 * 2 * m * n * k / (peak * top * (m / (m + half)) * (n / (n + half))
+                                    * (k / (k + half))) for m, n, k in shapes)
+
+
+def block_gemm_seconds(spec: Spec, plan: Plan, shapes) -> float:
+    """A block's own GEMMs: in fp8 for fp8 plans, else at the precision's peak."""
+    plain = gemm_seconds(spec, plan, shapes)
+    fp8 = plan.is_precision(Precision.FP8)
+    if not np.any(fp8):
+        return plain
+    return where(fp8, fp8_gemm_seconds(spec, shapes), plain)
 
 
 def block_gemms(spec: Spec, plan: Plan) -> list[tuple[int, int, int]]:
@@ -200,8 +230,10 @@ def _block_seconds(spec: Spec, plan: Plan, moe: bool) -> float:
     if moe:
         shapes = shapes[:2]  # attention's projections; the MLP is the experts'
         elem_bytes = elem_bytes + moe_elementwise_bytes(spec, plan)
-    elem = 3 * elem_bytes / spec.cluster.gpu.hbm_bytes_per_s
-    gemm = gemm_seconds(spec, plan, shapes) + (moe_gemm_seconds(spec, plan) if moe else 0.0)
+    elem_bytes = 3 * elem_bytes + fp8.cast_bytes_per_micro_batch(spec, plan)
+    elem = elem_bytes / spec.cluster.gpu.hbm_bytes_per_s
+    gemm = block_gemm_seconds(spec, plan, shapes) \
+        + (moe_gemm_seconds(spec, plan) if moe else 0.0)
     extra = where(plan.is_recompute(Recompute.FULL), gemm / 3 + attn_f + elem / 3,
                   where(plan.is_recompute(Recompute.SELECTIVE), attn_f, 0.0))
     return gemm + attn_f + attn_b + elem + extra

@@ -19,6 +19,7 @@ class MemoryBreakdown:
     """Bytes on one GPU at one moment of the step (arrays, one per candidate, for a batch)."""
 
     parameters: Any = 0.0  #: weights in the compute dtype (ZeRO-3: partition + gathered)
+    fp8_weights: Any = 0.0  #: fp8 weight copies cached over a step and the scaling state
     gradients: Any = 0.0  #: parameter gradients alive at this moment
     master_weights: Any = 0.0  #: fp32 master copy
     optimizer_states: Any = 0.0  #: Adam moments (SGD momentum)

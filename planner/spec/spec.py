@@ -135,6 +135,15 @@ class RuntimeSpec(_Frozen):
         1.0e9, description="DeepSpeedCPUAdam throughput per GPU's share of the host")
     torch_adam: bool = Field(False, description="PyTorch's foreach AdamW instead of DeepSpeed's "
                              "fused kernel (adds a 4-byte/param temporary in the step)")
+    fp8_recipe: Union[Literal["auto"], Fp8Recipe] = Field(
+        "auto", description="how precision fp8 scales its GEMMs and what it keeps "
+                            "(planner/model/fp8.py): te_delayed, te_current, te_mxfp8, "
+                            "torchao_tensorwise, torchao_rowwise; auto: te_mxfp8 on a GPU with "
+                            "MX formats (fp4 in its peaks), else te_delayed")
+    fp8_all_gather: bool = Field(
+        False, description="ZeRO-3/FSDP all-gathers the fp8 GEMM weights in fp8 (torchao "
+                           "enable_fsdp_float8_all_gather, Megatron --fp8-param-gather); "
+                           "torchao_rowwise gathers bf16 whatever this says")
     cpu_checkpointing: bool = Field(
         False, description="DeepSpeed activation_checkpointing.cpu_checkpointing (with "
                            "partition_activations): under full recompute each block's "

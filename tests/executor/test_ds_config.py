@@ -110,7 +110,9 @@ def test_every_emitted_plan_parses(model, monkeypatch):
             "precision": {p.precision for p in plans}}
     assert axes["pp"] >= {1, 2, 4} and axes["tp"] >= {1, 2}
     assert axes["zero"] == set(ZeroStage) and axes["offload"] == set(Offload)
-    assert axes["recompute"] == set(Recompute) and axes["precision"] == set(Precision)
+    # fp8 is planned but never emitted: the executor's GPT has no fp8 GEMMs (backend rule)
+    assert axes["recompute"] == set(Recompute)
+    assert axes["precision"] == set(Precision) - {Precision.FP8}
     for plan in plans:
         cfg = to_deepspeed_config(spec, plan, nvme_path="/tmp/nvme")
         check_round_trip(spec, plan, cfg, parse(cfg, plan, monkeypatch))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from planner.model import activations as act
+from planner.model import fp8
 from planner.model.local import local_dims
 from planner.model.memory_terms import (AnyPlan, MemoryBreakdown, cublas_workspace_bytes,
                                         parameter_bytes)
@@ -32,7 +33,7 @@ from planner.model.shape import (Stage, TensorStats, layer_params, stage_params,
                                  tensor_stats)
 from planner.plan.strategy import where
 from planner.spec.spec import RuntimeSpec, Spec
-from planner.spec.units import FP32_BYTES, OPTIMIZER_STATE_BYTES, Precision, ZeroStage
+from planner.spec.units import FP32_BYTES, OPTIMIZER_STATE_BYTES, Precision, Recompute, ZeroStage
 
 #: DeepSpeed's engine flattens gradients for ZeRO-0's all-reduce in chunks of this many elements
 #: (engine.py:151 MEMORY_OPT_ALLREDUCE_SIZE)
@@ -210,19 +211,31 @@ class _StageState:
     stored: Any
 
 
+def stored_per_block_bytes(spec: Spec, plan: AnyPlan):
+    """What one block keeps between its forward and backward (planner/model/activations.py),
+    with an fp8 recipe's saved inputs in fp8 when the block is not recomputed."""
+    kept = act.stored_per_block_bytes(spec.model, plan, spec.runtime.cpu_checkpointing)
+    return kept + where(plan.is_recompute(Recompute.FULL), 0.0,
+                        fp8.block_saved_delta_bytes(spec, plan))
+
+
 def _state(spec: Spec, plan: AnyPlan, stage: Stage) -> _StageState:
     m, rt = spec.model, spec.runtime
     n = stage_params(m, stage, plan.tp, plan.ep)
     n_full = stage_params(m, stage, plan.tp)
     stats = tensor_stats(m, stage, plan.tp, rt.stage3_param_persistence_threshold)
-    base = dict(parameters=parameter_bytes(plan, n) + zero3_gathered_bytes(plan, n, stats, rt),
+    gathered = zero3_gathered_bytes(plan, n, stats, rt)
+    if spec.runtime.fp8_all_gather:  # fp8 GEMM weights gathered at one byte
+        gathered = gathered / plan.param_bytes * fp8.gathered_bytes_per_param(
+            spec, plan, n, stage.n_layers)
+    base = dict(parameters=parameter_bytes(plan, n) + gathered,
+                fp8_weights=fp8.weight_cache_bytes(spec, plan, stage.n_layers),
                 master_weights=master_weight_bytes(plan, n, n_full),
                 optimizer_states=optimizer_state_bytes(spec, plan, n, n_full),
                 cublas_workspace=cublas_workspace_bytes(spec), stage=stage.index)
     resident_buffers = where(_is(wrapper(plan), Wrapper.ZERO3), ipg_bucket_bytes(plan, rt), 0.0) \
         + offload_gpu_buffer_bytes(plan, stats.largest) + pipeline_buffer_bytes(spec, plan, stage)
-    stored = stage.n_layers * act.stored_per_block_bytes(m, plan, rt.cpu_checkpointing) \
-        * stage.in_flight
+    stored = stage.n_layers * stored_per_block_bytes(spec, plan) * stage.in_flight
     return _StageState(n, n_full, stats, base, resident_gradient_bytes(plan, n),
                        accumulated_gradient_bytes(plan, n, n_full), resident_buffers, stored)
 
@@ -281,8 +294,7 @@ def first_flush_moment(spec: Spec, plan: AnyPlan, stage: Stage, st: _StageState)
     per_block = layer_params(m).per_rank(plan.tp)
     head = st.n - stage.n_layers * per_block
     done = np.minimum(stage.n_layers, -(-np.maximum(0, rt.reduce_bucket_size - head) // per_block))
-    alive = (stage.n_layers - done) * act.stored_per_block_bytes(m, plan, rt.cpu_checkpointing) \
-        * stage.in_flight
+    alive = (stage.n_layers - done) * stored_per_block_bytes(spec, plan) * stage.in_flight
     partition = where(plan.zero == ZeroStage.GRADIENTS,
                       plan.grad_bytes * rt.reduce_bucket_size / plan.zero_ranks, 0.0)
     moment = MemoryBreakdown(

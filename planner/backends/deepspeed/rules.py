@@ -3,7 +3,7 @@ project's executor cannot run with DeepSpeed yet.  Same form as planner/search/r
 from __future__ import annotations
 
 from planner.plan.rule import Rule
-from planner.spec.units import ContextParallel, Optimizer, Recompute, ZeroStage
+from planner.spec.units import ContextParallel, Optimizer, Precision, Recompute, ZeroStage
 
 CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
 
@@ -111,6 +111,19 @@ def _unbuilt(spec, p):
     return bool(unbuilt_features(spec.model))
 
 
+def _fp8(spec, p):
+    """The executor's GPT runs torch.nn.Linear; fp8 GEMMs need Transformer Engine's modules or
+    torchao's Float8Linear swapped in, which the executor does not do."""
+    return p.is_precision(Precision.FP8)
+
+
+def _cp_layout(spec, p):
+    """executor/context_parallel.py builds DeepSpeed's Ulysses groups
+    (runtime/sequence_parallel/parallel_state_sp.py), which know data and sequence ranks only:
+    no tensor-parallel axis, and the pipeline engine's grid has no sequence axis."""
+    return (p.cp > 1) & ((p.tp > 1) | (p.pp > 1))
+
+
 def _ring(spec, p):
     """DeepSpeed's sequence parallelism is Ulysses (deepspeed/sequence/layer.py); ring attention
     is Megatron-Core's and torchtitan's."""
@@ -127,6 +140,12 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
     Rule("model the executor does not build", _unbuilt, lambda s, p: (
         f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
         f"blocks only")),
+    Rule("fp8 GEMMs", _fp8, lambda s, p: (
+        "precision fp8: the executor's GPT runs torch.nn.Linear (no Transformer Engine or "
+        "torchao float8 modules), so it trains in bf16 only")),
+    Rule("cp layout", _cp_layout, lambda s, p: (
+        f"cp ({p.cp}) with tp={p.tp}, pp={p.pp}: the executor's Ulysses groups (DeepSpeed's "
+        f"parallel_state_sp) have no tensor or pipeline axis")),
     Rule("ring attention", _ring, lambda s, p: (
         f"cp_kind ring (cp {p.cp}): DeepSpeed runs context parallelism as Ulysses; ring "
         f"attention is Megatron-Core's and torchtitan's")),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from planner.backends.deepspeed.memory import MEMORY_OPT_ALLREDUCE_SIZE, Wrapper, wrapper
+from planner.model import fp8
 from planner.model.activations import host_checkpoint_bytes
 from planner.model.shape import (Stage, routed_expert_params, stage_params, stages_to_check,
                                  tensor_stats)
@@ -76,7 +77,9 @@ def _dp_traffic(spec: Spec, plan: Plan, stage: Stage, n, ranks, stride):
     gather = coll.all_gather(plan.param_bytes * n, link, net, -(-n // rt.allgather_bucket_size))
     scatter = coll.reduce_scatter(g * n, link, net, -(-n // rt.reduce_bucket_size))
     units = zero3_fetch_units(spec, stage, tensor_stats(spec.model, stage, plan.tp, 0).count)
-    zero3 = 2 * coll.all_gather(plan.param_bytes * n, link, net, units) + scatter
+    gathered = fp8.gathered_bytes_per_param(spec, plan, n, stage.n_layers) \
+        if spec.runtime.fp8_all_gather else plan.param_bytes
+    zero3 = 2 * coll.all_gather(gathered * n, link, net, units) + scatter
     z, single = plan.zero, ranks == 1
     per_step = where(single, 0.0,
                      where((z == ZeroStage.NONE) | bf16_opt, all_reduce,
