@@ -22,8 +22,8 @@ from planner.network.topology import group_link
 from planner.plan.degrees import ORDERS
 from planner.plan.strategy import PRECISIONS, Plan, where
 from planner.spec.spec import Spec
-from planner.spec.units import (TERA, Activation, AttentionKernel, ContextParallel, Norm,
-                                Position, Precision, Recompute)
+from planner.spec.units import (TERA, Activation, AttentionKernel, ContextParallel, Fp8Recipe,
+                                Norm, Position, Precision, Recompute)
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,12 @@ def fp8_gemm_seconds(spec: Spec, shapes) -> float:
     eff, peaks = spec.cluster.gpu.efficiency, spec.cluster.gpu.peak_tflops
     if "fp8" not in peaks:
         return np.inf
-    top = eff.gemm_fp8_max if eff.gemm_fp8_max is not None else eff.gemm_max
-    half = eff.gemm_fp8_half_dim if eff.gemm_fp8_half_dim is not None else 2 * eff.gemm_half_dim
+    top = eff.gemm_fp8_max if eff.gemm_fp8_max is not None \
+        else eff.gemm_max * fp8.FP8_MAX_RATIO
+    half = eff.gemm_fp8_half_dim if eff.gemm_fp8_half_dim is not None \
+        else fp8.FP8_HALF_DIM_RATIO * eff.gemm_half_dim
+    if fp8.recipe(spec) is Fp8Recipe.TORCHAO_ROWWISE:
+        top = top * fp8.ROWWISE_GEMM_RATIO
     peak = peaks["fp8"] * TERA
     return sum(3 * 2 * m * n * k / (peak * top * (m / (m + half)) * (n / (n + half))
                                     * (k / (k + half))) for m, n, k in shapes)

@@ -42,6 +42,19 @@ from planner.model.shape import mlp_matrices
 from planner.spec.spec import Spec
 from planner.spec.units import FP32_BYTES, Fp8Recipe, Precision
 
+#: the fp8 GEMM efficiency curve relative to the GPU's bf16 one, where the catalog states none
+#: (efficiency.gemm_fp8_max, gemm_fp8_half_dim): large-GEMM fraction of the fp8 peak over
+#: gemm_max, and the half-efficiency dimension over gemm_half_dim.  Both held at 1 (large fp8
+#: GEMMs approach 2x bf16: the same share of a peak twice as high; torchao
+#: docs/source/workflows/training.md:146); fitting them on published pairs did not improve the
+#: out-of-sample error (bench/fp8_cv.py, bench/results/fp8_cv.txt)
+FP8_MAX_RATIO = 1.0
+FP8_HALF_DIM_RATIO = 1.0
+#: torchao rowwise: its row-scaled GEMMs (CUTLASS, scales applied in the epilogue) reach this
+#: share of a tensorwise (cuBLAS) fp8 GEMM's throughput.  Fitted on 21 published fp8/bf16
+#: speed-ups: 0.5-0.7 with each source left out, 0.6 on all (bench/fp8_cv.py)
+ROWWISE_GEMM_RATIO = 0.6
+
 #: TE DelayedScaling's default amax history (recipe/__init__.py:253-256)
 AMAX_HISTORY = 1024
 #: quantizers TE keeps per GEMM: input, weight, output forward; grad output, grad input backward

@@ -39,9 +39,7 @@ class EfficiencySpec(_Frozen):
     gemm_fp8_max: Optional[float] = Field(
         None, gt=0, le=1, description="large fp8 GEMM fraction of the fp8 peak (None: gemm_max)")
     gemm_fp8_half_dim: Optional[PositiveFloat] = Field(
-        None, description="fp8 GEMM dimension at half efficiency (None: twice gemm_half_dim: an "
-                          "fp8 MMA is twice as deep in K, so a tile needs twice the work to "
-                          "saturate)")
+        None, description="fp8 GEMM dimension at half efficiency (None: gemm_half_dim)")
     hbm: float = Field(0.85, gt=0, le=1, description="memory-bound kernels, of hbm_gbps")
     network: float = Field(0.85, gt=0, le=1, description="NCCL bus bandwidth, of link speed")
 

@@ -76,12 +76,13 @@ def test_te_saves_linear_inputs_in_fp8_by_hand():
 
 
 def test_fp8_gemms_run_at_the_fp8_peak_on_their_curve():
-    """A block's GEMMs at 1,978.9 TFLOP/s x gemm_max x f(M) f(N) f(K), half-dim twice the bf16
-    one; the LM head and attention stay at the bf16 peak."""
+    """A block's GEMMs at 1,978.9 TFLOP/s x gemm_max x f(M) f(N) f(K) on the bf16 curve (the
+    catalog states no fp8 one); the LM head and attention stay at the bf16 peak."""
     s = spec()
     p = plan()
     eff = s.cluster.gpu.efficiency
-    half = 2 * eff.gemm_half_dim
+    assert fp8.FP8_MAX_RATIO == 1.0 and fp8.FP8_HALF_DIM_RATIO == 1.0
+    half = eff.gemm_half_dim
     f = lambda x: x / (x + half)  # noqa: E731
     by_hand = sum(6 * m * n * k / (1978.9e12 * eff.gemm_max * f(m) * f(n) * f(k))
                   for m, n, k in block_gemms(s, p))
@@ -129,6 +130,13 @@ def test_fp8_is_faster_than_bf16_on_a_large_model_and_refused_where_there_is_no_
         s, plan(precision=Precision.BF16)).tokens_per_s
     a100 = spec("A100-80GB-SXM")
     assert check(a100, plan()).rule == "precision unsupported"
+
+
+def test_rowwise_gemms_run_at_their_fitted_share_of_tensorwise():
+    shapes = block_gemms(spec(), plan())
+    tensorwise = block_gemm_seconds(spec(recipe="torchao_tensorwise"), plan(), shapes)
+    rowwise = block_gemm_seconds(spec(recipe="torchao_rowwise"), plan(), shapes)
+    assert rowwise == pytest.approx(tensorwise / fp8.ROWWISE_GEMM_RATIO)
 
 
 def test_auto_recipe_is_mxfp8_on_blackwell_and_delayed_on_hopper():
