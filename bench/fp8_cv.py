@@ -146,7 +146,7 @@ def main() -> str:
 
     lines += ["", "|error| of the fp8 / bf16 speed-up:",
               summary("leave-one-source-out", cv), summary("in-sample (all sources)", insample),
-              summary(f"before (constants {saved[0]}, {saved[1]}, {saved[2]})", before)]
+              summary(f"the planner's constants ({saved[0]}, {saved[1]}, {saved[2]})", before)]
 
     # absolute tokens/s of every fp8 row (tokens/s rows): CV constants where its source has pairs
     abs_cv, abs_full = [], []

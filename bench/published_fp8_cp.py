@@ -51,6 +51,12 @@ How a row becomes a Spec and a Plan (the mapping choices):
   stated) = dp x local batch.
 - micro_batch: the row's (NeMo long-sequence rows: not stated -> 1); grad_accum = global batch /
   (dp x micro_batch).
+- runtime.host_sync_fraction: 0 for Megatron / NeMo / Megatron-Bridge rows.  The planner's
+  default (0.8) was fitted on DeepSpeed-engine runs, whose per-micro-batch bookkeeping waits on
+  the GPU; Megatron-Core's schedule issues a step's micro-batches without waiting (its only
+  synchronisation is the loss reduction at the end of the step), so the host's kernel launches
+  overlap the GPU unless they take longer.  On these 34 rows the median |error| goes from
+  12.2 % (the default) to 9.4 %; the other rows keep the default.
 - async TP (torchtitan): not modelled (tp_comm is never overlapped in the planner); those rows
   are kept, marked "async-TP", and their prediction is for plain TP.
 
@@ -174,6 +180,8 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
         ga = gbs // (dp * mb)
 
     runtime: dict = {}
+    if megatron:  # the host runs ahead of the GPU: no synchronising call per micro-batch
+        runtime["host_sync_fraction"] = 0.0
     if fsdp:
         runtime["zero3_gather_granularity"] = "block"
     if isinstance(par.get("vp"), int) and par["vp"] > 1:
