@@ -15,7 +15,7 @@ from planner.spec.profile import Profile, load_profile, save_profile, with_const
 from planner.spec.spec import load_spec, spec_from_dict
 from planner.spec.units import Precision, Recompute, ZeroStage
 from planner.validate.calibrate import MeasuredRun, calibrate, choose_constants, sensitivities
-from planner.validate.crossval import leave_one_source_out
+from planner.validate.crossval import family, leave_one_source_out
 from planner.validate.published import load_published
 from pretrain.cli import main
 from tests.conftest import published_path
@@ -156,6 +156,24 @@ def test_leave_one_source_out_never_sees_the_held_source():
     # the other A100 sources' predictions did move: they were refitted on the changed runs
     assert any(not math.isclose(after[r.id], before[r.id], rel_tol=1e-6) for r in runs
                if r.source != source and r.spec.cluster.gpu.name.startswith("A100"))
+
+
+def test_extra_runs_of_the_held_publisher_never_reach_its_prediction():
+    """A pooled run from another sample whose publisher is the held-out source's (another
+    llm-foundry page) is left out with it; one from another publisher joins the refit."""
+    runs = load_published(published_path())
+    held = next(r for r in runs if "llm-foundry" in r.source)
+    assert family("llm-foundry-bench") == family(held.source) == "llm-foundry"
+    assert family("torchtitan-2412") == family("torchtitan docs/performance.md")
+    twin = replace(held, id="twin", source="llm-foundry-bench",
+                   tokens_per_s_per_gpu=held.tokens_per_s_per_gpu * 3)
+    other = replace(twin, id="other", source="some other lab")
+    base = {p.id: p.out_of_sample for p in leave_one_source_out(runs)}
+    same = {p.id: p.out_of_sample for p in leave_one_source_out(runs, extra=[twin])}
+    moved = {p.id: p.out_of_sample for p in leave_one_source_out(runs, extra=[other])}
+    assert same[held.id] == pytest.approx(base[held.id], rel=1e-9)
+    assert not math.isclose(moved[held.id], base[held.id], rel_tol=1e-6)
+    assert "twin" not in same and "other" not in moved  # pooled runs are not predicted
 
 
 def test_a_profile_of_the_same_gpu_name_with_other_stated_peaks_is_refused(tmp_path):
