@@ -162,3 +162,15 @@ def test_report_names_the_fp8_term(tmp_path):
     assert e.memory.fp8_weights > 0
     assert e.memory.total == pytest.approx(sum(e.memory.as_gib()[k] for k in e.memory.as_gib()
                                                if k != "total") * 2**30)
+
+
+def test_execute_takes_torchao_fp8_with_tp_1_and_pp_1_only(monkeypatch):
+    from planner.backends.deepspeed import rules as dsrules
+    s = spec(recipe="torchao_tensorwise")
+    monkeypatch.setattr(dsrules, "torchao_installed", lambda: True)
+    assert check(s, plan(), executable=True) is None
+    why = check(s, plan(tp=2), executable=True)
+    assert why.rule == "fp8 GEMMs" and "tp=2" in why.reason
+    assert "Transformer Engine" in check(spec(), plan(), executable=True).reason
+    monkeypatch.setattr(dsrules, "torchao_installed", lambda: False)
+    assert "pip install torchao" in check(s, plan(), executable=True).reason

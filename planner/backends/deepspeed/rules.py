@@ -2,8 +2,14 @@
 project's executor cannot run with DeepSpeed yet.  Same form as planner/search/rules.py."""
 from __future__ import annotations
 
+import functools
+import importlib.util
+from typing import Optional
+
+from planner.model import fp8
 from planner.plan.rule import Rule
-from planner.spec.units import ContextParallel, Optimizer, Precision, Recompute, ZeroStage
+from planner.spec.units import (ContextParallel, Fp8Recipe, Optimizer, Precision, Recompute,
+                                ZeroStage)
 
 CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
 
@@ -111,10 +117,44 @@ def _unbuilt(spec, p):
     return bool(unbuilt_features(spec.model))
 
 
+#: the fp8 recipes the executor runs: torchao's Float8Linear swapped in for the block GEMMs
+#: (executor/fp8.py); Transformer Engine's modules are not wired in
+EXECUTOR_FP8_RECIPES = (Fp8Recipe.TORCHAO_TENSORWISE, Fp8Recipe.TORCHAO_ROWWISE)
+
+
+@functools.lru_cache(maxsize=1)
+def torchao_installed() -> bool:
+    """torchao is importable here (the job runs in this environment unless launch.python says
+    otherwise)."""
+    return importlib.util.find_spec("torchao") is not None
+
+
+def _fp8_problem(spec) -> Optional[str]:
+    """Why the executor cannot run this spec's fp8 at all, whatever the layout, or None."""
+    recipe = fp8.recipe(spec)
+    if recipe not in EXECUTOR_FP8_RECIPES:
+        return (f"runtime.fp8_recipe {recipe.value}: the executor runs fp8 through torchao "
+                f"(torchao_tensorwise, torchao_rowwise); Transformer Engine's modules are not "
+                f"wired in")
+    if not torchao_installed():
+        return "precision fp8: torchao is not installed (pip install torchao)"
+    if spec.model.moe_layers:
+        return "precision fp8 with mixture-of-experts layers: not wired into DeepSpeed-MoE"
+    return None
+
+
 def _fp8(spec, p):
-    """The executor's GPT runs torch.nn.Linear; fp8 GEMMs need Transformer Engine's modules or
-    torchao's Float8Linear swapped in, which the executor does not do."""
-    return p.is_precision(Precision.FP8)
+    """fp8 plans the executor cannot run: a recipe other than torchao's, torchao missing, a MoE
+    model, or tensor / pipeline parallelism (its Float8Linear swap covers the plain GPT's
+    Linears only)."""
+    blocked = _fp8_problem(spec) is not None
+    return p.is_precision(Precision.FP8) & (blocked | (p.tp > 1) | (p.pp > 1))
+
+
+def _fp8_why(spec, p):
+    return _fp8_problem(spec) or (
+        f"precision fp8 with tp={p.tp}, pp={p.pp}: the executor swaps torchao's Float8Linear "
+        f"into the plain GPT only (tp 1, pp 1)")
 
 
 def _cp_layout(spec, p):
@@ -140,9 +180,7 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
     Rule("model the executor does not build", _unbuilt, lambda s, p: (
         f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
         f"blocks only")),
-    Rule("fp8 GEMMs", _fp8, lambda s, p: (
-        "precision fp8: the executor's GPT runs torch.nn.Linear (no Transformer Engine or "
-        "torchao float8 modules), so it trains in bf16 only")),
+    Rule("fp8 GEMMs", _fp8, _fp8_why),
     Rule("cp layout", _cp_layout, lambda s, p: (
         f"cp ({p.cp}) with tp={p.tp}, pp={p.pp}: the executor's Ulysses groups (DeepSpeed's "
         f"parallel_state_sp) have no tensor or pipeline axis")),
