@@ -25,7 +25,7 @@ from planner.plan.strategy import Plan
 from planner.search.engine import grad_accum, search, why_infeasible
 from planner.search.rules import check
 from planner.spec.spec import Spec
-from planner.spec.units import Offload, Precision, Recompute, ZeroStage
+from planner.spec.units import ContextParallel, Offload, Precision, Recompute, ZeroStage
 
 #: the Plan fields a comparison may set, with what a written value must be; dp and grad_accum
 #: are left out: they follow from the others (the world size, the global batch)
@@ -39,9 +39,11 @@ AXES: dict[str, tuple[type, str]] = {
     "recompute": (Recompute, "one of " + ", ".join(r.value for r in Recompute)),
     "offload": (Offload, "one of " + ", ".join(o.value for o in Offload)),
     "sequence_parallel": (bool, "true or false"),
+    "cp": (int, "a positive integer"),
+    "cp_kind": (ContextParallel, "one of " + ", ".join(k.value for k in ContextParallel)),
 }
 #: Plan fields that exist but are not set directly, and why
-DERIVED = {"dp": "dp follows from the world size / (tp * pp): compare tp or pp",
+DERIVED = {"dp": "dp follows from the world size / (tp * pp * cp): compare tp, pp or cp",
            "grad_accum": "grad_accum follows from the global batch / (dp * micro_batch): compare "
                          "micro_batch"}
 
@@ -123,12 +125,13 @@ def axis_value(axis: str, text: str) -> Any:
 
 def changed_plan(spec: Spec, plan: Plan, axis: str, value: Any) -> Plan:
     """The plan with one field set, and dp / grad_accum derived again as the search derives
-    them.  When tp·pp does not divide the world size dp is kept, so the world-size rule rejects
+    them.  When tp·pp·cp does not divide the world size dp is kept, so the world-size rule rejects
     the plan with its operands."""
     new = replace(plan, **{axis: value})
     world = spec.cluster.world_size
-    if axis in ("tp", "pp") and world % (new.tp * new.pp) == 0:
-        new = replace(new, dp=world // (new.tp * new.pp))
+    model_ranks = new.tp * new.pp * new.cp
+    if axis in ("tp", "pp", "cp") and world % model_ranks == 0:
+        new = replace(new, dp=world // model_ranks)
     return replace(new, grad_accum=grad_accum(spec, new.dp, new.micro_batch))
 
 

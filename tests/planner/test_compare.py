@@ -161,3 +161,20 @@ def test_a_budget_spec_cannot_be_compared():
     result = invoke(ROOT / "specs" / "budget_64xA100_30days.yaml", "--compare", "zero=2,3")
     assert result.exit_code == 1
     assert "budget or lab mode" in result.stderr
+
+
+def test_context_parallel_degree_and_kind_are_compared_with_dp_derived():
+    from planner.spec.spec import spec_from_dict
+    from planner.spec.units import ContextParallel
+    spec = spec_from_dict({"model": {"preset": "llama3-8b", "seq_len": 131072},
+                           "cluster": {"gpu": "H100-SXM", "nodes": 1, "gpus_per_node": 8},
+                           "training": {"tokens": 1e10, "global_batch_sequences": 16}})
+    axis, values = parse_compare("cp=1,4")
+    result = compare(spec, axis, values)
+    plans = [v.plan for v in result.variants]
+    assert [(p.cp, p.dp, p.grad_accum) for p in plans] == [(1, 8, 2), (4, 2, 8)]
+    kinds = compare(spec, *parse_compare("cp_kind=ulysses,ring"))
+    ulysses, ring = (v.estimate.time.step for v in kinds.variants)
+    assert [v.plan.cp_kind for v in kinds.variants] == [ContextParallel.ULYSSES,
+                                                        ContextParallel.RING]
+    assert ulysses.cp_comm > 0 and ring.cp_comm == 0  # NVLink hides the ring at 16k a rank
