@@ -135,8 +135,10 @@ def zero_section(spec: Spec, plan: Plan, nvme_path: Optional[str]) -> dict:
 
 def precision_section(plan: Plan) -> dict:
     """fp16 uses dynamic loss scaling: ``loss_scale: 0`` selects it (there is no 'dynamic' key);
-    the scale starts at 2**initial_scale_power and halves on overflow (precision_config.py)."""
-    if plan.precision is Precision.BF16:
+    the scale starts at 2**initial_scale_power and halves on overflow (precision_config.py).
+    fp8 is bf16 training whose block GEMMs torchao runs in fp8 (executor/fp8.py): the engine
+    keeps bf16 weights and fp32 masters as for bf16."""
+    if plan.precision in (Precision.BF16, Precision.FP8):
         return {"bf16": {"enabled": True}}
     if plan.precision is Precision.FP16:
         return {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,

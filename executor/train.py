@@ -34,6 +34,8 @@ from .data import BatchSampler, TokenDataset
 from .ds_config import LRSchedule, tokens_per_step
 from .context_parallel import cp_rank, local_slice, loss_share
 from .context_parallel import problem as context_parallel_problem
+from .fp8 import apply_fp8
+from .fp8 import problem as fp8_problem
 from .model import GPT, MOE_AUX_LOSS_COEF
 from .tensor_parallel import unshard_state
 from .parallel import (check_expert_groups, expert_param_names, expert_parallel_rank,
@@ -116,13 +118,15 @@ def build_engine(spec: Spec, plan: Plan, ds_config: dict, seed: int,
                  init_from: Optional[str] = None):
     import deepspeed
 
-    problem = context_parallel_problem(spec, plan)
+    problem = context_parallel_problem(spec, plan) or fp8_problem(spec, plan)
     if problem:
         raise ExecutorError(problem)
     reset_deepspeed_globals()
     seed_everything(seed)
     with torch.device("meta"):  # shapes only: each rank builds just its share (parallelize)
         model = GPT(spec.model, seed)
+    if plan.precision is Precision.FP8:  # the same Parameters: names stay a plain GPT's
+        apply_fp8(model, spec)
     # another run's fp32 export: weights carry over to any layout
     source = None if init_from is None else torch.load(init_from, map_location="cpu",
                                                        weights_only=True)
@@ -519,8 +523,10 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
                    device: str = "cpu") -> tuple[list[float], list[float]]:
     """The same training without DeepSpeed, in one process: the data-parallel global batch as
     dp * grad_accum micro-batches (BatchSampler gives one dp=1 sampler the windows the dp ranks
-    share out), PyTorch AdamW, clipping, DeepSpeed's own LR scheduler class, bf16 by autocast;
-    a mixture-of-experts model holds every expert (ep 1) and adds its load-balancing loss.
+    share out), PyTorch AdamW, clipping, DeepSpeed's own LR scheduler class, bf16 by autocast
+    (fp8: the block GEMMs torchao's Float8Linear, which follows CUDA's autocast only, so on a
+    CPU its GEMMs read fp32 inputs); a mixture-of-experts model holds every expert (ep 1) and
+    adds its load-balancing loss.
     Returns (losses, step seconds): the reference for equivalence tests and the throughput bench."""
     from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
 
@@ -530,6 +536,8 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
     cfg = to_deepspeed_config(spec, plan, lr_schedule=lr)
     seed_everything(options.seed)
     model = GPT(spec.model, options.seed).to(device)
+    if plan.precision is Precision.FP8:
+        apply_fp8(model, spec)
     params = list(model.parameters())
     fused = device.startswith("cuda")
     opt = torch.optim.AdamW(params, lr=lr.peak_lr, betas=(lr.beta1, lr.beta2), eps=lr.eps,
@@ -539,7 +547,7 @@ def plain_training(spec: Spec, plan: Plan, shards: Path, options: RunOptions, st
     sampler = BatchSampler(TokenDataset(shards, "train"), spec.model.seq_len, plan.micro_batch,
                            0, 1, options.seed)
     n_micro = plan.dp * plan.grad_accum
-    dtype = torch.bfloat16 if plan.precision is Precision.BF16 else None
+    dtype = torch.bfloat16 if plan.precision in (Precision.BF16, Precision.FP8) else None
     losses, times = [], []
     for _ in range(steps):
         batches = [sampler.next_batch() for _ in range(n_micro)]
