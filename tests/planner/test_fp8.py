@@ -164,11 +164,14 @@ def test_report_names_the_fp8_term(tmp_path):
                                                if k != "total") * 2**30)
 
 
-def test_execute_takes_torchao_fp8_with_tp_1_and_pp_1_only(monkeypatch):
+def test_execute_takes_torchao_fp8_without_tensor_parallelism(monkeypatch):
     from planner.backends.deepspeed import rules as dsrules
     s = spec(recipe="torchao_tensorwise")
     monkeypatch.setattr(dsrules, "torchao_installed", lambda: True)
     assert check(s, plan(), executable=True) is None
+    pipelined = Plan(dp=4, tp=1, pp=2, zero=ZeroStage(1), precision=Precision.FP8,
+                     micro_batch=1, grad_accum=16, recompute=Recompute.NONE)
+    assert check(s, pipelined, executable=True) is None
     why = check(s, plan(tp=2), executable=True)
     assert why.rule == "fp8 GEMMs" and "tp=2" in why.reason
     assert "Transformer Engine" in check(spec(), plan(), executable=True).reason

@@ -145,16 +145,17 @@ def _fp8_problem(spec) -> Optional[str]:
 
 def _fp8(spec, p):
     """fp8 plans the executor cannot run: a recipe other than torchao's, torchao missing, a MoE
-    model, or tensor / pipeline parallelism (its Float8Linear swap covers the plain GPT's
-    Linears only)."""
+    model, or tensor parallelism (executor/fp8.py swaps torchao's Float8Linear into the GPT's
+    own Linears; tp replaces them with its column/row-parallel layers, which torchao does not
+    convert)."""
     blocked = _fp8_problem(spec) is not None
-    return p.is_precision(Precision.FP8) & (blocked | (p.tp > 1) | (p.pp > 1))
+    return p.is_precision(Precision.FP8) & (blocked | (p.tp > 1))
 
 
 def _fp8_why(spec, p):
     return _fp8_problem(spec) or (
-        f"precision fp8 with tp={p.tp}, pp={p.pp}: the executor swaps torchao's Float8Linear "
-        f"into the plain GPT only (tp 1, pp 1)")
+        f"precision fp8 with tp={p.tp}: the executor's tensor-parallel layers have no fp8 "
+        f"form (torchao converts plain Linears)")
 
 
 def _cp_layout(spec, p):
