@@ -20,11 +20,9 @@ def run(*args):
 
 
 def test_min_gpus_in_30_days_names_the_count_the_plan_and_what_binds():
-    """The issue's bound: the answer in under 2 s (in-process; about 1 s here)."""
-    import time
-    start = time.perf_counter()
+    """How long it takes is measured in bench/plan_speed.py (issue 12's bound was 2 s), not
+    asserted here."""
     out = run("specs/70b_on_512xH100.yaml", "--min", "gpus", "--days", "30")
-    assert time.perf_counter() - start < 2.0
     assert out.exit_code == 0, out.output
     lines = dict(line.split(None, 1) for line in out.stdout.splitlines()[1:])
     assert lines["question"] == "fewest GPUs to train 2e+12 tokens in at most 30 days"

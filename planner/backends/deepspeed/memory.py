@@ -53,17 +53,26 @@ class Wrapper(IntEnum):
 def wrapper(plan: AnyPlan):
     """A Wrapper for a plan, an array of Wrapper values for a batch."""
     w = where(plan.zero == ZeroStage.PARAMETERS, Wrapper.ZERO3,
-              where(plan.is_precision(Precision.BF16) & (plan.pp > 1), Wrapper.BF16_OPTIMIZER,
+              where(bf16_states(plan) & (plan.pp > 1), Wrapper.BF16_OPTIMIZER,
                     where(plan.zero >= ZeroStage.OPTIMIZER, Wrapper.ZERO12,
                           where(plan.is_precision(Precision.FP32), Wrapper.PLAIN,
                                 Wrapper.FP16_OPTIMIZER))))
     return w if isinstance(w, np.ndarray) else Wrapper(w)
 
 
+def bf16_states(plan: AnyPlan):
+    """bf16 weights and gradients: bf16 plans, and fp8 plans (bf16 training whose block GEMMs
+    run in fp8), which DeepSpeed configures identically."""
+    return plan.is_precision(Precision.BF16) | plan.is_precision(Precision.FP8)
+
+
 def _is(w, *kinds):
     """w is one of kinds (elementwise for a batch)."""
     if isinstance(w, np.ndarray):
-        return np.isin(w, [int(k) for k in kinds])
+        out = w == int(kinds[0])
+        for k in kinds[1:]:
+            out = out | (w == int(k))
+        return out
     return w in kinds
 
 
