@@ -39,7 +39,8 @@ How a row becomes a Spec and a Plan (the mapping choices):
 - zero: FSDP (FSDP1/FSDP2/Megatron FSDP, zero_stage 3) -> ZeRO-3 with
   runtime.zero3_gather_granularity "block"; Megatron distributed optimizer (assumed, or "not
   stated" in NeMo tables) -> ZeRO-1.
-- recompute: none -> NONE, selective / per-op SAC -> SELECTIVE, full -> FULL, "not stated"
+- recompute: none -> NONE, selective -> SELECTIVE, per-op SAC (torchtitan's "op" policy) -> OP,
+  full -> FULL, "not stated"
   (NeMo / Megatron-Bridge tables) -> NONE (their perf recipes for these sizes mostly run without
   recompute; a doubt).
 - sequence_parallel: the row's flag (Megatron SP / torchtitan's TP is sequence-parallel).
@@ -127,6 +128,8 @@ def _recipe(row: dict) -> str:
 
 def _recompute(text: str) -> Recompute:
     t = str(text)
+    if "per-op" in t:
+        return Recompute.OP
     if t.startswith("selective"):
         return Recompute.SELECTIVE
     if t == "full":

@@ -238,8 +238,11 @@ def _block_seconds(spec: Spec, plan: Plan, moe: bool) -> float:
     elem = elem_bytes / spec.cluster.gpu.hbm_bytes_per_s
     gemm = block_gemm_seconds(spec, plan, shapes) \
         + (moe_gemm_seconds(spec, plan) if moe else 0.0)
+    # per-op selective: every other matmul and all the element-wise work run again, the
+    # attention kernel does not
     extra = where(plan.is_recompute(Recompute.FULL), gemm / 3 + attn_f + elem / 3,
-                  where(plan.is_recompute(Recompute.SELECTIVE), attn_f, 0.0))
+                  where(plan.is_recompute(Recompute.SELECTIVE), attn_f,
+                        where(plan.is_recompute(Recompute.OP), gemm / 6 + elem / 3, 0.0)))
     return gemm + attn_f + attn_b + elem + extra
 
 
@@ -286,7 +289,7 @@ def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
     """Host time to issue one micro-batch: 3x the forward's kernels per block (forward, backward,
     recompute counted once more), plus the backend's own bookkeeping (hooks, fetch/release)."""
     rt = spec.runtime
-    passes = 3 + where(plan.is_recompute(Recompute.FULL), 1, 0)
+    passes = 3 + where(plan.is_recompute(Recompute.FULL) | plan.is_recompute(Recompute.OP), 1, 0)
     # context parallelism per block and pass: Ulysses' four all-to-alls and their reshapes; a
     # ring's per-step attention calls, sends/receives and softmax corrections
     ring = plan.is_cp_kind(ContextParallel.RING)

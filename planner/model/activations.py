@@ -218,11 +218,33 @@ def block_input_bytes(m: ModelSpec, plan: Plan) -> float:
     return d.e * d.s * d.b * d.h * d.r
 
 
+def matmul_output_widths(m: ModelSpec, d: _Dims) -> float:
+    """Sum of the widths of one block's matmul outputs on this rank, in forward order: q, k, v
+    (separate projections, as torchtitan's Llama has them), the output projection, the MLP's
+    up (and gate) and down."""
+    up = 2 * d.f if m.activation is Activation.SWIGLU else d.f
+    return d.q + 2 * d.k + d.h + up + d.h
+
+
+def op_saved_bytes(m: ModelSpec, plan: Plan) -> float:
+    """Per-op selective checkpointing (torchtitan's "op" policy, torch.utils.checkpoint with
+    create_selective_checkpoint_contexts): the block's input, the attention kernel's output and
+    its fp32 log-sum-exp, and the outputs of every other matmul (the policy alternates over the
+    model's matmuls: half of them on average); everything else is recomputed in backward."""
+    d = _dims(m, plan)
+    sb = d.s * d.b
+    return (block_input_bytes(m, plan) + d.e * sb * d.q + FP32_BYTES * d.b * d.a * d.s
+            + d.e * sb * matmul_output_widths(m, d) / 2)
+
+
 def stored_per_block_bytes(m: ModelSpec, plan: Plan, cpu_checkpointing: bool = False) -> float:
     """What one block keeps on the GPU between its forward and backward: everything it saves,
-    or under full recompute its input (in host memory instead with CPU checkpointing)."""
+    or under full recompute its input (in host memory instead with CPU checkpointing), or under
+    per-op selective checkpointing what its policy saves."""
     checkpoint = 0.0 if cpu_checkpointing else block_input_bytes(m, plan)
-    return where(plan.is_recompute(Recompute.FULL), checkpoint, block_saved_bytes(m, plan))
+    kept = where(plan.is_recompute(Recompute.OP), op_saved_bytes(m, plan),
+                 block_saved_bytes(m, plan))
+    return where(plan.is_recompute(Recompute.FULL), checkpoint, kept)
 
 
 def host_checkpoint_bytes(m: ModelSpec, plan: Plan, cpu_checkpointing: bool) -> float:
@@ -242,8 +264,8 @@ def block_backward_transient_bytes(m: ModelSpec, plan: Plan) -> float:
         slots = expert_slots(m, d.s * d.b)
         moe = d.e * (d.s * d.b * d.h + slots * (d.h + per_f * m.moe.expert_d_ff))
         grads = moe if m.moe_layers == m.n_layers else np.maximum(grads, moe)
-    return grads + cp_transient_bytes(m, d, plan) \
-        + where(plan.is_recompute(Recompute.FULL), block_saved_bytes(m, plan), 0.0)
+    rerun = plan.is_recompute(Recompute.FULL) | plan.is_recompute(Recompute.OP)
+    return grads + cp_transient_bytes(m, d, plan) + where(rerun, block_saved_bytes(m, plan), 0.0)
 
 
 def cp_transient_bytes(m: ModelSpec, d: _Dims, plan: Plan) -> float:

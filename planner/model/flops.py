@@ -80,6 +80,8 @@ def recompute_flops_per_token(m: ModelSpec, recompute: Recompute) -> int:
         return m.n_layers * (layer_matmul_flops_per_token(m) + attention_flops_per_token(m))
     if recompute is Recompute.SELECTIVE:
         return m.n_layers * attention_flops_per_token(m)
+    if recompute is Recompute.OP:  # every other matmul; the attention kernel's outputs are kept
+        return m.n_layers * layer_matmul_flops_per_token(m) // 2
     return 0
 
 
@@ -113,7 +115,9 @@ def step_flops(m: ModelSpec, plan: Plan, global_batch_sequences: int) -> StepFlo
     extra = float(tokens) * where(plan.is_recompute(Recompute.FULL),
                            float(recompute_flops_per_token(m, Recompute.FULL)),
                            where(plan.is_recompute(Recompute.SELECTIVE),
-                                 float(recompute_flops_per_token(m, Recompute.SELECTIVE)), 0.0))
+                                 float(recompute_flops_per_token(m, Recompute.SELECTIVE)),
+                                 where(plan.is_recompute(Recompute.OP),
+                                       float(recompute_flops_per_token(m, Recompute.OP)), 0.0)))
     hardware = model + extra
     return StepFlops(tokens=tokens, model=float(model),
                      hardware=hardware if hasattr(hardware, "shape") and hardware.shape

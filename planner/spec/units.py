@@ -55,6 +55,10 @@ class Recompute(str, Enum):
     NONE = "none"  #: keep every activation the backward pass needs
     SELECTIVE = "selective"  #: recompute only the attention core (scores, softmax)
     FULL = "full"  #: keep only each block's input; rerun the block's forward in backward
+    #: per-op selective checkpointing (torchtitan's "op" policy through torch.utils.checkpoint's
+    #: selective contexts): save the attention kernel's outputs and every other matmul's output,
+    #: recompute the rest of the block (norms, activations, rotary, the other matmuls)
+    OP = "op"
 
 
 class Offload(str, Enum):

@@ -259,7 +259,7 @@ CASES = [
     Case("precision-typo", BASE + "search: {precision: bf61}\n", "search.precision",
          "did you mean 'bf16'?"),
     Case("recompute-unknown", BASE + "search: {recompute: some}\n", "search.recompute",
-         "Input should be 'none', 'selective' or 'full'"),
+         "Input should be 'none', 'selective', 'full' or 'op'"),
     Case("offload-typo", BASE + "search: {offload: optimizer_cpus}\n", "search.offload",
          "did you mean 'optimizer_cpu'?"),
     Case("axis-empty", BASE + "search: {tp: []}\n", "search.tp", "an empty list allows nothing"),

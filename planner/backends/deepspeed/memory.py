@@ -224,8 +224,8 @@ def stored_per_block_bytes(spec: Spec, plan: AnyPlan):
     """What one block keeps between its forward and backward (planner/model/activations.py),
     with an fp8 recipe's saved inputs in fp8 when the block is not recomputed."""
     kept = act.stored_per_block_bytes(spec.model, plan, spec.runtime.cpu_checkpointing)
-    return kept + where(plan.is_recompute(Recompute.FULL), 0.0,
-                        fp8.block_saved_delta_bytes(spec, plan))
+    saved_inputs = plan.is_recompute(Recompute.NONE) | plan.is_recompute(Recompute.SELECTIVE)
+    return kept + where(saved_inputs, fp8.block_saved_delta_bytes(spec, plan), 0.0)
 
 
 def _state(spec: Spec, plan: AnyPlan, stage: Stage) -> _StageState:

@@ -165,6 +165,12 @@ def _cp_layout(spec, p):
     return (p.cp > 1) & ((p.tp > 1) | (p.pp > 1))
 
 
+def _op_recompute(spec, p):
+    """The executor recomputes whole blocks or the attention sublayer
+    (executor/parallel.py apply_recompute); per-op selective policies are planned only."""
+    return p.is_recompute(Recompute.OP)
+
+
 def _ring(spec, p):
     """DeepSpeed's sequence parallelism is Ulysses (deepspeed/sequence/layer.py); ring attention
     is Megatron-Core's and torchtitan's."""
@@ -182,6 +188,9 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
         f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
         f"blocks only")),
     Rule("fp8 GEMMs", _fp8, _fp8_why),
+    Rule("per-op recompute", _op_recompute, lambda s, p: (
+        "recompute op: the executor recomputes whole blocks (full) or the attention sublayer "
+        "(selective); per-op selective checkpointing is planned only")),
     Rule("cp layout", _cp_layout, lambda s, p: (
         f"cp ({p.cp}) with tp={p.tp}, pp={p.pp}: the executor's Ulysses groups (DeepSpeed's "
         f"parallel_state_sp) have no tensor or pipeline axis")),
