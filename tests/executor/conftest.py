@@ -3,7 +3,9 @@
 /dev/shm, removed after each module's launches."""
 import glob
 import os
+import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -21,3 +23,17 @@ def extensions():
     for leftover in set(glob.glob("/dev/shm/deepspeed_*")) - before:
         Path(leftover).unlink(missing_ok=True)
     mp.undo()
+
+
+def launch_runs(spec, plan, runs: dict, log: Optional[Path] = None) -> str:
+    """Train the prepared run directories one after another in one launch of ``plan``'s ranks
+    (as ``plan --execute`` would start them); the launch's output, which ``log`` keeps."""
+    from executor.launch import launch_command
+    launch = launch_command(spec, plan, [r.path for r in runs.values()])
+    proc = subprocess.run(launch.argv, env={**os.environ, **launch.env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    if log is not None:
+        log.write_text(output)
+    assert proc.returncode == 0, output[-3000:]
+    return output

@@ -16,8 +16,6 @@ the models are small.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +29,6 @@ torch = pytest.importorskip("torch")
 from executor.ds_config import LRSchedule, to_deepspeed_config  # noqa: E402
 from executor.errors import ExecutorError  # noqa: E402
 from executor.fp8 import apply_fp8, fp8_modules, problem, torchao_config  # noqa: E402
-from executor.launch import launch_command  # noqa: E402
 from executor.model import GPT  # noqa: E402
 from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir  # noqa: E402
 from executor.rundir import RunDir  # noqa: E402
@@ -39,6 +36,8 @@ from planner.model.fp8 import block_gemm_weights  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
+
+from tests.executor.conftest import launch_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the CPU as a 'GPU' with an fp8 peak, so the planner's "precision unsupported" rule passes fp8
@@ -156,12 +155,7 @@ def matrix(tmp_path_factory, extensions):
                                checkpoint_every=overrides.get("checkpoint_every", 100))
         options = replace(options, max_steps=overrides.get("max_steps", STEPS))
         runs[name] = prepare_run_dir(spec, p, root / name, options, cache_dir=root / "cache")
-    launch = launch_command(tiny_spec(), plan(), [r.path for r in runs.values()])
-    proc = subprocess.run(launch.argv, env={**os.environ, **launch.env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    (root / "launch.log").write_text(output)
-    assert proc.returncode == 0, output[-3000:]
+    launch_runs(tiny_spec(), plan(), runs, root / "launch.log")
     return runs
 
 

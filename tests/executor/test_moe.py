@@ -10,8 +10,6 @@ plain model that ran.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +18,6 @@ import pytest
 pytest.importorskip("deepspeed")
 torch = pytest.importorskip("torch")
 
-from executor.launch import launch_command  # noqa: E402
 from executor.model import GPT, Block, MoEMLP  # noqa: E402
 from executor.parallel import apply_expert_parallel, expert_param_names  # noqa: E402
 from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir  # noqa: E402
@@ -30,6 +27,8 @@ from planner.model.shape import (layer_tensor_sizes, param_counts, stage_params,
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.spec.spec import ModelSpec, Spec, load_spec, spec_from_dict  # noqa: E402
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
+
+from tests.executor.conftest import launch_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_CPU = {"name": "cpu", "memory_gib": 8, "peak_tflops": {"fp32": 0.2, "bf16": 0.1},
@@ -210,12 +209,7 @@ def matrix(tmp_path_factory, extensions):
                                checkpoint_every=overrides.get("checkpoint_every", 100))
         options = replace(options, max_steps=overrides.get("max_steps", STEPS))
         runs[name] = prepare_run_dir(spec, p, root / name, options, cache_dir=root / "cache")
-    launch = launch_command(spec, plan(), [r.path for r in runs.values()])
-    proc = subprocess.run(launch.argv, env={**os.environ, **launch.env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-3000:]
-    return runs, output
+    return runs, launch_runs(spec, plan(), runs)
 
 
 def records(run: RunDir, kind: str = "train") -> list[dict]:

@@ -11,8 +11,6 @@ case trains in one torchrun launch.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +21,6 @@ torch = pytest.importorskip("torch")
 
 from executor.context_parallel import local_slice, problem  # noqa: E402
 from executor.ds_config import to_deepspeed_config  # noqa: E402
-from executor.launch import launch_command  # noqa: E402
 from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir  # noqa: E402
 from executor.rundir import RunDir  # noqa: E402
 from planner.model.local import local_dims  # noqa: E402
@@ -32,6 +29,8 @@ from planner.plan.strategy import Plan  # noqa: E402
 from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402
 from planner.spec.units import (ContextParallel, Offload, Precision, Recompute,  # noqa: E402
                                 ZeroStage)
+
+from tests.executor.conftest import launch_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_CPU = {"name": "cpu", "memory_gib": 8, "peak_tflops": {"fp32": 0.2, "bf16": 0.1},
@@ -176,13 +175,7 @@ def matrix(tmp_path_factory, extensions):
                                checkpoint_every=overrides.get("checkpoint_every", 100))
         options = replace(options, max_steps=overrides.get("max_steps", STEPS))
         runs[name] = prepare_run_dir(spec, p, root / name, options, cache_dir=root / "cache")
-    launch = launch_command(tiny_spec(), plan(), [r.path for r in runs.values()])
-    proc = subprocess.run(launch.argv, env={**os.environ, **launch.env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    (root / "launch.log").write_text(output)
-    assert proc.returncode == 0, output[-3000:]
-    return runs, output
+    return runs, launch_runs(tiny_spec(), plan(), runs, root / "launch.log")
 
 
 def records(run: RunDir, kind: str = "train") -> list[dict]:
