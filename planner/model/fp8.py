@@ -40,7 +40,7 @@ import numpy as np
 from planner.model.local import local_dims
 from planner.model.shape import mlp_matrices
 from planner.spec.spec import Spec
-from planner.spec.units import FP32_BYTES, Fp8Recipe, Precision
+from planner.spec.units import FP32_BYTES, Fp8Recipe, Precision, ZeroStage
 
 #: the fp8 GEMM efficiency curve relative to the GPU's bf16 one, where the catalog states none
 #: (efficiency.gemm_fp8_max, gemm_fp8_half_dim): large-GEMM fraction of the fp8 peak over
@@ -127,7 +127,6 @@ def weight_cache_bytes(spec: Spec, plan, n_layers) -> float:
     its backward (row-wise, and column-wise as the GPU needs it), plus the scaling state (scale
     and amax history per quantizer, fp32).  Under ZeRO-3 the weights arrive gathered per module
     and are cast per use, so nothing is cached.  0 unless the plan is fp8."""
-    from planner.spec.units import ZeroStage
     facts = RECIPE_FACTS[recipe(spec)]
     fp8 = plan.is_precision(Precision.FP8)
     weights = n_layers * block_gemm_weights(spec, plan)
