@@ -157,7 +157,9 @@ def fit_constants(runs: Sequence[MeasuredRun], names: Sequence[str],
                   prior_sigma: float = 0.3) -> dict[str, float]:
     """Levenberg-Marquardt on the soft-L1 loss of the log-residuals, in log-constant space.
     With a ``prior``, each constant also pays ((log c - log prior) / prior_sigma)^2: a weak pull
-    toward values known without these runs (a constant the runs cannot see stays there)."""
+    toward values known without these runs (a constant the runs cannot see stays there).  The
+    runs' residuals are counted in units of ``ROBUST_SCALE`` (the scatter a run has about the
+    model), so a constant prior_sigma from its prior costs what one run ROBUST_SCALE off does."""
     theta = np.array([math.log(max(start[n], 1e-12)) for n in names])
     anchor = None if prior is None else np.array([math.log(prior[n]) for n in names])
 
@@ -165,7 +167,7 @@ def fit_constants(runs: Sequence[MeasuredRun], names: Sequence[str],
         return {n: math.exp(_bounded(n, x)) for n, x in zip(names, t)}
 
     def cost(r, t):
-        data = float(np.sum(2 * ROBUST_SCALE**2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)))
+        data = float(np.sum(2 * (np.sqrt(1 + (r / ROBUST_SCALE) ** 2) - 1)))
         return data + (0.0 if anchor is None else float(np.sum(((t - anchor) / prior_sigma)**2)))
 
     values = values_of(theta)
@@ -174,8 +176,8 @@ def fit_constants(runs: Sequence[MeasuredRun], names: Sequence[str],
     for _ in range(MAX_ITER):
         jac = sensitivities(runs, names, values)
         w = 1 / np.sqrt(1 + (r / ROBUST_SCALE) ** 2)
-        h = (jac.T * w) @ jac
-        g = (jac.T * w) @ r
+        h = (jac.T * w) @ jac / ROBUST_SCALE**2
+        g = (jac.T * w) @ r / ROBUST_SCALE**2
         if anchor is not None:
             h = h + np.eye(len(names)) / prior_sigma**2
             g = g + (theta - anchor) / prior_sigma**2

@@ -14,7 +14,8 @@ from planner.plan.strategy import Plan
 from planner.spec.profile import Profile, load_profile, save_profile, with_constants
 from planner.spec.spec import load_spec, spec_from_dict
 from planner.spec.units import Precision, Recompute, ZeroStage
-from planner.validate.calibrate import MeasuredRun, calibrate, choose_constants, sensitivities
+from planner.validate.calibrate import (MeasuredRun, calibrate, choose_constants, fit_constants,
+                                        sensitivities)
 from planner.validate.crossval import family, leave_one_source_out
 from planner.validate.published import load_published
 from pretrain.cli import main
@@ -56,6 +57,23 @@ def test_the_runs_choose_the_constants_they_can_see_and_the_fit_recovers_them():
         assert result.profile.constants[name] == pytest.approx(value, rel=0.02)
     assert result.profile.residual_before > 0.1 and result.profile.residual_after < 0.005
     assert result.profile.gpu == "H100-SXM" and result.profile.runs == 3
+
+
+def test_a_prior_weighs_about_one_run_not_more_than_the_runs():
+    """The cross-validation's prior (sigma 0.3 in log) pulls like one run 10 % off: runs
+    that agree on gemm_max 0.55 win over a prior of 0.81 (two runs whose times move 0.6-0.7x as
+    much as gemm_max leave a quarter of the pull at most; weighted as plain squares of their log
+    residuals they would leave nine tenths of it), while a constant no run can see stays at its
+    prior."""
+    runs = synthetic_runs()[1:]  # the GEMM-bound two, host cost at its TRUTH value
+    runs = [replace(r, spec=with_constants(r.spec, {"cpu_op_us": TRUTH["cpu_op_us"]}))
+            for r in runs]
+    prior = {"gemm_max": 0.81, "network": 0.85}
+    fitted = fit_constants(runs, ("gemm_max", "network"), dict(prior), prior=prior,
+                           prior_sigma=0.3)
+    gap = math.log(prior["gemm_max"] / TRUTH["gemm_max"])
+    assert 0 <= math.log(fitted["gemm_max"] / TRUTH["gemm_max"]) < 0.25 * gap
+    assert fitted["network"] == pytest.approx(0.85, rel=1e-6)  # one GPU: no traffic to see
 
 
 def test_a_constant_no_run_is_sensitive_to_is_never_chosen():
