@@ -14,8 +14,9 @@ How a row becomes a Spec and a Plan (the mapping choices):
 
 - model: the preset (seq_len set to the row's), or the row's explicit shape; attention "flash"
   everywhere (torchtitan SDPA flash/cuDNN, TE fused attention, llm-foundry flash).  MPT
-  (llm-foundry) is written as arch gpt2 with bias false; MPT uses ALiBi, which the planner has no
-  form for, so it gets a learned position table of seq_len rows (a few % extra parameters).
+  (llm-foundry) is written as arch gpt2 with bias false and a learned position table of seq_len
+  rows: the benchmark configs (scripts/train/yamls/pretrain/mpt-*.yaml) set no ALiBi, and MPT's
+  learned_pos_emb defaults to true (llmfoundry/models/mpt/configuration_mpt.py).
 - model.fused_kernels: true for Megatron / NeMo / Megatron-Bridge runs (Transformer Engine's
   fused norms, activations, RoPE) and for torch.compile runs; false for eager torchtitan and for
   llm-foundry (its fp8 rows swap only the Linears for TE ones, so both the bf16 and fp8 rows are
@@ -156,9 +157,8 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
     else:
         model = {k: v for k, v in row["model"].items()}
         model["seq_len"] = row["seq_len"]
-        if model.get("arch") == "gpt2":  # MPT: no biases, ALiBi written as a learned table
+        if model.get("arch") == "gpt2":  # MPT: no biases, learned positions
             model.update(bias=False, max_positions=row["seq_len"])
-            notes.append("MPT's ALiBi as a learned position table")
     model.update(attention="flash", fused_kernels=fused)
 
     gpu, gnote = _gpu(row)
@@ -344,7 +344,7 @@ def main() -> str:
               "Megatron-Bridge rows are not stated (none; te_delayed for NeMo 24.x, te_current for "
               "NeMo 25.04); no row states its NICs (planner default 8 x 200 Gbit/s); torchtitan's "
               "96 GB / 500 W H100s and torchao's power-limited B200s run below the modelled clocks; "
-              "async TP is not modelled; MPT's ALiBi is written as a learned table; torchtitan "
+              "async TP is not modelled; torchtitan "
               "pipeline micro-batches = pp (its default)."]
     lines += ["", f"skipped ({len(skipped)}):"]
     lines += [f"- {rid}: {why}" for rid, why in skipped]

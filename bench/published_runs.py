@@ -103,6 +103,9 @@ def cross_validated(path: Path) -> None:
     b_out, b_in = summary([p.error_out for p in back]), summary([p.error_in for p in back])
     print(f"  not-shared runs, out of sample: median {b_out['median']:.1%}, 90th percentile "
           f"{b_out['p90']:.1%}; with the catalog's constants: median {b_in['median']:.1%}")
+    both = summary([p.error_out for p in preds] + [p.error_out for p in back])
+    print(f"  all {len(preds) + len(back)} runs, out of sample: median {both['median']:.1%}, "
+          f"90th percentile {both['p90']:.1%}, worst {both['worst']:.1%}")
 
 
 if __name__ == "__main__":
