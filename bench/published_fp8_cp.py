@@ -18,9 +18,12 @@ How a row becomes a Spec and a Plan (the mapping choices):
   rows: the benchmark configs (scripts/train/yamls/pretrain/mpt-*.yaml) set no ALiBi, and MPT's
   learned_pos_emb defaults to true (llmfoundry/models/mpt/configuration_mpt.py).
 - model.fused_kernels: true for Megatron / NeMo / Megatron-Bridge runs (Transformer Engine's
-  fused norms, activations, RoPE) and for torch.compile runs; false for eager torchtitan and for
-  llm-foundry (its fp8 rows swap only the Linears for TE ones, so both the bf16 and fp8 rows are
-  unfused and their ratio is fp8's alone).
+  fused norms, activations, RoPE) and for torch.compile runs; false for eager torchtitan.  True
+  for llm-foundry: MPT's loss is flash-attn's fused cross-entropy by default (loss_fn
+  'fused_crossentropy', llmfoundry/models/mpt/modeling_mpt.py), and its LayerNorm and GELU are
+  one kernel each either way, so for this arch the flag changes the loss alone (its logits
+  memory and traffic).  Its fp8 rows swap only the Linears for TE ones, so the bf16 and fp8
+  rows differ by fp8 alone.
 - cluster: the row's gpu (catalog), nodes, gpus_per_node; no row states its NICs, so inter_node
   is the planner's default (8 x 200 Gbit/s IB per node; DGX-H100 has 8 x 400, so multi-node dp /
   cp traffic is if anything over-estimated).  torchtitan's Grand Teton H100s (96 GB HBM2e,
@@ -151,7 +154,7 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
         raise Skip("interleaved pipeline with stages per rank not stated")
 
     # model
-    fused = megatron or compile_
+    fused = megatron or compile_ or row["source"] == "llm-foundry-bench"
     if isinstance(row["model"], str):
         model = {"preset": row["model"], "seq_len": row["seq_len"]}
     else:
@@ -258,6 +261,7 @@ def evaluate() -> tuple[list[dict], list[tuple[str, str]]]:
             r.update(unit="TFLOP/s", measured=meas["model_tflops_per_gpu"], predicted=tflops,
                      causal=causal)
         r["error"] = r["predicted"] / r["measured"] - 1
+        r["verdict"] = est.verdict
         if meas.get("peak_mem_gib") is not None:
             r["mem_meas"] = meas["peak_mem_gib"]
             r["mem_pred"] = est.reserved_bytes / GiB
@@ -339,6 +343,11 @@ def main() -> str:
         lines += ["", f"peak memory (max reserved GiB vs the planner's reserved bytes): median "
                       f"|error| {statistics.median(mem):.1%}, p90 {_pct(mem, 0.9):.1%}, worst "
                       f"{max(mem):.1%} over {len(mem)} rows"]
+    verdicts = {v: [r["id"] for r in done if r["verdict"] == v] for v in ("fits", "tight",
+                                                                          "does not fit")}
+    lines += ["", "fit verdict (every row really ran): " + ", ".join(
+        f"{v} {len(ids)}" for v, ids in verdicts.items())]
+    lines += [f"  {v}: {', '.join(ids)}" for v, ids in verdicts.items() if v != "fits" and ids]
 
     lines += ["", "mapping doubts (see the module docstring): recompute and fp8 recipe of the NeMo / "
               "Megatron-Bridge rows are not stated (none; te_delayed for NeMo 24.x, te_current for "
