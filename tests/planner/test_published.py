@@ -70,3 +70,34 @@ def test_cpu_checkpointing_moves_the_checkpoints_to_the_host():
     assert with_host.host_bytes_per_node - without.host_bytes_per_node == pytest.approx(
         8 * layers * per_block)
     assert without.verdict != "fits" and with_host.verdict == "fits"
+
+
+def test_runs_outside_the_shared_sample_that_ran_are_predicted_to_run():
+    """bench/data/published_fp8_cp.yaml (torchtitan, torchao, llm-foundry, NeMo, Megatron-Bridge;
+    fp8, context-parallel and bf16 runs, every one of which ran): none is 'does not fit' but the
+    five Megatron-Core runs priced with DeepSpeed's gradient buffers (docs/memory-model.md, the
+    fit verdict), named here so that a new one fails."""
+    import sys
+
+    import yaml
+
+    from planner.spec.spec import spec_from_dict
+    from tests.conftest import ROOT
+    sys.path.insert(0, str(ROOT / "bench"))
+    import published_fp8_cp as pub
+    known = {"nemo2407-gpt3_175b-128gpu-h100-128gpu-fp8",
+             "nemo2407-gpt3_175b-512gpu-h100-512gpu-fp8",
+             "mbridge2511-l31_405b-h100-sxm-1024gpu-fp8cs",
+             "mbridge2511-l31_405b-b200-128gpu-fp8cs", "mbridge2511-l31_405b-b200-128gpu-mxfp8"}
+    refused, estimated = [], 0
+    for row in yaml.safe_load(pub.DATA.read_text())["rows"]:
+        try:
+            data, plan, _ = pub.build(row)
+        except pub.Skip:
+            continue
+        estimated += 1
+        verdict = estimate(spec_from_dict(data), plan, with_time=False).verdict
+        if verdict == "does not fit":
+            refused.append(row["id"])
+    assert estimated >= 80
+    assert set(refused) == known, set(refused) ^ known
