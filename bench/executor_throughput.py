@@ -46,7 +46,7 @@ def main() -> int:
     from executor.rundir import RunDir
     from executor.train import plain_training
     from planner.search.engine import search
-    from planner.spec.spec import load_spec
+    from planner.spec.loading import load_spec
 
     spec = load_spec(args.spec)
     if args.global_batch_sequences:

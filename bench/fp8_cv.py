@@ -38,7 +38,7 @@ import published_fp8_cp as pub  # noqa: E402
 
 from planner.estimate.timing import throughput  # noqa: E402
 from planner.model import fp8  # noqa: E402
-from planner.spec.spec import spec_from_dict  # noqa: E402
+from planner.spec.loading import spec_from_dict  # noqa: E402
 
 OUT = pub.ROOT / "bench/results/fp8_cv.txt"
 MAX_RATIOS = (1.0,)  #: held (see the docstring)

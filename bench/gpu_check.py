@@ -49,7 +49,7 @@ def gpu_entry() -> str:
 
 
 def spec_for(model: str, zero: int, steps: int, cpu: bool, mb: int | None = None):
-    from planner.spec.spec import spec_from_dict
+    from planner.spec.loading import spec_from_dict
     shape_mb, seq = SHAPES[model]
     mb = mb or shape_mb
     gpu = CPU_LAB if cpu else gpu_entry()

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import published_fp8_cp as pub  # noqa: E402
 
 from planner.estimate.predict import estimate  # noqa: E402
+from planner.spec.loading import spec_from_dict  # noqa: E402
 from planner.spec.profile import with_constants  # noqa: E402
-from planner.spec.spec import spec_from_dict  # noqa: E402
 
 FA2_H100 = {"attention_fwd": 335 / 989, "attention_bwd": 322 / 989}
 OUT = pub.ROOT / "bench/results/long_seq_attention.txt"

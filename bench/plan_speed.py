@@ -14,7 +14,7 @@ from tabulate import tabulate
 from planner.estimate.predict import estimate
 from planner.search.engine import candidate_batch, search
 from planner.search.rules import check
-from planner.spec.spec import load_spec
+from planner.spec.loading import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml")) + [ROOT / "bench/specs/1t_on_4096xH100.yaml"]

@@ -91,7 +91,7 @@ from tabulate import tabulate
 from planner.estimate.predict import estimate
 from planner.model.flops import attention_flops_per_token, forward_flops_per_token
 from planner.plan.strategy import Plan
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import (ContextParallel, Offload, Precision, Recompute, ZeroStage)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from planner.estimate.timing import throughput
 from planner.plan.strategy import Plan
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 ROOT = Path(__file__).resolve().parents[1]

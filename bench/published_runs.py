@@ -52,7 +52,7 @@ def extra_runs() -> list:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import published_fp8_cp as pub
 
-    from planner.spec.spec import spec_from_dict
+    from planner.spec.loading import spec_from_dict
     from planner.validate.crossval import PRIORS, generation
     from planner.validate.published import PublishedRun
     out = []

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from planner.capacity.advice import nearest_fix, plan_notes  # noqa: E402
 from planner.report import to_json  # noqa: E402
 from planner.search.engine import search  # noqa: E402
-from planner.spec.spec import load_spec  # noqa: E402
+from planner.spec.loading import load_spec  # noqa: E402
 
 SPEC = "specs/125m_on_1xH100.yaml"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 from planner.plan.strategy import Plan
-from planner.spec.spec import Spec, spec_from_dict
+from planner.spec.loading import spec_from_dict
+from planner.spec.spec import Spec
 
 from .errors import ExecutorError
 

@@ -12,7 +12,8 @@ from planner.capacity.whatif import SweepRow, edit, sweep, what_if
 from planner.estimate.predict import Estimate, estimate
 from planner.plan.strategy import Plan
 from planner.search.engine import SearchResult, search
-from planner.spec.spec import Spec, load_spec, spec_from_dict
+from planner.spec.loading import load_spec, spec_from_dict
+from planner.spec.spec import Spec
 
 
 def plan(spec: Spec, *, executable: bool = False) -> SearchResult:

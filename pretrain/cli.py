@@ -129,7 +129,7 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
     train the chosen plan.  `plan calibrate RUN...` fits a calibration profile to measured
     runs (`plan calibrate --help`)."""
     if schema:
-        from planner.spec.spec import json_schema
+        from planner.spec.loading import json_schema
         click.echo(json.dumps(json_schema(), indent=2))
         return
     if spec_path is None:
@@ -181,7 +181,7 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
 
 def _load(spec_path: str, sets: tuple[str, ...], top: int | None):
     from planner.capacity.whatif import edit, parse_assignment
-    from planner.spec.spec import load_spec
+    from planner.spec.loading import load_spec
     spec = load_spec(spec_path)
     overrides = dict(parse_assignment(text) for text in sets)
     if top is not None:

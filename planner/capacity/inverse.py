@@ -26,7 +26,8 @@ from planner.estimate.predict import Estimate, estimate, usable_bytes
 from planner.plan.strategy import Plan
 from planner.search.engine import SearchResult, grad_accum, search, why_infeasible
 from planner.search.rules import check
-from planner.spec.spec import MAX_MICRO_BATCH, Spec, spec_from_dict, spec_to_dict
+from planner.spec.loading import spec_from_dict, spec_to_dict
+from planner.spec.spec import MAX_MICRO_BATCH, Spec
 from planner.spec.units import AttentionKernel, GiB
 
 if TYPE_CHECKING:

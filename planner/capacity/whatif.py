@@ -20,7 +20,8 @@ from planner.errors import SpecError
 from planner.estimate.predict import Estimate
 from planner.model.shape import param_counts
 from planner.search.engine import SearchResult, search, why_infeasible
-from planner.spec.spec import Spec, _SpecLoader, spec_from_dict, spec_to_dict
+from planner.spec.loading import _SpecLoader, spec_from_dict, spec_to_dict
+from planner.spec.spec import Spec
 from planner.spec.units import GiB
 
 #: sections a spec may write as one string: the string is the value of this key

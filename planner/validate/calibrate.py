@@ -290,7 +290,7 @@ def load_csv(path) -> list[MeasuredRun]:
     import csv
     from pathlib import Path
 
-    from planner.spec.spec import load_spec
+    from planner.spec.loading import load_spec
     from planner.spec.units import GiB
 
     path = Path(path)

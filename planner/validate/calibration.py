@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from planner.errors import SpecError
 from planner.plan.strategy import Plan
-from planner.spec.spec import Spec, spec_from_dict
+from planner.spec.loading import spec_from_dict
+from planner.spec.spec import Spec
 from planner.spec.units import GiB, Offload, Precision, Recompute, ZeroStage
 
 #: DeepSpeed zero_optimization keys a harness run may set, and the runtime field each maps to

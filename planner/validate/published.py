@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from planner.plan.strategy import Plan
-from planner.spec.spec import Spec, spec_from_dict
+from planner.spec.loading import spec_from_dict
+from planner.spec.spec import Spec
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 #: the sources' GPU names and the catalog entry each means

@@ -18,8 +18,8 @@ from executor.launch import launch_command  # noqa: E402
 from executor.report import write_report  # noqa: E402
 from executor.run import make_options, prepare_run_dir  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
+from planner.spec.loading import spec_from_dict  # noqa: E402
 from planner.spec.profile import load_profile, with_constants  # noqa: E402
-from planner.spec.spec import spec_from_dict  # noqa: E402
 from planner.spec.units import Precision, Recompute, ZeroStage  # noqa: E402
 from planner.validate.calibrate import predicted_step_s  # noqa: E402
 from pretrain.cli import main  # noqa: E402

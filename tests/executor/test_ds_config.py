@@ -24,7 +24,7 @@ from executor.errors import ExecutorError  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.search.engine import candidates  # noqa: E402
 from planner.search.rules import check  # noqa: E402
-from planner.spec.spec import load_spec, spec_from_dict  # noqa: E402
+from planner.spec.loading import load_spec, spec_from_dict  # noqa: E402
 from planner.spec.units import Offload, Optimizer, Precision, Recompute, ZeroStage  # noqa: E402
 
 LAB_GPU = {"name": "lab", "memory_gib": 8, "peak_tflops": {"fp32": 1, "fp16": 2, "bf16": 2},

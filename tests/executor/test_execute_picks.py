@@ -31,7 +31,7 @@ from executor.run import plan_problem  # noqa: E402
 from planner.errors import SpecError  # noqa: E402
 from planner.search.engine import search  # noqa: E402
 from planner.spec.catalog import gpu_catalog  # noqa: E402
-from planner.spec.spec import load_spec, spec_from_dict  # noqa: E402
+from planner.spec.loading import load_spec, spec_from_dict  # noqa: E402
 
 from .test_ds_config import check_round_trip, parse  # noqa: E402
 

@@ -27,7 +27,7 @@ from executor.rundir import (COMPLETE, RunDir, RunOptions, check_checkpoint,  # 
                              checkpoint_files, checkpoint_problem, complete_checkpoints,
                              file_digest, resume_point)
 from planner.plan.strategy import Plan  # noqa: E402
-from planner.spec.spec import spec_from_dict  # noqa: E402
+from planner.spec.loading import spec_from_dict  # noqa: E402
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -34,7 +34,8 @@ from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir 
 from executor.rundir import RunDir  # noqa: E402
 from planner.model.fp8 import block_gemm_weights  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
-from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402
+from planner.spec.loading import load_spec, spec_from_dict  # noqa: E402
+from planner.spec.spec import Spec  # noqa: E402
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
 
 from tests.executor.conftest import launch_runs  # noqa: E402

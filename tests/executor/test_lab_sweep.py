@@ -18,7 +18,7 @@ pytest.importorskip("deepspeed")
 from executor.rundir import RunDir, complete_checkpoints  # noqa: E402
 from planner.capacity.isoflop import Run, level_minimum  # noqa: E402
 from planner.capacity.scaling import law_of  # noqa: E402
-from planner.spec.spec import load_spec  # noqa: E402
+from planner.spec.loading import load_spec  # noqa: E402
 from pretrain.cli import main  # noqa: E402
 
 #: the held-out point's loss, predicted by its compute level's IsoFLOP parabola through the

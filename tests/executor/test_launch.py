@@ -18,7 +18,7 @@ from executor.errors import ExecutorError  # noqa: E402
 from executor.launch import launch_command, rank_env, with_overrides  # noqa: E402
 from executor.run import ExecuteRequest, execute  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
-from planner.spec.spec import spec_from_dict  # noqa: E402
+from planner.spec.loading import spec_from_dict  # noqa: E402
 from planner.spec.units import Precision, Recompute, ZeroStage  # noqa: E402
 
 RUN = Path("/tmp/runs/a")
@@ -230,7 +230,7 @@ def test_a_tight_plan_launches_with_expandable_segments(tmp_path):
     the spec's launch.env sets wins."""
     from planner.estimate.predict import estimate
     from planner.search.engine import search
-    from planner.spec.spec import load_spec
+    from planner.spec.loading import load_spec
     spec = load_spec(Path(__file__).resolve().parents[2] / "specs" / "7b_on_64xA100.yaml")
     result = search(spec)
     tight = result.best.plan

@@ -25,7 +25,8 @@ from executor.rundir import RunDir, complete_checkpoints  # noqa: E402
 from planner.model.shape import (layer_tensor_sizes, param_counts, stage_params,  # noqa: E402
                                  stages_to_check)
 from planner.plan.strategy import Plan  # noqa: E402
-from planner.spec.spec import ModelSpec, Spec, load_spec, spec_from_dict  # noqa: E402
+from planner.spec.loading import load_spec, spec_from_dict  # noqa: E402
+from planner.spec.spec import ModelSpec, Spec  # noqa: E402
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
 
 from tests.executor.conftest import launch_runs  # noqa: E402

@@ -19,7 +19,7 @@ from executor.report import (loss_figure, plot_loss, predicted, read_metrics,  #
 from executor.run import make_options, prepare_run_dir  # noqa: E402
 from executor.rundir import RunDir  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
-from planner.spec.spec import spec_from_dict  # noqa: E402
+from planner.spec.loading import spec_from_dict  # noqa: E402
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
 
 STEPS, EVAL_EVERY, PEAK_LR = 40, 10, 1e-3

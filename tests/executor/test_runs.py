@@ -27,7 +27,8 @@ from executor.run import ExecuteRequest, execute, make_options, prepare_run_dir 
 from executor.rundir import RunDir, complete_checkpoints  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
 from planner.search.engine import search  # noqa: E402
-from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402
+from planner.spec.loading import load_spec, spec_from_dict  # noqa: E402
+from planner.spec.spec import Spec  # noqa: E402
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

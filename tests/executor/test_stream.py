@@ -17,7 +17,8 @@ from executor.run import (COMPILE_NOTICE, Notice, RankOutput, compile_notice, ma
                           prepare_run_dir, stream)
 from executor.rundir import RunDir
 from planner.plan.strategy import Plan
-from planner.spec.spec import Spec, spec_from_dict
+from planner.spec.loading import spec_from_dict
+from planner.spec.spec import Spec
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 CPU = {"name": "cpu", "memory_gib": 8, "peak_tflops": {"fp32": 0.2}, "hbm_gbps": 20,

@@ -26,7 +26,8 @@ from executor.rundir import RunDir  # noqa: E402
 from planner.model.local import local_dims  # noqa: E402
 from planner.model.shape import param_counts  # noqa: E402
 from planner.plan.strategy import Plan  # noqa: E402
-from planner.spec.spec import Spec, load_spec, spec_from_dict  # noqa: E402
+from planner.spec.loading import load_spec, spec_from_dict  # noqa: E402
+from planner.spec.spec import Spec  # noqa: E402
 from planner.spec.units import (ContextParallel, Offload, Precision, Recompute,  # noqa: E402
                                 ZeroStage)
 

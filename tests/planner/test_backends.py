@@ -11,7 +11,7 @@ from planner.estimate.memory import peak_memory
 from planner.estimate.predict import estimate
 from planner.plan.rule import Rule
 from planner.search.engine import search
-from planner.spec.spec import load_spec
+from planner.spec.loading import load_spec
 from planner.spec.units import GiB, ZeroStage
 
 from ..conftest import ROOT

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from planner.search.engine import MAX_CANDIDATES
-from planner.spec.spec import MAX_AXIS_VALUES, MAX_SPEC_BYTES, MAX_YAML_VALUES
+from planner.spec.loading import MAX_SPEC_BYTES, MAX_YAML_VALUES
+from planner.spec.spec import MAX_AXIS_VALUES
 from pretrain.cli import main
 
 BASE = ("model: llama2-7b\n"
@@ -391,7 +392,7 @@ def test_no_spec_at_all_is_a_usage_error():
     ("GPT2_1.5B", "gpt2-1.5b"),
 ], ids=lambda v: v if "/" not in v else v.split("/")[1])
 def test_hugging_face_names_find_their_preset(tmp_path, written, preset):
-    from planner.spec.spec import spec_from_dict
+    from planner.spec.loading import spec_from_dict
     spec = spec_from_dict({"model": written, "cluster": {"gpu": "A100"},
                            "training": {"tokens": 1e9, "global_batch_sequences": 8}})
     assert spec.model.preset == preset and spec.model.name == preset

@@ -8,7 +8,7 @@ from planner.estimate.timing import throughput
 from planner.plan.strategy import PlanBatch
 from planner.search.engine import TIGHT_SLACK, candidate_batch, candidates, search
 from planner.search.rules import RULES, check, first_failure
-from planner.spec.spec import load_spec, spec_from_dict
+from planner.spec.loading import load_spec, spec_from_dict
 
 from ..conftest import ROOT
 

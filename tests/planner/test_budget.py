@@ -12,7 +12,8 @@ from planner.capacity.scaling import model_flops_per_token
 from planner.errors import SpecError
 from planner.model.shape import param_counts
 from planner.search.engine import search
-from planner.spec.spec import ModelSpec, load_spec, spec_from_dict
+from planner.spec.loading import load_spec, spec_from_dict
+from planner.spec.spec import ModelSpec
 from pretrain.cli import main
 
 from ..conftest import ROOT

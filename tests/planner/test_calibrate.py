@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from planner.estimate.timing import step_time
 from planner.plan.strategy import Plan
+from planner.spec.loading import load_spec, spec_from_dict
 from planner.spec.profile import Profile, load_profile, save_profile, with_constants
-from planner.spec.spec import load_spec, spec_from_dict
 from planner.spec.units import Precision, Recompute, ZeroStage
 from planner.validate.calibrate import (MeasuredRun, calibrate, choose_constants, fit_constants,
                                         sensitivities)

@@ -17,7 +17,7 @@ from planner.model.memory_terms import TERMS
 from planner.report import estimate_json
 from planner.search.engine import search
 from planner.search.rules import check
-from planner.spec.spec import load_spec
+from planner.spec.loading import load_spec
 from planner.spec.units import GiB, Precision, Recompute, ZeroStage
 from tests.conftest import invoke
 
@@ -164,7 +164,7 @@ def test_a_budget_spec_cannot_be_compared():
 
 
 def test_context_parallel_degree_and_kind_are_compared_with_dp_derived():
-    from planner.spec.spec import spec_from_dict
+    from planner.spec.loading import spec_from_dict
     from planner.spec.units import ContextParallel
     spec = spec_from_dict({"model": {"preset": "llama3-8b", "seq_len": 131072},
                            "cluster": {"gpu": "H100-SXM", "nodes": 1, "gpus_per_node": 8},

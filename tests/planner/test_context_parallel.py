@@ -20,7 +20,7 @@ from planner.plan.degrees import ORDERS
 from planner.plan.strategy import Plan
 from planner.search.engine import candidate_batch, search
 from planner.search.rules import check
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import (FP32_BYTES, ContextParallel, Offload, Precision, Recompute,
                                 ZeroStage)
 

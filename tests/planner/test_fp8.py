@@ -13,7 +13,7 @@ from planner.model import fp8
 from planner.plan.strategy import Plan
 from planner.search.engine import search
 from planner.search.rules import check
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import FP32_BYTES, Precision, Recompute, ZeroStage
 
 D, Q, KV, F = 4096, 4096, 1024, 14336

@@ -17,8 +17,9 @@ from planner.estimate.memory import peak_bytes
 from planner.report import to_text
 from planner.search.engine import candidate_batch, search
 from planner.spec.catalog import gpu_catalog, model_presets
+from planner.spec.loading import _relative_to, _SpecLoader, spec_from_dict
 from planner.spec.spec import (MAX_D_FF, MAX_D_MODEL, MAX_LAYERS, MAX_MICRO_BATCH, MAX_SEQ_LEN,
-                               MAX_VOCAB, _relative_to, _SpecLoader, spec_from_dict)
+                               MAX_VOCAB)
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 #: what each shipped spec says, as written (paths made absolute, as load_spec does)

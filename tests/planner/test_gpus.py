@@ -14,7 +14,7 @@ from planner.search.engine import candidate_batch, search
 from planner.search.rules import check
 from planner.spec.catalog import gpu_catalog
 from planner.spec.cluster import GpuSpec
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 from pretrain.cli import main
 

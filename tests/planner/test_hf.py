@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from planner.model.flops import layer_matmul_flops_per_token
 from planner.model.shape import param_counts
 from planner.search.engine import search
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from pretrain.cli import main
 
 CONFIGS = {

@@ -17,7 +17,7 @@ from planner.estimate.predict import estimate
 from planner.model.shape import param_counts
 from planner.search.engine import search
 from planner.search.rules import check
-from planner.spec.spec import load_spec, spec_from_dict
+from planner.spec.loading import load_spec, spec_from_dict
 from planner.spec.units import GiB
 
 ROOT = Path(__file__).resolve().parents[2]

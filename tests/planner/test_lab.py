@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from planner.capacity.lab import lab_grid
 from planner.capacity.scaling import law_of
 from planner.errors import SpecError
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from pretrain.cli import main
 
 

@@ -13,7 +13,7 @@ from planner.model import activations as act
 from planner.model.memory_terms import MemoryBreakdown, cublas_workspace_bytes, parameter_bytes
 from planner.model.shape import stage_params, stage_tensor_sizes, stages_to_check, tensor_stats
 from planner.plan.strategy import Plan
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import MiB, Offload, Precision, Recompute, ZeroStage
 
 # llama-style: d 64, 4 heads of 16, 2 kv heads (kv width 32), SwiGLU 128, vocab 1000, seq 32

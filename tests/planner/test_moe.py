@@ -15,7 +15,7 @@ from planner.network.topology import group_link
 from planner.plan.strategy import Plan
 from planner.search.engine import search
 from planner.search.rules import check
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import GiB, Offload, Precision, Recompute, ZeroStage
 
 MIXTRAL = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,

@@ -10,7 +10,7 @@ from planner.model import activations as act
 from planner.model.flops import layer_matmul_flops_per_token, recompute_flops_per_token
 from planner.plan.strategy import Plan
 from planner.search.rules import check
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import FP32_BYTES, Precision, Recompute, ZeroStage
 
 T, D, Q, KV, F = 4096, 4096, 4096, 1024, 14336

@@ -15,7 +15,7 @@ from planner.plots import (DPI, compare_figure, memory_figure, memory_stack, swe
                            time_figure, time_stack)
 from planner.report import to_text
 from planner.search.engine import search
-from planner.spec.spec import load_spec
+from planner.spec.loading import load_spec
 from planner.spec.units import GiB
 from tests.conftest import invoke
 

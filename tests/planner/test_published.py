@@ -81,7 +81,7 @@ def test_runs_outside_the_shared_sample_that_ran_are_predicted_to_run():
 
     import yaml
 
-    from planner.spec.spec import spec_from_dict
+    from planner.spec.loading import spec_from_dict
     from tests.conftest import ROOT
     sys.path.insert(0, str(ROOT / "bench"))
     import published_fp8_cp as pub

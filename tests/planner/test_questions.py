@@ -11,7 +11,7 @@ from planner.capacity.budget import plan_budget
 from planner.capacity.whatif import edit
 from planner.report import column, money, sig
 from planner.search.engine import search
-from planner.spec.spec import load_spec
+from planner.spec.loading import load_spec
 from pretrain.cli import main
 
 
@@ -181,7 +181,7 @@ def test_a_vocabulary_smaller_than_tp_costs_no_0_by_0_division():
     """Budget mode over a 2-token vocabulary: shards of less than a row are rounded up."""
     import warnings
 
-    from planner.spec.spec import spec_from_dict
+    from planner.spec.loading import spec_from_dict
     spec = spec_from_dict({"model": {"preset": "llama2-7b", "vocab_size": 2},
                            "cluster": {"gpu": "A100", "nodes": 1},
                            "training": {"budget": {"days": 1}, "global_batch_sequences": 64}})

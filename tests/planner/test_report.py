@@ -9,7 +9,7 @@ from planner.backends.deepspeed import DEEPSPEED
 from planner.plan.rule import Rule
 from planner.report import to_json, to_text
 from planner.search.engine import TIGHT_SLACK, search
-from planner.spec.spec import load_spec
+from planner.spec.loading import load_spec
 from pretrain.cli import main
 
 from ..conftest import ROOT

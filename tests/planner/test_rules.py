@@ -4,7 +4,7 @@ import pytest
 
 from planner.plan.strategy import Plan
 from planner.search.rules import check
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
 

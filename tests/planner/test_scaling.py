@@ -12,7 +12,7 @@ from planner.model.flops import step_flops
 from planner.model.shape import param_counts
 from planner.plan.strategy import Plan
 from planner.spec.catalog import scaling_laws
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import Precision, Recompute, ZeroStage
 
 #: Chinchilla's own budget: 70B parameters x 1.4T tokens x 6 (Hoffmann et al. 2022, table 3)
@@ -203,7 +203,7 @@ def test_a_prediction_outside_the_laws_range_is_flagged():
     warning: specs/tiny_cpu.yaml's 1.3M-parameter model on 2M tokens is far outside the range
     the default law was fitted on."""
     from planner.capacity.scaling import chinchilla_summary, loss_warning
-    from planner.spec.spec import load_spec
+    from planner.spec.loading import load_spec
     tiny = load_spec("specs/tiny_cpu.yaml")
     summary = chinchilla_summary(tiny, 2e6)
     assert summary["predicted_loss"] > np.log(4096)
@@ -219,7 +219,7 @@ def test_a_fitted_law_saved_to_a_file_plans_from_the_spec(tmp_path):
     when a spec names the file (relative to the spec)."""
     from planner.capacity.budget import plan_budget
     from planner.capacity.scaling import save_law
-    from planner.spec.spec import load_spec
+    from planner.spec.loading import load_spec
     rng = np.random.default_rng(0)
     n = np.exp(rng.uniform(np.log(1e7), np.log(2e10), 40))
     d = np.exp(rng.uniform(np.log(1e8), np.log(5e11), 40))

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 import yaml
 
-from planner.spec.spec import _SpecLoader, json_schema
+from planner.spec.loading import _SpecLoader, json_schema
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.yaml"))
 

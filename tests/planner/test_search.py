@@ -3,7 +3,7 @@ fix for specs with no feasible plan."""
 from planner.capacity.advice import nearest_fix
 from planner.capacity.sizing import fewest_gpus
 from planner.search.engine import candidates, micro_batches, parallel_degrees, search
-from planner.spec.spec import load_spec, spec_from_dict
+from planner.spec.loading import load_spec, spec_from_dict
 from planner.spec.units import Recompute, ZeroStage
 
 

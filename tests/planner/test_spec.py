@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from planner.errors import SpecError
 from planner.model.shape import param_counts
 from planner.spec.catalog import gpu_catalog, model_presets
-from planner.spec.spec import GpuSpec, ModelSpec, Spec, load_spec, spec_from_dict
+from planner.spec.loading import load_spec, spec_from_dict
+from planner.spec.spec import GpuSpec, ModelSpec, Spec
 from planner.spec.units import Activation, Norm, Position
 
 ROOT = Path(__file__).resolve().parents[2]

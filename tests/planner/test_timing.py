@@ -10,7 +10,7 @@ from planner.network import collectives as coll
 from planner.network.topology import Link, group_link
 from planner.plan.degrees import Degrees
 from planner.plan.strategy import Plan
-from planner.spec.spec import spec_from_dict
+from planner.spec.loading import spec_from_dict
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 from planner.validate.calibration import load_measurements
 

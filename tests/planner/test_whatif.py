@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from planner.capacity.whatif import edit, parse_assignment, sweep, what_if
 from planner.errors import SpecError
 from planner.search.engine import search
-from planner.spec.spec import load_spec, spec_from_dict, spec_to_dict
+from planner.spec.loading import load_spec, spec_from_dict, spec_to_dict
 from pretrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
