@@ -54,7 +54,7 @@ def note(message: str) -> None:
     emit("note", {"message": message})
 
 
-# --------------------------------------------------------------------------------- RNG state
+# ----------------------------------------------------------------------------------- seeding
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
