@@ -75,7 +75,7 @@ def score(shared, extra) -> tuple[dict, dict, dict, list]:
 
 
 def main() -> str:
-    shared = load_published(pr.DEFAULT[0] if pr.DEFAULT[0].exists() else pr.DEFAULT[1])
+    shared = load_published(pr.default_path())
     extra = pr.extra_runs()
     variants = [("catalog curve (as shipped)", CATALOG_CURVE, lambda r: r),
                 ("K factor only", quantised(True), lambda r: r),

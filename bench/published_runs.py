@@ -23,6 +23,11 @@ DEFAULT = [ROOT.parent / "shared/calibration/published_runs_sample.yaml",
            ROOT / "tests/data/published_runs_sample.yaml"]
 
 
+def default_path() -> Path:
+    """The shared sample beside the repository, else the copy in tests/data/."""
+    return next(p for p in DEFAULT if p.exists())
+
+
 def main(path: Path) -> None:
     rows, errors = [], []
     for run in load_published(path):
@@ -110,5 +115,5 @@ def cross_validated(path: Path) -> None:
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a not in ("--cv", "--extra")]
-    given = [Path(args[0])] if args else [p for p in DEFAULT if p.exists()][:1]
-    (cross_validated if "--cv" in sys.argv[1:] else main)(given[0])
+    given = Path(args[0]) if args else default_path()
+    (cross_validated if "--cv" in sys.argv[1:] else main)(given)
