@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
+from planner.model import activations as act
+from planner.model import fp8
 from planner.plan.strategy import Plan, PlanBatch, where
 from planner.spec.spec import Spec
-from planner.spec.units import GiB, MiB, ZeroStage
+from planner.spec.units import GiB, MiB, Recompute, ZeroStage
 
 AnyPlan = Union[Plan, PlanBatch]
 
@@ -60,3 +62,11 @@ def cublas_workspace_bytes(spec: Spec) -> float:
     """One cuBLAS workspace per (handle, stream): forward runs on the main thread, backward on
     autograd's device thread, whose handle differs (CublasHandlePool.cpp), so two."""
     return 2 * spec.cluster.gpu.cublas_workspace_mib * MiB
+
+
+def stored_per_block_bytes(spec: Spec, plan: AnyPlan):
+    """What one block keeps between its forward and backward (planner/model/activations.py),
+    with an fp8 recipe's saved inputs in fp8 when the block is not recomputed."""
+    kept = act.stored_per_block_bytes(spec.model, plan, spec.runtime.cpu_checkpointing)
+    saved_inputs = plan.is_recompute(Recompute.NONE) | plan.is_recompute(Recompute.SELECTIVE)
+    return kept + where(saved_inputs, fp8.block_saved_delta_bytes(spec, plan), 0.0)

@@ -28,12 +28,12 @@ from planner.model import activations as act
 from planner.model import fp8
 from planner.model.local import local_dims
 from planner.model.memory_terms import (AnyPlan, MemoryBreakdown, cublas_workspace_bytes,
-                                        parameter_bytes)
+                                        parameter_bytes, stored_per_block_bytes)
 from planner.model.shape import (Stage, TensorStats, layer_params, stage_params, stages_to_check,
                                  tensor_stats)
 from planner.plan.strategy import where
 from planner.spec.spec import RuntimeSpec, Spec
-from planner.spec.units import FP32_BYTES, OPTIMIZER_STATE_BYTES, Precision, Recompute, ZeroStage
+from planner.spec.units import FP32_BYTES, OPTIMIZER_STATE_BYTES, Precision, ZeroStage
 
 #: DeepSpeed's engine flattens gradients for ZeRO-0's all-reduce in chunks of this many elements
 #: (engine.py:151 MEMORY_OPT_ALLREDUCE_SIZE)
@@ -218,14 +218,6 @@ class _StageState:
     carried: Any
     resident_buffers: Any
     stored: Any
-
-
-def stored_per_block_bytes(spec: Spec, plan: AnyPlan):
-    """What one block keeps between its forward and backward (planner/model/activations.py),
-    with an fp8 recipe's saved inputs in fp8 when the block is not recomputed."""
-    kept = act.stored_per_block_bytes(spec.model, plan, spec.runtime.cpu_checkpointing)
-    saved_inputs = plan.is_recompute(Recompute.NONE) | plan.is_recompute(Recompute.SELECTIVE)
-    return kept + where(saved_inputs, fp8.block_saved_delta_bytes(spec, plan), 0.0)
 
 
 def _state(spec: Spec, plan: AnyPlan, stage: Stage) -> _StageState:
