@@ -25,7 +25,7 @@ TERM_LABELS = {
     "optimizer_states": "optimizer states",
     "activations": "activations",
     "logits_loss": "logits / loss",
-    "deepspeed_buffers": "DeepSpeed buffers",
+    "deepspeed_buffers": "framework buffers",
     "optimizer_step": "optimizer step transient",
     "cublas_workspace": "cuBLAS workspaces",
 }

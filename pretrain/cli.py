@@ -140,6 +140,10 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
         raise click.UsageError("--sweep and --compare ask different questions: give one")
     try:
         spec = _load(spec_path, sets, top)
+        if execute and spec.runtime.backend != "deepspeed":
+            raise PlannerError(f"runtime.backend {spec.runtime.backend} is plan-only: --execute "
+                               f"runs DeepSpeed (set runtime.backend: deepspeed, or plan "
+                               f"without --execute)")
         if plot_dir is not None:
             _check_plot(spec, sweep_arg is not None or compare_arg is not None, question)
         if question is not None:

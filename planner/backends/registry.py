@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.megatron import MEGATRON
 from planner.errors import PlannerError
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (DEEPSPEED,)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (DEEPSPEED, MEGATRON)}
 DEFAULT_BACKEND = DEEPSPEED
 
 
@@ -16,3 +17,8 @@ def backend_named(name: str) -> Backend:
     except KeyError:
         raise PlannerError(f"unknown backend {name!r}; known backends: "
                            f"{', '.join(BACKENDS)}") from None
+
+
+def backend_for(spec) -> Backend:
+    """The backend the spec names (runtime.backend)."""
+    return BACKENDS[spec.runtime.backend]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 from planner.backends.base import Backend
-from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.registry import backend_for
 from planner.capacity.scaling import training_tokens
 from planner.capacity.whatif import parse_value
 from planner.errors import InfeasibleError, PlannerError
@@ -136,7 +136,7 @@ def changed_plan(spec: Spec, plan: Plan, axis: str, value: Any) -> Plan:
 
 
 def compare(spec: Spec, axis: str, values: Sequence[Any], *,
-            backend: Backend = DEEPSPEED) -> Comparison:
+            backend: Optional[Backend] = None) -> Comparison:
     """The best plan of ``search(spec)`` with ``axis`` set to each value: rules first (a rejected
     value keeps its reason), then the estimate, marked like the search's when the backend's
     executor cannot run it."""
@@ -146,6 +146,7 @@ def compare(spec: Spec, axis: str, values: Sequence[Any], *,
     if axis not in AXES:
         raise PlannerError(f"compare {axis!r}: not a plan field one can change; one of "
                            f"{', '.join(AXES)}")
+    backend = backend or backend_for(spec)
     result = search(spec, backend=backend)
     best = result.best
     if best is None:

@@ -4,18 +4,22 @@ pipeline stages that can be the most loaded; the largest is the predicted
 framework-free ones in planner/model/memory_terms.py, the backend's beside it."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from planner.backends.base import Backend
-from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.registry import backend_for
 from planner.model.memory_terms import AnyPlan, MemoryBreakdown
 from planner.model.shape import stages_to_check
 from planner.plan.strategy import Plan, PlanBatch
 from planner.spec.spec import Spec
 
 
-def peak_memory(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> MemoryBreakdown:
-    """The largest moment over the stages that can be the most loaded (first and last)."""
+def peak_memory(spec: Spec, plan: Plan, backend: Optional[Backend] = None) -> MemoryBreakdown:
+    """The largest moment over the stages that can be the most loaded (first and last), under
+    ``backend`` (default: the spec's runtime.backend, like every estimator here)."""
+    backend = backend or backend_for(spec)
     best = None
     for stage in stages_to_check(spec.model, plan.pp, plan.grad_accum):
         for moment, happens in backend.stage_moments(spec, plan, stage):
@@ -24,8 +28,9 @@ def peak_memory(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> MemoryB
     return best
 
 
-def peak_bytes(spec: Spec, plans: PlanBatch, backend: Backend = DEEPSPEED) -> np.ndarray:
+def peak_bytes(spec: Spec, plans: PlanBatch, backend: Optional[Backend] = None) -> np.ndarray:
     """The same peak for every plan of a batch, as one array (the search's hot path)."""
+    backend = backend or backend_for(spec)
     peak = np.zeros(len(plans))
     for stage in stages_to_check(spec.model, plans.pp, plans.grad_accum):
         for moment, happens in backend.stage_moments(spec, plans, stage):
@@ -33,6 +38,6 @@ def peak_bytes(spec: Spec, plans: PlanBatch, backend: Backend = DEEPSPEED) -> np
     return peak
 
 
-def host_offload_bytes(spec: Spec, plan: AnyPlan, backend: Backend = DEEPSPEED):
+def host_offload_bytes(spec: Spec, plan: AnyPlan, backend: Optional[Backend] = None):
     """Host RAM one GPU's rank needs for offload."""
-    return backend.host_offload_bytes(spec, plan)
+    return (backend or backend_for(spec)).host_offload_bytes(spec, plan)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from planner.backends.base import Backend
-from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.registry import backend_for
 from planner.estimate.memory import host_offload_bytes, peak_memory
 from planner.estimate.timing import Throughput, throughput
 from planner.model.flops import StepFlops, step_flops
@@ -143,8 +143,9 @@ def usable_bytes(spec: Spec) -> float:
 
 
 def estimate(spec: Spec, plan: Plan, *, with_time: bool = True,
-             backend: Backend = DEEPSPEED) -> Estimate:
+             backend: Optional[Backend] = None) -> Estimate:
     """Memory, FLOPs and (unless with_time is False) step time of one plan under a backend."""
+    backend = backend or backend_for(spec)
     mem = peak_memory(spec, plan, backend)
     rt, cluster = spec.runtime, spec.cluster
     return Estimate(

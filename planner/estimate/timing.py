@@ -5,12 +5,12 @@ kernel-dispatch time.  Every term is a pure function; docs/time-model.md gives t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from planner.backends.base import Backend
-from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.registry import backend_for
 from planner.model import activations as act
 from planner.model import fp8
 from planner.model.flops import causal_pairs, step_flops, utilisation
@@ -285,7 +285,7 @@ def kernels_per_block(spec: Spec, ep=1) -> int:
 
 
 def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
-                                 backend: Backend = DEEPSPEED) -> float:
+                                 backend: Optional[Backend] = None) -> float:
     """Host time to issue one micro-batch: 3x the forward's kernels per block (forward, backward,
     recompute counted once more), plus the backend's own bookkeeping (hooks, fetch/release)."""
     rt = spec.runtime
@@ -295,6 +295,7 @@ def host_seconds_per_micro_batch(spec: Spec, plan: Plan, stage: Stage,
     ring = plan.is_cp_kind(ContextParallel.RING)
     cp_kernels = where(plan.cp > 1, where(ring, 4 * (plan.cp - 1) + 2, 12), 0)
     kernels = stage.n_layers * (kernels_per_block(spec, plan.ep) + cp_kernels) * passes + 20
+    backend = backend or backend_for(spec)
     return (kernels * rt.cpu_op_us + backend.host_us_per_micro_batch(spec, plan, stage)) * 1e-6
 
 
@@ -373,16 +374,18 @@ def pp_seconds_per_micro_batch(spec: Spec, plan: Plan, order) -> float:
 # ------------------------------------------------------------------------------ step time
 
 def stage_micro_batch_seconds(spec: Spec, plan: Plan, stage: Stage,
-                              backend: Backend = DEEPSPEED):
+                              backend: Optional[Backend] = None):
     """(GPU compute, host dispatch) of one micro-batch on one stage."""
     gpu = stage.n_layers * block_forward_backward_seconds(spec, plan) \
         + stage.has_head * head_seconds(spec, plan)
     return gpu, host_seconds_per_micro_batch(spec, plan, stage, backend)
 
 
-def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSPEED) -> StepTime:
+def step_time_for_order(spec: Spec, plan: Plan, order,
+                        backend: Optional[Backend] = None) -> StepTime:
     """The step on the slowest stage: m micro-batch slots, the bubble, the exposed
     data-parallel traffic, the optimizer and offload."""
+    backend = backend or backend_for(spec)
     worst = None
     for stage in stages_to_check(spec.model, plan.pp, plan.grad_accum):
         gpu, host = stage_micro_batch_seconds(spec, plan, stage, backend)
@@ -420,8 +423,9 @@ def step_time_for_order(spec: Spec, plan: Plan, order, backend: Backend = DEEPSP
                     placement=",".join(order))
 
 
-def step_time(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> StepTime:
+def step_time(spec: Spec, plan: Plan, backend: Optional[Backend] = None) -> StepTime:
     """The faster of the rank placements worth trying (elementwise for a batch)."""
+    backend = backend or backend_for(spec)
     times = [step_time_for_order(spec, plan, order, backend) for order in ORDERS]
     if not isinstance(plan.dp, np.ndarray):
         return min(times, key=lambda st: st.total)
@@ -441,7 +445,7 @@ class Throughput:
     hfu: float  #: the same with recompute's extra forward counted
 
 
-def throughput(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED) -> Throughput:
+def throughput(spec: Spec, plan: Plan, backend: Optional[Backend] = None) -> Throughput:
     """Step time, tokens/s and utilisation; arrays for a PlanBatch."""
     st = step_time(spec, plan, backend)
     flops = step_flops(spec.model, plan, spec.global_batch_sequences)

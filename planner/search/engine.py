@@ -12,6 +12,7 @@ import numpy as np
 
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.registry import backend_for
 from planner.estimate.memory import host_offload_bytes, peak_bytes
 from planner.estimate.predict import (Estimate, estimate, floor_bytes_needed, required_bytes,
                                       usable_bytes)
@@ -234,11 +235,14 @@ class SearchResult:
         return self.feasible[self.first_executable]
 
 
-def search(spec: Spec, *, backend: Backend = DEEPSPEED, executable: bool = False) -> SearchResult:
+def search(spec: Spec, *, backend: Optional[Backend] = None,
+           executable: bool = False) -> SearchResult:
     """All candidates as one batch: the rules (the backend's included; with ``executable``, its
     executor's too), then peak memory, then step time for what fits, ranked fastest first (ties:
     more free memory).  Without ``executable``, a ranked plan the executor cannot run carries the
-    reason in ``Estimate.not_executable``."""
+    reason in ``Estimate.not_executable``.  ``backend``: the spec's runtime.backend unless
+    given."""
+    backend = backend or backend_for(spec)
     rules = rules_for(backend, executable=executable)
     batch = candidate_batch(spec)
     failed = first_failure(spec, batch, rules)

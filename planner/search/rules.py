@@ -13,6 +13,7 @@ import numpy as np
 
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.registry import backend_for
 from planner.plan.rule import Rejected, Rule, check_rules, first_failing
 from planner.plan.strategy import PRECISIONS, Plan, PlanBatch, where
 from planner.spec.spec import Spec
@@ -155,9 +156,11 @@ def rules_for(backend: Backend = DEEPSPEED, *, executable: bool = False) -> tupl
 RULES = rules_for()
 
 
-def check(spec: Spec, plan: Plan, backend: Backend = DEEPSPEED, *,
+def check(spec: Spec, plan: Plan, backend: Optional[Backend] = None, *,
           executable: bool = False) -> Optional[Rejected]:
-    return check_rules(rules_for(backend, executable=executable), spec, plan)
+    """The first rule ``plan`` fails under ``backend`` (default: the spec's runtime.backend)."""
+    return check_rules(rules_for(backend or backend_for(spec), executable=executable), spec,
+                       plan)
 
 
 def first_failure(spec: Spec, plans: PlanBatch, rules: tuple[Rule, ...] = RULES) -> np.ndarray:

@@ -93,8 +93,24 @@ class SearchSpec(_Frozen):
         return _as_axis(value)
 
 
+#: runtime.host_sync_fraction when a spec does not write it, per backend: fitted on DeepSpeed-engine
+#: runs (its per-micro-batch bookkeeping waits on the GPU); Megatron-Core's schedule issues no
+#: synchronising call per micro-batch, so its host runs ahead (docs/time-model.md)
+HOST_SYNC_DEFAULT = {"deepspeed": 0.8, "megatron": 0.0}
+
+
 class RuntimeSpec(_Frozen):
-    """DeepSpeed buffer sizes (its defaults) and the allocator facts the report shows."""
+    """The framework that runs the plan (``backend``), its buffer sizes (DeepSpeed's defaults) and
+    the allocator facts the report shows."""
+
+    backend: Literal["deepspeed", "megatron"] = Field(
+        "deepspeed", description="the framework whose buffers, rules and host behaviour are "
+        "priced (planner/backends/): deepspeed (what plan --execute runs) or megatron "
+        "(Megatron-Core with its distributed optimizer and Transformer Engine; plan-only)")
+    grad_reduce_in_fp32: Optional[bool] = Field(
+        None, description="megatron only: main gradients accumulated and reduced in fp32 "
+        "(true) or in the parameters' dtype (false: --grad-reduce-in-bf16, Megatron-Bridge's "
+        "performance recipes); null = Megatron-LM's default: fp32 for bf16, fp16 for fp16")
 
     cuda_context_gib: NonNegativeFloat = Field(
         0.5, description="CUDA context + kernels, outside PyTorch's allocator")
@@ -130,8 +146,10 @@ class RuntimeSpec(_Frozen):
         "module", description="ZeRO-3 gathers per parameter tensor (DeepSpeed < 0.7), per "
                               "module (DeepSpeed now) or per block (FSDP units)")
     host_sync_fraction: float = Field(
-        0.8, ge=0, le=1, description="share of the host's per-micro-batch work that waits on "
-                                     "the GPU (synchronising calls) instead of running ahead")
+        HOST_SYNC_DEFAULT["deepspeed"], ge=0, le=1,
+        description="share of the host's per-micro-batch work that waits on the GPU "
+                    "(synchronising calls) instead of running ahead; unwritten: 0.8 under "
+                    "deepspeed, 0 under megatron")
     host_adam_params_per_s: PositiveFloat = Field(
         1.0e9, description="DeepSpeedCPUAdam throughput per GPU's share of the host")
     torch_adam: bool = Field(False, description="PyTorch's foreach AdamW instead of DeepSpeed's "
@@ -150,6 +168,26 @@ class RuntimeSpec(_Frozen):
                            "partition_activations): under full recompute each block's "
                            "checkpointed input lives in host memory and crosses PCIe twice a "
                            "step; the GPU holds only the block being recomputed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_defaults(cls, data: Any) -> Any:
+        """The host-sync default is the backend's when the spec does not write one."""
+        if isinstance(data, dict) and "host_sync_fraction" not in data \
+                and data.get("backend") in HOST_SYNC_DEFAULT:
+            data = {**data, "host_sync_fraction": HOST_SYNC_DEFAULT[data["backend"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> "RuntimeSpec":
+        if self.backend != "megatron" and self.grad_reduce_in_fp32 is not None:
+            raise ValueError("grad_reduce_in_fp32: a Megatron-Core option; set "
+                             "runtime.backend: megatron, or leave it out (DeepSpeed's gradient "
+                             "dtype follows the precision)")
+        if self.backend == "megatron" and self.cpu_checkpointing:
+            raise ValueError("cpu_checkpointing: DeepSpeed's activation checkpointing "
+                             "option; runtime.backend megatron has none")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- spec

@@ -28,7 +28,7 @@ from planner.spec.profile import (CONSTANTS, Profile, constant_value, gpu_figure
                                   with_constants)
 from planner.spec.catalog import find_gpu
 from planner.spec.cluster import EfficiencySpec
-from planner.spec.spec import RuntimeSpec, Spec
+from planner.spec.spec import HOST_SYNC_DEFAULT, RuntimeSpec, Spec
 
 #: constants a step-time fit may choose from (fragmentation is fitted from memory separately)
 TIME_CONSTANTS = tuple(k for k in CONSTANTS if k != "allocator_fragmentation")
@@ -80,6 +80,8 @@ class Calibration:
 def default_constant(spec, name: str) -> float:
     """A constant's value without any profile or spec override: the GPU catalog's efficiency
     (the schema's default for a GPU outside the catalog) or the runtime default."""
+    if name == "host_sync_fraction":  # the backend's default
+        return HOST_SYNC_DEFAULT[spec.runtime.backend]
     if CONSTANTS[name].section == "runtime":
         return float(RuntimeSpec.model_fields[name].default)
     found = find_gpu(spec.cluster.gpu.name)

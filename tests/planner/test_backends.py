@@ -20,8 +20,9 @@ SPEC = load_spec(ROOT / "specs" / "7b_on_64xA100.yaml")
 
 
 def test_backends_by_name():
-    assert backend_named("DeepSpeed") is DEEPSPEED and set(BACKENDS) == {"deepspeed"}
-    with pytest.raises(PlannerError, match="unknown backend 'fsdp9'; known backends: deepspeed"):
+    assert backend_named("DeepSpeed") is DEEPSPEED and set(BACKENDS) == {"deepspeed", "megatron"}
+    with pytest.raises(PlannerError,
+                       match="unknown backend 'fsdp9'; known backends: deepspeed, megatron"):
         backend_named("fsdp9")
 
 
