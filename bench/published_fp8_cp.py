@@ -56,12 +56,21 @@ How a row becomes a Spec and a Plan (the mapping choices):
   stated) = dp x local batch.
 - micro_batch: the row's (NeMo long-sequence rows: not stated -> 1); grad_accum = global batch /
   (dp x micro_batch).
-- runtime.host_sync_fraction: 0 for Megatron / NeMo / Megatron-Bridge rows.  The planner's
-  default (0.8) was fitted on DeepSpeed-engine runs, whose per-micro-batch bookkeeping waits on
-  the GPU; Megatron-Core's schedule issues a step's micro-batches without waiting (its only
-  synchronisation is the loss reduction at the end of the step), so the host's kernel launches
-  overlap the GPU unless they take longer.  On these 34 rows the median |error| goes from
-  12.2 % (the default) to 9.4 %; the other rows keep the default.
+- runtime.backend: megatron for the Megatron-Bridge 25.11 rows that are not Megatron FSDP
+  (planner/backends/megatron/: the main_grad buffer, the distributed optimizer, the
+  interleaved schedule's in-flight chunks, host_sync_fraction 0), with
+  runtime.grad_reduce_in_fp32 false: its performance scripts set ddp.grad_reduce_in_fp32 =
+  False (scripts/performance/utils/helpers.py set_basic_perf_overrides) and
+  ddp.use_distributed_optimizer.  The NeMo 24.07 and long-sequence rows keep the DeepSpeed
+  backend with runtime.host_sync_fraction 0: NeMo 1.x recipes step with Apex's
+  DistributedFusedAdam (optim.name distributed_fused_adam, launcher_scripts/conf/training),
+  whose buffers neither backend models, and the tables do not state its gradient dtype; the
+  Megatron FSDP rows keep ZeRO-3 with block gathers (above) and host_sync_fraction 0.  Why
+  host sync 0: the DeepSpeed default (0.8) was fitted on DeepSpeed-engine runs, whose
+  per-micro-batch bookkeeping waits on the GPU; Megatron-Core's schedule issues a step's
+  micro-batches without waiting (its only synchronisation is the loss reduction at the end
+  of the step), so the host's kernel launches overlap the GPU unless they take longer.  On
+  the 34 Megatron-family rows the median |error| went from 12.2 % (0.8) to 9.4 % (0).
 - async TP (torchtitan): not modelled (tp_comm is never overlapped in the planner); those rows
   are kept, marked "async-TP", and their prediction is for plain TP.
 
@@ -102,6 +111,8 @@ GiB = 2**30
 PLANNER_RECIPES = {"te_delayed", "te_current", "te_mxfp8", "torchao_tensorwise",
                    "torchao_rowwise"}
 MEGATRON_SOURCES = {"nemo-perf-2407", "nemo-longseq", "megatron-bridge-2511"}
+#: the source whose runs are Megatron-Core DDP with its distributed optimizer, as its scripts state
+MEGATRON_CORE_DDP_SOURCE = "megatron-bridge-2511"
 
 
 class Skip(Exception):
@@ -186,7 +197,10 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
         ga = gbs // (dp * mb)
 
     runtime: dict = {}
-    if megatron:  # the host runs ahead of the GPU: no synchronising call per micro-batch
+    if megatron and not fsdp and row["source"] == MEGATRON_CORE_DDP_SOURCE:
+        # Megatron-Core's DDP buffers, distributed optimizer and schedule (host runs ahead)
+        runtime.update(backend="megatron", grad_reduce_in_fp32=False)
+    elif megatron:  # the host runs ahead of the GPU: no synchronising call per micro-batch
         runtime["host_sync_fraction"] = 0.0
     if fsdp:
         runtime["zero3_gather_granularity"] = "block"

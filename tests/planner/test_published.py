@@ -75,8 +75,10 @@ def test_cpu_checkpointing_moves_the_checkpoints_to_the_host():
 def test_runs_outside_the_shared_sample_that_ran_are_predicted_to_run():
     """bench/data/published_fp8_cp.yaml (torchtitan, torchao, llm-foundry, NeMo, Megatron-Bridge;
     fp8, context-parallel and bf16 runs, every one of which ran): none is 'does not fit' but the
-    five Megatron-Core runs priced with DeepSpeed's gradient buffers (docs/memory-model.md, the
-    fit verdict), named here so that a new one fails."""
+    two NeMo 24.07 GPT-3 175B runs, whose Apex DistributedFusedAdam neither backend models
+    (docs/memory-model.md, the fit verdict), named here so that a new one fails.  The three
+    Megatron-Bridge Llama 3.1 405B runs were 'does not fit' under DeepSpeed's buffers and are
+    not under the megatron backend's."""
     import sys
 
     import yaml
@@ -86,18 +88,27 @@ def test_runs_outside_the_shared_sample_that_ran_are_predicted_to_run():
     sys.path.insert(0, str(ROOT / "bench"))
     import published_fp8_cp as pub
     known = {"nemo2407-gpt3_175b-128gpu-h100-128gpu-fp8",
-             "nemo2407-gpt3_175b-512gpu-h100-512gpu-fp8",
-             "mbridge2511-l31_405b-h100-sxm-1024gpu-fp8cs",
-             "mbridge2511-l31_405b-b200-128gpu-fp8cs", "mbridge2511-l31_405b-b200-128gpu-mxfp8"}
-    refused, estimated = [], 0
+             "nemo2407-gpt3_175b-512gpu-h100-512gpu-fp8"}
+    megatron_core = {"mbridge2511-l31_405b-h100-sxm-1024gpu-fp8cs",
+                     "mbridge2511-l31_405b-b200-128gpu-fp8cs",
+                     "mbridge2511-l31_405b-b200-128gpu-mxfp8"}
+    refused, estimated, under_deepspeed = [], 0, []
     for row in yaml.safe_load(pub.DATA.read_text())["rows"]:
         try:
             data, plan, _ = pub.build(row)
         except pub.Skip:
             continue
         estimated += 1
-        verdict = estimate(spec_from_dict(data), plan, with_time=False).verdict
+        spec = spec_from_dict(data)
+        verdict = estimate(spec, plan, with_time=False).verdict
         if verdict == "does not fit":
             refused.append(row["id"])
+        if row["id"] in megatron_core:
+            assert spec.runtime.backend == "megatron"
+            data["runtime"] = {k: v for k, v in data["runtime"].items()
+                               if k not in ("backend", "grad_reduce_in_fp32")}
+            under_deepspeed.append(estimate(spec_from_dict(data), plan,
+                                            with_time=False).verdict)
     assert estimated >= 80
     assert set(refused) == known, set(refused) ^ known
+    assert under_deepspeed == ["does not fit"] * 3
