@@ -61,10 +61,14 @@ How a row becomes a Spec and a Plan (the mapping choices):
   interleaved schedule's in-flight chunks, host_sync_fraction 0), with
   runtime.grad_reduce_in_fp32 false: its performance scripts set ddp.grad_reduce_in_fp32 =
   False (scripts/performance/utils/helpers.py set_basic_perf_overrides) and
-  ddp.use_distributed_optimizer.  The NeMo 24.07 and long-sequence rows keep the DeepSpeed
-  backend with runtime.host_sync_fraction 0: NeMo 1.x recipes step with Apex's
-  DistributedFusedAdam (optim.name distributed_fused_adam, launcher_scripts/conf/training),
-  whose buffers neither backend models, and the tables do not state its gradient dtype; the
+  ddp.use_distributed_optimizer.  NeMo 24.07's GPT-3 175B rows too (NEMO_STATED_OPTIMIZER):
+  NeMo 1.x steps with Apex's DistributedFusedAdam, whose launcher config for that model in fp8
+  (launcher_scripts/conf/training/gpt3/175b_fp8_performance.yaml) sets grad_sync_dtype bf16
+  and contiguous_grad_buffer: a bf16 gradient buffer over every parameter and the moments
+  sharded, as the megatron backend prices them (Apex keeps 2-byte remainders of the fp32
+  parameters, store_param_remainders, where the backend counts 4: 2/d bytes per parameter
+  over).  The other NeMo 24.07 rows and the long-sequence rows keep the DeepSpeed backend with
+  runtime.host_sync_fraction 0: no config states their optimizer's gradient dtype.  The
   Megatron FSDP rows keep ZeRO-3 with block gathers (above) and host_sync_fraction 0.  Why
   host sync 0: the DeepSpeed default (0.8) was fitted on DeepSpeed-engine runs, whose
   per-micro-batch bookkeeping waits on the GPU; Megatron-Core's schedule issues a step's
@@ -113,6 +117,16 @@ PLANNER_RECIPES = {"te_delayed", "te_current", "te_mxfp8", "torchao_tensorwise",
 MEGATRON_SOURCES = {"nemo-perf-2407", "nemo-longseq", "megatron-bridge-2511"}
 #: the source whose runs are Megatron-Core DDP with its distributed optimizer, as its scripts state
 MEGATRON_CORE_DDP_SOURCE = "megatron-bridge-2511"
+#: NeMo 1.x rows whose launcher config states the optimizer's buffers: GPT-3 175B fp8
+#: (launcher_scripts/conf/training/gpt3/175b_fp8_performance.yaml) steps with Apex's
+#: DistributedFusedAdam, grad_sync_dtype bf16, contiguous_grad_buffer: a bf16 gradient buffer
+#: over every parameter and Adam's moments sharded, which the megatron backend prices (its
+#: sharded fp32 main parameters are 4 bytes where Apex keeps 2-byte remainders,
+#: store_param_remainders: 2/d bytes per parameter over)
+NEMO_STATED_OPTIMIZER = {
+    ("nemo-perf-2407", "gpt3-175b"): "optimizer from the launcher's 175b_fp8_performance.yaml: "
+                                     "DistributedFusedAdam, bf16 gradient buffer (megatron "
+                                     "backend, grad_reduce_in_fp32 false)"}
 
 
 class Skip(Exception):
@@ -200,6 +214,9 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
     if megatron and not fsdp and row["source"] == MEGATRON_CORE_DDP_SOURCE:
         # Megatron-Core's DDP buffers, distributed optimizer and schedule (host runs ahead)
         runtime.update(backend="megatron", grad_reduce_in_fp32=False)
+    elif (row["source"], str(row["model"])) in NEMO_STATED_OPTIMIZER:
+        runtime.update(backend="megatron", grad_reduce_in_fp32=False)
+        notes.append(NEMO_STATED_OPTIMIZER[row["source"], str(row["model"])])
     elif megatron:  # the host runs ahead of the GPU: no synchronising call per micro-batch
         runtime["host_sync_fraction"] = 0.0
     if fsdp:
