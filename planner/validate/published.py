@@ -3,7 +3,8 @@ Plan, so the step-time model can be checked against them.
 
 Each run is described by what its source states: shape, hardware, parallel layout, precision,
 recompute, and the framework's known behaviour (whether data-parallel traffic overlaps backward,
-fused kernels, FlashAttention, interleaved pipeline).  Nothing is tuned per run.  The measured
+fused kernels, FlashAttention, interleaved pipeline, and the backend whose buffers and host
+behaviour it has: Megatron-LM's own runs take runtime.backend megatron).  Nothing is tuned per run.  The measured
 quantity compared is tokens per second per GPU, which is free of FLOP-counting conventions.
 """
 from __future__ import annotations
@@ -103,6 +104,11 @@ def _recompute(text: str) -> Recompute:
     return Recompute.NONE
 
 
+def _backend(framework: str) -> dict[str, str]:
+    """Megatron-LM on its own (not Megatron-DeepSpeed) runs under the megatron backend."""
+    return {"backend": "megatron"} if framework.startswith("Megatron-LM (") else {}
+
+
 def published_run(entry: dict[str, Any]) -> PublishedRun:
     model, hw, par = entry["model"], entry["hardware"], entry["parallel"]
     framework = _framework(par, model)
@@ -127,7 +133,8 @@ def published_run(entry: dict[str, Any]) -> PublishedRun:
         "runtime": {"overlap_comm": _overlap(entry, framework),
                     "cpu_checkpointing": _cpu_checkpointing(par),
                     "zero3_gather_granularity": _granularity(entry, framework),
-                    "virtual_stages": par.get("interleaved_virtual_stages") or 1},
+                    "virtual_stages": par.get("interleaved_virtual_stages") or 1,
+                    **_backend(framework)},
     })
     precision = Precision.BF16 if "bf16" in par["precision"] else Precision.FP16
     plan = Plan(dp=dp, tp=par["tensor_parallel"], pp=par["pipeline_parallel"],
