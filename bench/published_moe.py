@@ -5,7 +5,8 @@ usage: python bench/published_moe.py          (writes bench/results/published_mo
 Each row is a published measurement with its source, the run's shape and mapping as the source
 gives them, estimated with the planner's own model of DeepSpeed-MoE (planner/estimate, the plan
 taken as published: the rules are not applied, since a Megatron mapping with pipeline stages is
-one DeepSpeed-MoE as modelled here does not take).  The error is the prediction's over the
+one DeepSpeed-MoE as modelled here does not take); the Megatron-Core run is priced under
+runtime.backend megatron.  The error is the prediction's over the
 measurement; the in-sample constants (GPU efficiencies) were fitted on dense runs only, so every
 row is out of sample for the MoE terms.
 """
@@ -54,13 +55,14 @@ RUNS = [
       "cluster": {"gpu": "H100-SXM", "nodes": 8, "gpus_per_node": 8,
                   "inter_node": {"nics_per_node": 8, "nic_gbit": 400}},
       "training": {"tokens": 1e12, "global_batch_sequences": 256},
-      "runtime": {"virtual_stages": 8}},
+      "runtime": {"virtual_stages": 8, "backend": "megatron"}},
      Plan(dp=16, tp=1, pp=4, zero=ZeroStage.OPTIMIZER, precision=Precision.BF16, micro_batch=1,
           grad_accum=16, recompute=Recompute.NONE, offload=Offload.NONE, ep=8),
      None, 468.0,
      "TP1 EP8 PP4 VP8, MBS 1, GBS 256, seq 4096, dropless, bf16, distributed optimizer, "
      "Transformer Engine's fused kernels and FlashAttention; the "
-     "pairing of the 468 TFLOPS with this exact mapping is not stated in the README"),
+     "pairing of the 468 TFLOPS with this exact mapping is not stated in the README; priced "
+     "under runtime.backend megatron (its buffers, host running ahead of the GPU)"),
 ]
 
 
