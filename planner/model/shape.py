@@ -194,6 +194,21 @@ def stages_to_check(m: ModelSpec, pp, grad_accum) -> list[Stage]:
     return [first, Stage(pp - 1, last_layers, False, True, 1)]
 
 
+def blocks_alive(stage: Stage, pp, grad_accum, virtual_stages: int = 1):
+    """Blocks' activations alive at once on ``stage``, in (block x micro-batch) units: 1F1B's
+    in-flight micro-batches, or, with v > 1 model chunks per rank (the interleaved schedule of
+    Megatron-Core and torch.distributed.pipelining), the warm-up chunks: rank r runs
+    2(pp - r - 1) + (v - 1) pp chunk forwards before its first backward
+    (forward_backward_pipelining_with_interleaving), so it holds that many + 1 chunks of L/(pp v)
+    blocks; on the first stage 1 + (pp - 1)/(pp v) times 1F1B's (Korthikanti et al. 2022)."""
+    v = virtual_stages
+    if v == 1:
+        return stage.n_layers * stage.in_flight
+    warm = 2 * (pp - 1 - stage.index) + (v - 1) * pp + 1
+    chunks = np.minimum(grad_accum * v, warm)
+    return np.where(pp == 1, stage.n_layers * stage.in_flight, chunks * stage.n_layers / v)
+
+
 def routed_expert_params(m: ModelSpec) -> float:
     """The routed experts' parameters per (average) block: what expert parallelism splits."""
     if not m.moe_layers:

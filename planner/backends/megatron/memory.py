@@ -30,13 +30,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from planner.model import activations as act
 from planner.model import fp8
 from planner.model.memory_terms import (AnyPlan, MemoryBreakdown, cublas_workspace_bytes,
                                         parameter_bytes, stored_per_block_bytes)
-from planner.model.shape import Stage, stage_params
+from planner.model.shape import Stage, blocks_alive, stage_params
 from planner.plan.strategy import where
 from planner.spec.spec import Spec
 from planner.spec.units import FP32_BYTES, OPTIMIZER_STATE_BYTES, Precision, ZeroStage
@@ -76,14 +74,8 @@ def step_transient_bytes(spec: Spec, plan: AnyPlan, n_full):
 
 
 def layer_microbatches_alive(spec: Spec, plan: AnyPlan, stage: Stage):
-    """Blocks' activations alive at once on this stage, in (block x micro-batch) units: 1F1B's
-    in-flight micro-batches, or the interleaved schedule's warm-up chunks (module docstring)."""
-    v = spec.runtime.virtual_stages
-    if v == 1:
-        return stage.n_layers * stage.in_flight
-    warm = 2 * (plan.pp - 1 - stage.index) + (v - 1) * plan.pp + 1
-    chunks = np.minimum(plan.grad_accum * v, warm)
-    return where(plan.pp == 1, stage.n_layers * stage.in_flight, chunks * stage.n_layers / v)
+    """Blocks' activations alive at once on this stage (planner/model/shape.py blocks_alive)."""
+    return blocks_alive(stage, plan.pp, plan.grad_accum, spec.runtime.virtual_stages)
 
 
 def _base(spec: Spec, plan: AnyPlan, stage: Stage) -> dict[str, Any]:
