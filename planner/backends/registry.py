@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from planner.backends.base import Backend
 from planner.backends.deepspeed import DEEPSPEED
+from planner.backends.fsdp import FSDP
 from planner.backends.megatron import MEGATRON
 from planner.errors import PlannerError
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (DEEPSPEED, MEGATRON)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (DEEPSPEED, MEGATRON, FSDP)}
 DEFAULT_BACKEND = DEEPSPEED
 
 

@@ -96,17 +96,21 @@ class SearchSpec(_Frozen):
 #: runtime.host_sync_fraction when a spec does not write it, per backend: fitted on DeepSpeed-engine
 #: runs (its per-micro-batch bookkeeping waits on the GPU); Megatron-Core's schedule issues no
 #: synchronising call per micro-batch, so its host runs ahead (docs/time-model.md)
-HOST_SYNC_DEFAULT = {"deepspeed": 0.8, "megatron": 0.0}
+HOST_SYNC_DEFAULT = {"deepspeed": 0.8, "megatron": 0.0, "fsdp": 0.8}
+#: runtime.zero3_gather_granularity when a spec does not write it, per backend: FSDP gathers per
+#: wrapped block
+GATHER_DEFAULT = {"deepspeed": "module", "megatron": "module", "fsdp": "block"}
 
 
 class RuntimeSpec(_Frozen):
     """The framework that runs the plan (``backend``), its buffer sizes (DeepSpeed's defaults) and
     the allocator facts the report shows."""
 
-    backend: Literal["deepspeed", "megatron"] = Field(
+    backend: Literal["deepspeed", "megatron", "fsdp"] = Field(
         "deepspeed", description="the framework whose buffers, rules and host behaviour are "
-        "priced (planner/backends/): deepspeed (what plan --execute runs) or megatron "
-        "(Megatron-Core with its distributed optimizer and Transformer Engine; plan-only)")
+        "priced (planner/backends/): deepspeed (what plan --execute runs), megatron "
+        "(Megatron-Core with its distributed optimizer and Transformer Engine; plan-only) or "
+        "fsdp (PyTorch FSDP, fully_shard per block as torchtitan applies it; plan-only)")
     grad_reduce_in_fp32: Optional[bool] = Field(
         None, description="megatron only: main gradients accumulated and reduced in fp32 "
         "(true) or in the parameters' dtype (false: --grad-reduce-in-bf16, Megatron-Bridge's "
@@ -172,10 +176,12 @@ class RuntimeSpec(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _backend_defaults(cls, data: Any) -> Any:
-        """The host-sync default is the backend's when the spec does not write one."""
-        if isinstance(data, dict) and "host_sync_fraction" not in data \
-                and data.get("backend") in HOST_SYNC_DEFAULT:
-            data = {**data, "host_sync_fraction": HOST_SYNC_DEFAULT[data["backend"]]}
+        """The host-sync and gather-granularity defaults are the backend's when the spec does not
+        write them."""
+        if isinstance(data, dict) and data.get("backend") in HOST_SYNC_DEFAULT:
+            backend = data["backend"]
+            data = {"host_sync_fraction": HOST_SYNC_DEFAULT[backend],
+                    "zero3_gather_granularity": GATHER_DEFAULT[backend], **data}
         return data
 
     @model_validator(mode="after")
@@ -184,9 +190,9 @@ class RuntimeSpec(_Frozen):
             raise ValueError("grad_reduce_in_fp32: a Megatron-Core option; set "
                              "runtime.backend: megatron, or leave it out (DeepSpeed's gradient "
                              "dtype follows the precision)")
-        if self.backend == "megatron" and self.cpu_checkpointing:
-            raise ValueError("cpu_checkpointing: DeepSpeed's activation checkpointing "
-                             "option; runtime.backend megatron has none")
+        if self.backend != "deepspeed" and self.cpu_checkpointing:
+            raise ValueError(f"cpu_checkpointing: DeepSpeed's activation checkpointing "
+                             f"option; runtime.backend {self.backend} has none")
         return self
 
 

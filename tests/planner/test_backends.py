@@ -20,9 +20,10 @@ SPEC = load_spec(ROOT / "specs" / "7b_on_64xA100.yaml")
 
 
 def test_backends_by_name():
-    assert backend_named("DeepSpeed") is DEEPSPEED and set(BACKENDS) == {"deepspeed", "megatron"}
+    assert backend_named("DeepSpeed") is DEEPSPEED \
+        and set(BACKENDS) == {"deepspeed", "megatron", "fsdp"}
     with pytest.raises(PlannerError,
-                       match="unknown backend 'fsdp9'; known backends: deepspeed, megatron"):
+                       match="unknown backend 'fsdp9'; known backends: deepspeed, megatron, fsdp"):
         backend_named("fsdp9")
 
 
