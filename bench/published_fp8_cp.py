@@ -40,9 +40,11 @@ How a row becomes a Spec and a Plan (the mapping choices):
   (torchao_mxfp8, torchao_mxfp8_rceil, torchao_rowwise_with_gw_hp) are skipped.
 - runtime.fp8_all_gather: true only where the row says fp8_param_allgather true (null -> false:
   torchtitan's and Megatron's defaults are off).
-- zero: FSDP (FSDP1/FSDP2/Megatron FSDP, zero_stage 3) -> ZeRO-3 with
-  runtime.zero3_gather_granularity "block"; Megatron distributed optimizer (assumed, or "not
-  stated" in NeMo tables) -> ZeRO-1.
+- zero: FSDP (FSDP1/FSDP2/Megatron FSDP, zero_stage 3) -> ZeRO-3; PyTorch FSDP (torchtitan,
+  torchao, llm-foundry) under runtime.backend fsdp (its shards, unsharded blocks and root
+  group, and under a pipeline its unsharded stage; gathers per block), Megatron FSDP priced as
+  DeepSpeed ZeRO-3 with runtime.zero3_gather_granularity "block"; Megatron distributed
+  optimizer (assumed, or "not stated" in NeMo tables) -> ZeRO-1.
 - recompute: none -> NONE, selective -> SELECTIVE, per-op SAC (torchtitan's "op" policy) -> OP,
   full -> FULL, "not stated"
   (NeMo / Megatron-Bridge tables) -> NONE (their perf recipes for these sizes mostly run without
@@ -219,7 +221,9 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
         notes.append(NEMO_STATED_OPTIMIZER[row["source"], str(row["model"])])
     elif megatron:  # the host runs ahead of the GPU: no synchronising call per micro-batch
         runtime["host_sync_fraction"] = 0.0
-    if fsdp:
+    if fsdp and not megatron:  # PyTorch FSDP: its own buffers (gathers per block)
+        runtime["backend"] = "fsdp"
+    elif fsdp:  # Megatron FSDP: ZeRO-3 with block gathers
         runtime["zero3_gather_granularity"] = "block"
     if isinstance(par.get("vp"), int) and par["vp"] > 1:
         runtime["virtual_stages"] = par["vp"]

@@ -4,7 +4,8 @@ Plan, so the step-time model can be checked against them.
 Each run is described by what its source states: shape, hardware, parallel layout, precision,
 recompute, and the framework's known behaviour (whether data-parallel traffic overlaps backward,
 fused kernels, FlashAttention, interleaved pipeline, and the backend whose buffers and host
-behaviour it has: Megatron-LM's own runs take runtime.backend megatron).  Nothing is tuned per run.  The measured
+behaviour it has: Megatron-LM's own runs take runtime.backend megatron, FULL_SHARD FSDP runs
+runtime.backend fsdp).  Nothing is tuned per run.  The measured
 quantity compared is tokens per second per GPU, which is free of FLOP-counting conventions.
 """
 from __future__ import annotations
@@ -104,9 +105,14 @@ def _recompute(text: str) -> Recompute:
     return Recompute.NONE
 
 
-def _backend(framework: str) -> dict[str, str]:
-    """Megatron-LM on its own (not Megatron-DeepSpeed) runs under the megatron backend."""
-    return {"backend": "megatron"} if framework.startswith("Megatron-LM (") else {}
+def _backend(entry: dict[str, Any], framework: str) -> dict[str, str]:
+    """Megatron-LM on its own (not Megatron-DeepSpeed) runs under the megatron backend; PyTorch
+    FSDP with FULL_SHARD (ZeRO-3's role) under the fsdp backend."""
+    if framework.startswith("Megatron-LM ("):
+        return {"backend": "megatron"}
+    if entry["parallel"].get("fsdp") and _zero(entry["parallel"]) == 3:
+        return {"backend": "fsdp"}
+    return {}
 
 
 def published_run(entry: dict[str, Any]) -> PublishedRun:
@@ -134,7 +140,7 @@ def published_run(entry: dict[str, Any]) -> PublishedRun:
                     "cpu_checkpointing": _cpu_checkpointing(par),
                     "zero3_gather_granularity": _granularity(entry, framework),
                     "virtual_stages": par.get("interleaved_virtual_stages") or 1,
-                    **_backend(framework)},
+                    **_backend(entry, framework)},
     })
     precision = Precision.BF16 if "bf16" in par["precision"] else Precision.FP16
     plan = Plan(dp=dp, tp=par["tensor_parallel"], pp=par["pipeline_parallel"],
