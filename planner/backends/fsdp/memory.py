@@ -8,7 +8,8 @@ torchtitan parallelize apply_fsdp, Dec 2024 - Jun 2025; docs/memory-model.md):
   reduce-scatter output back), and AdamW's two fp32 moments: 16/d bytes per parameter.
 - Each transformer block is a group; the embedding, final norm and LM head are the root group
   (torchtitan until July 2025), which FSDP never reshards after forward: its 16-bit parameters
-  live all step and its 16-bit gradients from the start of backward until the final callback.
+  live through forward and backward, and its 16-bit gradients from the start of backward until
+  the final callback.  Every group is resharded after backward, before the optimizer step.
 - Without pipeline parallelism a block's 16-bit parameters are all-gathered for its forward and
   again for its backward, with the next block prefetched: two blocks alive.  In backward the
   block's 16-bit gradients and the reduce-scatter input in the reduce dtype (fp32, torchtitan's
@@ -98,8 +99,8 @@ def stage_moments(spec: Spec, plan: AnyPlan, stage: Stage) -> list[tuple[MemoryB
         (MemoryBreakdown(**base, gradients=_gradients(spec, plan, stage, True),
                          activations=stored + act.block_backward_transient_bytes(m, plan),
                          moment="backward through the last block"), True)]
-    n, _, root = _sizes(spec, plan, stage)
-    resharded = dict(base, parameters=where(plan.pp > 1, 0.0, root * plan.param_bytes))
+    n = stage_params(m, stage, plan.tp)
+    resharded = dict(base, parameters=0.0 * plan.dp)  # every group reshards after backward
     moments.append((MemoryBreakdown(**resharded, gradients=FP32_BYTES * n / plan.zero_ranks,
                                     optimizer_step=FP32_BYTES * n / plan.zero_ranks,
                                     moment="optimizer step"), True))
