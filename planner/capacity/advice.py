@@ -136,21 +136,21 @@ LOGITS_SHARE = 0.2
 def logits_note(result: SearchResult) -> Optional[str]:
     """When the logits and the loss take a fifth of the best plan's peak or more (long sequences,
     large vocabularies), what would cut them: the fused, chunked cross-entropy the memory model
-    knows (model.fused_kernels: no full-size fp32 copies; Liger, Megatron), re-estimated on the
+    knows (model.fused_loss: no full-size fp32 copies; Liger, Megatron), re-estimated on the
     same plan; tensor parallelism, whose vocab-parallel loss divides them by tp; and context
     parallelism, which divides them by cp."""
     spec, best = result.spec, result.best
-    if best is None or spec.model.fused_kernels:
+    if best is None or spec.model.loss_fused:
         return None
     logits = best.memory.logits_loss
     if logits < LOGITS_SHARE * best.memory.total:
         return None
     from planner.estimate.predict import estimate
-    fused = estimate(edit(spec, {"model.fused_kernels": True}), best.plan, with_time=False)
+    fused = estimate(edit(spec, {"model.fused_loss": True}), best.plan, with_time=False)
     gib = 2.0 ** 30
     return (f"the logits and loss take {logits / gib:.1f} GiB of the {best.memory.total / gib:.1f}"
             f" GiB peak ({logits / best.memory.total:.0%}, vocab {spec.model.vocab_size:,} x "
-            f"seq {spec.model.seq_len:,}); a fused, chunked cross-entropy (model.fused_kernels: "
+            f"seq {spec.model.seq_len:,}); a fused, chunked cross-entropy (model.fused_loss: "
             f"true) keeps {fused.memory.logits_loss / gib:.1f} GiB at the loss "
             f"(peak {fused.memory.total / gib:.1f} GiB)"
             + (", tensor parallelism's vocab-parallel loss divides the logits by tp"

@@ -182,7 +182,7 @@ def loss_bytes_per_token(spec: Spec, plan: Plan) -> float:
     e, v = plan.activation_bytes, local_dims(spec.model, plan).vocab
     # a logit soft-cap (Gemma 2) divides, tanhs and multiplies the logits: three passes each way
     softcap = 2 * 3 * 2 * e * v if spec.model.logit_softcap is not None else 0
-    if spec.model.fused_kernels:
+    if spec.model.loss_fused:
         return 2 * (e + e) * v + softcap
     return (e + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + e) * v + softcap
 

@@ -41,6 +41,7 @@ class _Dims:
     e: Any  #: bytes per activation element
     r: Any  #: share of norm-region tensors this rank keeps: 1/t with sequence parallel, else 1
     fused: bool  #: fused norm / rotary / SwiGLU / cross-entropy kernels (model.fused_kernels)
+    fused_loss: bool = False  #: fused, chunked cross-entropy (model.loss_fused)
     cp: Any = 1  #: context-parallel ranks (s is already the local 1/cp of the sequence)
     ulysses: Any = False  #: cp > 1 through Ulysses' all-to-alls
 
@@ -49,7 +50,7 @@ def _dims(m: ModelSpec, plan: Plan) -> _Dims:
     ld = local_dims(m, plan)
     return _Dims(s=ld.seq, b=ld.micro_batch, h=ld.d_model, q=ld.q_width, k=ld.kv_width,
                  f=ld.ffn, a=ld.heads, V=ld.vocab, e=plan.activation_bytes, r=ld.norm_share,
-                 fused=m.fused_kernels, cp=plan.cp,
+                 fused=m.fused_kernels, fused_loss=m.loss_fused, cp=plan.cp,
                  ulysses=(plan.cp > 1) & plan.is_cp_kind(ContextParallel.ULYSSES))
 
 
@@ -300,7 +301,7 @@ def logits_forward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     """At the loss in forward: the logits, their fp32 copy and log_softmax's output coexist."""
     d = _dims(m, plan)
     n = d.s * d.b * d.V
-    if d.fused:  # chunked cross-entropy: no full-size fp32 copies
+    if d.fused_loss:  # chunked cross-entropy: no full-size fp32 copies
         return n * d.e + softcap_saved_bytes(m, plan)
     loss = loss_dtype_bytes(m, plan)
     upcast = where(loss != d.e, loss, 0)
@@ -322,6 +323,6 @@ def logits_backward_peak_bytes(m: ModelSpec, plan: Plan) -> float:
     and the gradient it returns are three logits-sized tensors in the loss dtype at once
     (aten _log_softmax_backward_data).  Vocab-parallel: V/t per rank."""
     d = _dims(m, plan)
-    if d.fused:  # the logits and their gradient, computed chunk by chunk in the forward
+    if d.fused_loss:  # the logits and their gradient, computed chunk by chunk in the forward
         return 2 * d.e * d.s * d.b * d.V + softcap_saved_bytes(m, plan)
     return 3 * loss_dtype_bytes(m, plan) * d.s * d.b * d.V + softcap_saved_bytes(m, plan)

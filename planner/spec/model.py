@@ -105,6 +105,10 @@ class ModelSpec(_Frozen):
         False, description="fused norm, rotary, SwiGLU and chunked cross-entropy kernels (Megatron,"
                            " Liger, lit-gpt): fewer memory passes and saved tensors; the "
                            "executor's model runs PyTorch's unfused ops")
+    fused_loss: Optional[bool] = Field(
+        None, description="the cross-entropy alone: fused and chunked (true: no full-size fp32 "
+                          "copies of the logits) or PyTorch's (false: torchtitan compiles each "
+                          "block but not the loss); null follows fused_kernels")
     hf_config: Optional[str] = Field(
         None, description="a Hugging Face config.json (or a directory holding one; relative to "
                           "the spec) the shape is read from; fields written here override it "
@@ -219,6 +223,11 @@ class ModelSpec(_Frozen):
             return 0
         return self.n_layers // moe.every - sum(
             (i + 1) % moe.every == 0 for i in set(moe.dense_layers))
+
+    @property
+    def loss_fused(self) -> bool:
+        """The cross-entropy runs fused and chunked: fused_loss, or fused_kernels when unset."""
+        return self.fused_kernels if self.fused_loss is None else self.fused_loss
 
     @property
     def q_dim(self) -> int:

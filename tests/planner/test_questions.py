@@ -241,7 +241,7 @@ def test_the_report_says_when_the_logits_dominate_and_what_cuts_them():
     note = logits_note(result)
     best = result.best
     assert best.memory.logits_loss >= 0.2 * best.memory.total
-    fused = estimate(edit(spec, {"model.fused_kernels": True}), best.plan, with_time=False)
+    fused = estimate(edit(spec, {"model.fused_loss": True}), best.plan, with_time=False)
     assert f"keeps {fused.memory.logits_loss / 2**30:.1f} GiB" in note
     assert "vocab-parallel" not in note  # one GPU: no tensor parallelism to offer
     assert "note       the logits and loss take" in run("specs/125m_on_1xH100.yaml").stdout
