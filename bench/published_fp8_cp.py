@@ -18,7 +18,13 @@ How a row becomes a Spec and a Plan (the mapping choices):
   rows: the benchmark configs (scripts/train/yamls/pretrain/mpt-*.yaml) set no ALiBi, and MPT's
   learned_pos_emb defaults to true (llmfoundry/models/mpt/configuration_mpt.py).
 - model.fused_kernels: true for Megatron / NeMo / Megatron-Bridge runs (Transformer Engine's
-  fused norms, activations, RoPE) and for torch.compile runs; false for eager torchtitan.  True
+  fused norms, activations, RoPE) and for torch.compile runs; false for eager torchtitan.
+  torchtitan's Dec 2024 compile runs keep an unfused loss (model.fused_loss false): its
+  apply_compile compiles each TransformerBlock, and train.py left the loss's torch.compile
+  commented out ("TODO: compiling loss function causes CUDA errors"), so the cross-entropy on
+  fp32 logits ran eagerly.  Its 2025 versions compile the loss with the model
+  (build_cross_entropy_loss, "Compiling the loss function with torch.compile"): the June 2025
+  rows keep the fused loss.  True
   for llm-foundry: MPT's loss is flash-attn's fused cross-entropy by default (loss_fn
   'fused_crossentropy', llmfoundry/models/mpt/modeling_mpt.py), and its LayerNorm and GELU are
   one kernel each either way, so for this arch the flag changes the loss alone (its logits
@@ -190,6 +196,10 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
         if model.get("arch") == "gpt2":  # MPT: no biases, learned positions
             model.update(bias=False, max_positions=row["seq_len"])
     model.update(attention="flash", fused_kernels=fused)
+    if compile_ and row["source"] == "torchtitan-2412":
+        # torchtitan (Dec 2024) compiles each TransformerBlock; its train.py left the loss
+        # uncompiled ("TODO: compiling loss function causes CUDA errors"): eager fp32 logits
+        model["fused_loss"] = False
 
     gpu, gnote = _gpu(row)
     if gnote:
