@@ -133,7 +133,8 @@ class RuntimeSpec(_Frozen):
         None, description="None: DeepSpeed's default (on for ZeRO-3, off for 1/2); on doubles "
                           "the ZeRO-1/2 bucket")
     virtual_stages: PositiveInt = Field(1, description="interleaved pipeline chunks per stage "
-                                        "(1 = DeepSpeed's 1F1B)")
+                                        "(1 = 1F1B, all DeepSpeed runs; more needs backend "
+                                        "megatron or fsdp)")
     cpu_op_us: NonNegativeFloat = Field(
         75.0, description="host time per kernel of eager PyTorch under the DeepSpeed engine "
                           "(module and dispatch overhead), microseconds")
@@ -190,6 +191,11 @@ class RuntimeSpec(_Frozen):
             raise ValueError("grad_reduce_in_fp32: a Megatron-Core option; set "
                              "runtime.backend: megatron, or leave it out (DeepSpeed's gradient "
                              "dtype follows the precision)")
+        if self.backend == "deepspeed" and self.virtual_stages > 1:
+            raise ValueError(f"virtual_stages: {self.virtual_stages} interleaved chunks per "
+                             f"stage, but DeepSpeed's pipeline engine runs plain 1F1B; "
+                             f"interleaving is Megatron-Core's (runtime.backend: megatron) or "
+                             f"torch.distributed.pipelining's (fsdp)")
         if self.backend != "deepspeed" and self.cpu_checkpointing:
             raise ValueError(f"cpu_checkpointing: DeepSpeed's activation checkpointing "
                              f"option; runtime.backend {self.backend} has none")

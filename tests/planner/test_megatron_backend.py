@@ -142,3 +142,14 @@ def test_execute_refuses_a_plan_only_backend_in_one_line(tmp_path):
     assert result.exit_code == 1
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and "runtime.backend megatron is plan-only" in err
+
+
+def test_interleaving_needs_a_backend_that_has_it():
+    """DeepSpeed's pipeline engine runs plain 1F1B: virtual_stages > 1 under it is refused, one
+    line naming the field, rather than priced as a schedule DeepSpeed cannot run."""
+    base = {"model": MODEL, "cluster": {"gpu": "H100-SXM", "nodes": 1, "gpus_per_node": 8},
+            "training": {"tokens": 1e12, "global_batch_sequences": 512}}
+    with pytest.raises(SpecError, match="runtime.virtual_stages: 2 interleaved chunks per stage, "
+                                        "but DeepSpeed's pipeline engine runs plain 1F1B"):
+        spec_from_dict({**base, "runtime": {"virtual_stages": 2}})
+    assert spec(virtual_stages=2).runtime.virtual_stages == 2

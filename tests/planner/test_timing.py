@@ -125,12 +125,12 @@ def test_data_parallel_volume_per_zero_stage(zero):
 
 
 def test_bubble_is_p_minus_1_slots_over_virtual_stages():
-    spec = cluster_spec(model="llama2-13b")
+    spec = cluster_spec(model="llama2-13b", backend="megatron")
     p = plan(dp=8, tp=1, pp=4, zero=1, ga=16)
     st = step_time_for_order(spec, p, ("tp", "dp", "pp"))
     slot = (st.compute + st.tp_comm + st.pp_comm) / 16
     assert st.bubble == pytest.approx(3 * slot)
-    inter = cluster_spec(model="llama2-13b", virtual_stages=3)
+    inter = cluster_spec(model="llama2-13b", backend="megatron", virtual_stages=3)
     st3 = step_time_for_order(inter, p, ("tp", "dp", "pp"))
     assert st3.bubble == pytest.approx(st.bubble / 3)
 
