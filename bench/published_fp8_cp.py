@@ -75,7 +75,13 @@ How a row becomes a Spec and a Plan (the mapping choices):
   and contiguous_grad_buffer: a bf16 gradient buffer over every parameter and the moments
   sharded, as the megatron backend prices them (Apex keeps 2-byte remainders of the fp32
   parameters, store_param_remainders, where the backend counts 4: 2/d bytes per parameter
-  over).  The other NeMo 24.07 rows and the long-sequence rows keep the DeepSpeed backend with
+  over).  NeMo 24.07's other interleaved rows (Llama 2 13B and 70B, Llama 3 70B) run
+  Megatron-Core's interleaved schedule, which DeepSpeed does not have, so they take the megatron
+  backend too, with its default fp32 gradients: NeMo's llama launcher configs
+  (launcher_scripts/conf/training/llama/llama2_70b.yaml) run DistributedFusedAdam with
+  contiguous_grad_buffer and no grad_sync_dtype, which Apex defaults to fp32 (6 + 14/d bytes per
+  parameter at the step, as the backend's 6 + 12/d plus the step's 4/d shard).  The other NeMo
+  24.07 rows and the long-sequence rows keep the DeepSpeed backend with
   runtime.host_sync_fraction 0: no config states their optimizer's gradient dtype.  The
   Megatron FSDP rows keep ZeRO-3 with block gathers (above) and host_sync_fraction 0.  Why
   host sync 0: the DeepSpeed default (0.8) was fitted on DeepSpeed-engine runs, whose
@@ -229,6 +235,12 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
     elif (row["source"], str(row["model"])) in NEMO_STATED_OPTIMIZER:
         runtime.update(backend="megatron", grad_reduce_in_fp32=False)
         notes.append(NEMO_STATED_OPTIMIZER[row["source"], str(row["model"])])
+    elif megatron and isinstance(par.get("vp"), int) and par["vp"] > 1:
+        # Megatron-Core's interleaved schedule (DeepSpeed has none); NeMo 1.x's llama configs
+        # run Apex's DistributedFusedAdam with no grad_sync_dtype: fp32 gradient buffer
+        runtime["backend"] = "megatron"
+        notes.append("interleaved schedule: megatron backend (fp32 gradients: NeMo's llama "
+                     "launcher configs set no grad_sync_dtype)")
     elif megatron:  # the host runs ahead of the GPU: no synchronising call per micro-batch
         runtime["host_sync_fraction"] = 0.0
     if fsdp and not megatron:  # PyTorch FSDP: its own buffers (gathers per block)
