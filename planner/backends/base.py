@@ -40,3 +40,10 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
+
+
+def plan_only(name: str) -> tuple[Rule, ...]:
+    """The executor rules of a backend this project's executor does not drive: every plan."""
+    return (Rule("plan-only backend", lambda s, p: p.dp > 0, lambda s, p: (
+        f"runtime.backend {name} is plan-only: the executor runs DeepSpeed (runtime.backend: "
+        f"deepspeed)")),)

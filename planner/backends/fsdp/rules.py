@@ -2,6 +2,7 @@
 with it (everything: the executor drives DeepSpeed).  Same form as planner/search/rules.py."""
 from __future__ import annotations
 
+from planner.backends.base import plan_only
 from planner.plan.rule import Rule
 from planner.spec.units import ZeroStage
 
@@ -34,8 +35,4 @@ RULES: tuple[Rule, ...] = (
         "modelled")),
 )
 
-EXECUTOR_RULES: tuple[Rule, ...] = (
-    Rule("plan-only backend", lambda s, p: p.dp > 0, lambda s, p: (
-        "runtime.backend fsdp is plan-only: the executor runs DeepSpeed (runtime.backend: "
-        "deepspeed)")),
-)
+EXECUTOR_RULES: tuple[Rule, ...] = plan_only("fsdp")
