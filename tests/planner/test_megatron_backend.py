@@ -4,11 +4,10 @@ chunks, its rules, and the spec fields that select it."""
 import pytest
 
 from planner.backends.megatron import MEGATRON
-from planner.backends.megatron.memory import layer_microbatches_alive
 from planner.errors import SpecError
 from planner.estimate.memory import peak_memory
 from planner.estimate.predict import estimate
-from planner.model.shape import stage_params, stages_to_check
+from planner.model.shape import blocks_alive, stage_params, stages_to_check
 from planner.plan.strategy import Plan
 from planner.search.engine import search
 from planner.spec.loading import spec_from_dict
@@ -84,10 +83,10 @@ def test_interleaving_keeps_pp_v_plus_pp_minus_one_chunks_on_the_first_stage(pp,
     s1, sv = spec(nodes=4), spec(nodes=4, virtual_stages=v)
     p = plan(dp=32 // pp, pp=pp, ga=64)
     first, last = stages_to_check(s1.model, pp, p.grad_accum)
-    plain = layer_microbatches_alive(s1, p, first)
-    assert layer_microbatches_alive(sv, p, first) == pytest.approx(
+    plain = blocks_alive(first, p.pp, p.grad_accum, 1)
+    assert blocks_alive(first, p.pp, p.grad_accum, v) == pytest.approx(
         plain * (1 + (pp - 1) / (pp * v)))
-    assert layer_microbatches_alive(sv, p, last) == pytest.approx(
+    assert blocks_alive(last, p.pp, p.grad_accum, v) == pytest.approx(
         ((v - 1) * pp + 1) * last.n_layers / v)
     assert peak_memory(sv, p).total > peak_memory(s1, p).total
 

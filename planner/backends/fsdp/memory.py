@@ -45,18 +45,13 @@ def _sizes(spec: Spec, plan: AnyPlan, stage: Stage):
     return n, block, n - stage.n_layers * block
 
 
-def _unsharded_bytes_per_param(spec: Spec, plan: AnyPlan, n, stage: Stage):
-    """An all-gathered parameter: the compute dtype, the fp8 GEMM weights at one byte where the
-    recipe gathers fp8 (runtime.fp8_all_gather)."""
-    return fp8.gathered_bytes_per_param(spec, plan, n, stage.n_layers)
-
-
-def _base(spec: Spec, plan: AnyPlan, stage: Stage) -> dict[str, Any]:
-    n, block, root = _sizes(spec, plan, stage)
+def _base(spec: Spec, plan: AnyPlan, stage: Stage, sizes) -> dict[str, Any]:
+    """The shards and the unsharded 16-bit copies (the fp8 GEMM weights at one byte where the
+    recipe all-gathers fp8, runtime.fp8_all_gather)."""
+    n, block, root = sizes
     d = plan.zero_ranks
-    gathered = _unsharded_bytes_per_param(spec, plan, n, stage)
-    pipelined = plan.pp > 1
-    unsharded = where(pipelined, n, 2 * block + root) * gathered
+    gathered = fp8.gathered_bytes_per_param(spec, plan, n, stage.n_layers)
+    unsharded = where(plan.pp > 1, n, 2 * block + root) * gathered
     return dict(parameters=unsharded,
                 fp8_weights=fp8.weight_cache_bytes(spec, plan, stage.n_layers),
                 master_weights=FP32_BYTES * n / d,
@@ -64,11 +59,11 @@ def _base(spec: Spec, plan: AnyPlan, stage: Stage) -> dict[str, Any]:
                 cublas_workspace=cublas_workspace_bytes(spec), stage=stage.index)
 
 
-def _gradients(spec: Spec, plan: AnyPlan, stage: Stage, in_backward: bool):
+def _gradients(plan: AnyPlan, sizes, in_backward: bool):
     """Gradients alive: the fp32 shards, plus under a pipeline the unsharded fp32 accumulation of
     every earlier micro-batch; in backward the current block's 16-bit gradients and, without a
     pipeline, its fp32 reduce-scatter input and the root group's 16-bit gradients."""
-    n, block, root = _sizes(spec, plan, stage)
+    n, block, root = sizes
     shards = FP32_BYTES * n / plan.zero_ranks
     pipelined = plan.pp > 1
     accumulated = where(pipelined & (plan.grad_accum > 1), REDUCE_BYTES * n, 0.0)
@@ -83,26 +78,26 @@ def stage_moments(spec: Spec, plan: AnyPlan, stage: Stage) -> list[tuple[MemoryB
     """The loss (on the head's stage), backward through the last block, and the optimizer step;
     each with whether it happens."""
     m = spec.model
-    base = _base(spec, plan, stage)
+    sizes = _sizes(spec, plan, stage)
+    base = _base(spec, plan, stage, sizes)
     stored = blocks_alive(stage, plan.pp, plan.grad_accum, spec.runtime.virtual_stages) \
         * stored_per_block_bytes(spec, plan)
     head = act.head_saved_bytes(m, plan)
     moments = [
-        (MemoryBreakdown(**base, gradients=_gradients(spec, plan, stage, False),
+        (MemoryBreakdown(**base, gradients=_gradients(plan, sizes, False),
                          activations=stored + head,
                          logits_loss=act.logits_forward_peak_bytes(m, plan),
                          moment="forward through the loss"), stage.has_head),
-        (MemoryBreakdown(**base, gradients=_gradients(spec, plan, stage, False),
+        (MemoryBreakdown(**base, gradients=_gradients(plan, sizes, False),
                          activations=stored + head,
                          logits_loss=act.logits_backward_peak_bytes(m, plan),
                          moment="backward through the loss"), stage.has_head),
-        (MemoryBreakdown(**base, gradients=_gradients(spec, plan, stage, True),
+        (MemoryBreakdown(**base, gradients=_gradients(plan, sizes, True),
                          activations=stored + act.block_backward_transient_bytes(m, plan),
                          moment="backward through the last block"), True)]
-    n = stage_params(m, stage, plan.tp)
+    shard = FP32_BYTES * sizes[0] / plan.zero_ranks
     resharded = dict(base, parameters=0.0 * plan.dp)  # every group reshards after backward
-    moments.append((MemoryBreakdown(**resharded, gradients=FP32_BYTES * n / plan.zero_ranks,
-                                    optimizer_step=FP32_BYTES * n / plan.zero_ranks,
+    moments.append((MemoryBreakdown(**resharded, gradients=shard, optimizer_step=shard,
                                     moment="optimizer step"), True))
     return moments
 

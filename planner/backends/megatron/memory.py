@@ -73,15 +73,8 @@ def step_transient_bytes(spec: Spec, plan: AnyPlan, n_full):
                  FP32_BYTES * n_full / optimizer_ranks(plan), 0.0)
 
 
-def layer_microbatches_alive(spec: Spec, plan: AnyPlan, stage: Stage):
-    """Blocks' activations alive at once on this stage (planner/model/shape.py blocks_alive)."""
-    return blocks_alive(stage, plan.pp, plan.grad_accum, spec.runtime.virtual_stages)
-
-
-def _base(spec: Spec, plan: AnyPlan, stage: Stage) -> dict[str, Any]:
-    m = spec.model
-    n = stage_params(m, stage, plan.tp, plan.ep)
-    n_full = stage_params(m, stage, plan.tp)
+def _base(spec: Spec, plan: AnyPlan, stage: Stage, n_full) -> dict[str, Any]:
+    n = stage_params(spec.model, stage, plan.tp, plan.ep)
     return dict(parameters=parameter_bytes(plan, n),
                 fp8_weights=fp8.weight_cache_bytes(spec, plan, stage.n_layers),
                 gradients=main_grad_bytes(spec, plan) * n,
@@ -94,17 +87,18 @@ def stage_moments(spec: Spec, plan: AnyPlan, stage: Stage) -> list[tuple[MemoryB
     """The loss (on the head's stage), backward through the last block, and the optimizer step;
     each with whether it happens."""
     m = spec.model
-    base = _base(spec, plan, stage)
-    stored = layer_microbatches_alive(spec, plan, stage) * stored_per_block_bytes(spec, plan)
+    n_full = stage_params(m, stage, plan.tp)
+    base = _base(spec, plan, stage, n_full)
+    stored = blocks_alive(stage, plan.pp, plan.grad_accum, spec.runtime.virtual_stages) \
+        * stored_per_block_bytes(spec, plan)
+    losses = (("forward through the loss", act.logits_forward_peak_bytes(m, plan)),
+              ("backward through the loss", act.logits_backward_peak_bytes(m, plan)))
     moments = [(MemoryBreakdown(**base, activations=stored + act.head_saved_bytes(m, plan),
                                 logits_loss=loss, moment=name), stage.has_head)
-               for name, loss in (("forward through the loss", act.logits_forward_peak_bytes(m, plan)),
-                                  ("backward through the loss",
-                                   act.logits_backward_peak_bytes(m, plan)))]
+               for name, loss in losses]
     moments.append((MemoryBreakdown(**base, activations=stored
                                     + act.block_backward_transient_bytes(m, plan),
                                     moment="backward through the last block"), True))
-    n_full = stage_params(m, stage, plan.tp)
     moments.append((MemoryBreakdown(**base, optimizer_step=step_transient_bytes(spec, plan, n_full),
                                     moment="optimizer step"), True))
     return moments
