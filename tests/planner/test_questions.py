@@ -26,7 +26,7 @@ def test_min_gpus_in_30_days_names_the_count_the_plan_and_what_binds():
     assert out.exit_code == 0, out.output
     lines = dict(line.split(None, 1) for line in out.stdout.splitlines()[1:])
     assert lines["question"] == "fewest GPUs to train 2e+12 tokens in at most 30 days"
-    assert lines["answer"].startswith("2,048 (256 node(s) x 8 GPUs)")
+    assert lines["answer"].startswith("1,728 (216 node(s) x 8 GPUs)")
     assert lines["plan"].startswith("dp")
     days = float(lines["speed"].split("; ")[1].split(" days")[0])
     assert days <= 30
@@ -37,7 +37,7 @@ def test_min_gpus_in_30_days_names_the_count_the_plan_and_what_binds():
 def test_min_gpus_json_agrees_with_the_text():
     out = run("specs/70b_on_512xH100.yaml", "--min", "gpus", "--days", "30", "--json")
     answer = json.loads(out.stdout)
-    assert answer["value"] == 2048 and answer["plan"]["gpus"] == 2048
+    assert answer["value"] == 1728 and answer["plan"]["gpus"] == 1728
     assert answer["plan"]["days_to_train"] <= 30
     assert answer["plan"]["cost_usd"] == pytest.approx(answer["plan"]["gpu_hours"] * 2.99)
 
