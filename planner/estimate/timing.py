@@ -140,8 +140,12 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     if mdl.attention is AttentionKernel.FLASH:
         fwd_flops = 4 * b * causal_pairs(mdl) * q / cp  # 4·b·s²·h halved by causality (or band)
         fp32 = plan.is_precision(Precision.FP32)
-        fwd = where(fp32, eff.attention_fp32, eff.attention_fwd)
-        bwd = where(fp32, eff.attention_fp32, eff.attention_bwd)
+        fwd, bwd = eff.attention_fwd, eff.attention_bwd
+        if spec.runtime.te_attention:  # Transformer Engine's kernel (Megatron-Core, NeMo)
+            fwd = eff.attention_te_fwd if eff.attention_te_fwd is not None else fwd
+            bwd = eff.attention_te_bwd if eff.attention_te_bwd is not None else bwd
+        fwd = where(fp32, eff.attention_fp32, fwd)
+        bwd = where(fp32, eff.attention_fp32, bwd)
         return fwd_flops / (peak * fwd), 2.5 * fwd_flops / (peak * bwd)
     s = ld.seq * cp  # eager attention under Ulysses: the whole sequence, heads / cp
     fwd_flops = 4 * b * s * s * q / cp

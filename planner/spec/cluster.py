@@ -30,6 +30,12 @@ class EfficiencySpec(_Frozen):
     gemm_half_dim: PositiveFloat = Field(256, description="GEMM dimension at half efficiency")
     attention_fwd: float = Field(0.5, gt=0, le=1, description="fused attention forward")
     attention_bwd: float = Field(0.4, gt=0, le=1, description="fused attention backward")
+    attention_te_fwd: Optional[float] = Field(
+        None, gt=0, le=1, description="Transformer Engine's fused attention forward "
+                                      "(runtime.attention_kernel te; None: attention_fwd)")
+    attention_te_bwd: Optional[float] = Field(
+        None, gt=0, le=1, description="Transformer Engine's fused attention backward "
+                                      "(None: attention_bwd)")
     gemm_fp32_max: float = Field(0.9, gt=0, le=1, description="fp32 (SIMT) GEMM fraction of "
                                  "the fp32 peak")
     gemm_fp32_half_dim: PositiveFloat = Field(64, description="fp32 GEMM dimension at half "

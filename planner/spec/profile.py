@@ -34,6 +34,10 @@ CONSTANTS: dict[str, Constant] = {
                                    "fp32 GEMM dimension at half efficiency"),
     "attention_fwd": Constant("efficiency", 0.05, 1.0, "fused attention forward, of peak"),
     "attention_bwd": Constant("efficiency", 0.05, 1.0, "fused attention backward, of peak"),
+    "attention_te_fwd": Constant("efficiency", 0.05, 1.0,
+                                 "Transformer Engine attention forward, of peak"),
+    "attention_te_bwd": Constant("efficiency", 0.05, 1.0,
+                                 "Transformer Engine attention backward, of peak"),
     "attention_fp32": Constant("efficiency", 0.005, 1.0, "fp32 attention, of the fp32 peak"),
     "hbm": Constant("efficiency", 0.05, 1.0, "memory-bound kernels, of hbm_gbps"),
     "network": Constant("efficiency", 0.05, 1.0, "NCCL bus bandwidth, of link speed"),
@@ -154,8 +158,17 @@ def with_constants(spec, values: dict[str, float]):
     return spec.model_copy(update={"cluster": cluster, "runtime": runtime})
 
 
+#: constants that default to another's value when the catalog leaves them unset
+FALLBACK = {"attention_te_fwd": "attention_fwd", "attention_te_bwd": "attention_bwd"}
+
+
 def constant_value(spec, name: str) -> float:
+    """The value the estimate uses (an unset Transformer Engine attention efficiency is the
+    FlashAttention one)."""
     c = CONSTANTS[name]
     holder = spec.cluster.gpu.efficiency if c.section == "efficiency" else spec.runtime
-    return float(getattr(holder, name))
+    value = getattr(holder, name)
+    if value is None and name in FALLBACK:
+        value = getattr(holder, FALLBACK[name])
+    return float(value)
 

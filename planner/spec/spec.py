@@ -111,6 +111,17 @@ class RuntimeSpec(_Frozen):
         "priced (planner/backends/): deepspeed (what plan --execute runs), megatron "
         "(Megatron-Core with its distributed optimizer and Transformer Engine; plan-only) or "
         "fsdp (PyTorch FSDP, fully_shard per block as torchtitan applies it; plan-only)")
+    attention_kernel: Optional[Literal["flash2", "te"]] = Field(
+        None, description="whose fused attention kernel runs model.attention flash, for its "
+                          "efficiency: flash2 = FlashAttention-2 as PyTorch stacks call it "
+                          "(flash-attn, SDPA's flash backend; gpu efficiency attention_fwd/bwd), "
+                          "te = Transformer Engine's DotProductAttention (attention_te_fwd/bwd); "
+                          "unwritten: te under backend megatron, else flash2")
+    fsdp_version: Optional[Literal[1, 2]] = Field(
+        None, description="PyTorch FSDP's API (backend fsdp only): 1 = FullyShardedDataParallel, "
+                          "flat parameters, host hooks once per wrapped unit (llm-foundry, "
+                          "fms-fsdp, Lightning); 2 = fully_shard, per-parameter DTensors, host "
+                          "work per parameter (torchtitan); unwritten: 2")
     grad_reduce_in_fp32: Optional[bool] = Field(
         None, description="megatron only: main gradients accumulated and reduced in fp32 "
         "(true) or in the parameters' dtype (false: --grad-reduce-in-bf16, Megatron-Bridge's "
@@ -185,8 +196,17 @@ class RuntimeSpec(_Frozen):
                     "zero3_gather_granularity": GATHER_DEFAULT[backend], **data}
         return data
 
+    @property
+    def te_attention(self) -> bool:
+        """Whether Transformer Engine's attention runs (attention_kernel, or its default)."""
+        kernel = self.attention_kernel or ("te" if self.backend == "megatron" else "flash2")
+        return kernel == "te"
+
     @model_validator(mode="after")
     def _backend_options(self) -> "RuntimeSpec":
+        if self.backend != "fsdp" and self.fsdp_version is not None:
+            raise ValueError(f"fsdp_version: a PyTorch FSDP option, but runtime.backend is "
+                             f"{self.backend}; set runtime.backend: fsdp, or leave it out")
         if self.backend != "megatron" and self.grad_reduce_in_fp32 is not None:
             raise ValueError("grad_reduce_in_fp32: a Megatron-Core option; set "
                              "runtime.backend: megatron, or leave it out (DeepSpeed's gradient "

@@ -105,13 +105,17 @@ def _recompute(text: str) -> Recompute:
     return Recompute.NONE
 
 
-def _backend(entry: dict[str, Any], framework: str) -> dict[str, str]:
+def _backend(entry: dict[str, Any], framework: str) -> dict[str, Any]:
     """Megatron-LM on its own (not Megatron-DeepSpeed) runs under the megatron backend; PyTorch
-    FSDP with FULL_SHARD (ZeRO-3's role) under the fsdp backend."""
+    FSDP with FULL_SHARD (ZeRO-3's role) under the fsdp backend, as FSDP2 where the run says
+    fully_shard / FSDP2 and FSDP1 otherwise (FULL_SHARD is FSDP1's sharding strategy; fms-fsdp
+    and lit-gpt wrapped models in FullyShardedDataParallel)."""
     if framework.startswith("Megatron-LM ("):
         return {"backend": "megatron"}
-    if entry["parallel"].get("fsdp") and _zero(entry["parallel"]) == 3:
-        return {"backend": "fsdp"}
+    fsdp = str(entry["parallel"].get("fsdp") or "")
+    if fsdp and _zero(entry["parallel"]) == 3:
+        return {"backend": "fsdp",
+                "fsdp_version": 2 if "FSDP2" in fsdp or "fully_shard" in fsdp else 1}
     return {}
 
 

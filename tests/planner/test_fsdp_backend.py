@@ -94,7 +94,8 @@ def test_torchtitans_405b_pipeline_runs_measured_peak_is_predicted():
         assert data["runtime"]["backend"] == "fsdp"
         errors.append(estimate(spec_from_dict(data), p, with_time=False).reserved_bytes / GiB
                       / measured - 1)
-        data["runtime"] = {k: v for k, v in data["runtime"].items() if k != "backend"}
+        data["runtime"] = {k: v for k, v in data["runtime"].items()
+                           if k not in ("backend", "fsdp_version")}
         data["runtime"]["zero3_gather_granularity"] = "block"
         before.append(estimate(spec_from_dict(data), p, with_time=False).reserved_bytes / GiB
                       / measured - 1)
@@ -164,3 +165,40 @@ def test_torchtitans_compiled_runs_of_2024_are_priced_with_their_eager_loss():
     assert len(errors) >= 8
     assert max(abs(e) for e in errors) <= 0.10, errors
     assert max(fused) < -0.15, fused
+
+
+def test_fsdp1_hooks_run_per_wrapped_unit_and_fsdp2_per_parameter():
+    """FSDP1's flat parameter: one fetch/release per block plus the root, per pass; FSDP2's
+    per-parameter DTensors: one per parameter tensor; both at runtime.zero3_module_us."""
+    from planner.backends.fsdp.timing import host_us_per_micro_batch
+    from planner.model.shape import tensor_stats
+    p = plan()
+    stage = stages_to_check(spec().model, 1, p.grad_accum)[0]
+    us = spec().runtime.zero3_module_us
+    one = host_us_per_micro_batch(spec(fsdp_version=1), p, stage)
+    two = host_us_per_micro_batch(spec(fsdp_version=2), p, stage)
+    assert one == (stage.n_layers + 2) * 2 * us
+    assert two == tensor_stats(spec().model, stage, 1, 0).count * 2 * us
+    assert host_us_per_micro_batch(spec(), p, stage) == two  # unwritten: FSDP2
+    assert one < two
+
+
+def test_fsdp_version_belongs_to_the_fsdp_backend():
+    from planner.errors import SpecError
+    with pytest.raises(SpecError, match="fsdp_version"):
+        spec_from_dict({
+            "model": MODEL, "cluster": {"gpu": "H100-SXM", "nodes": 1, "gpus_per_node": 8},
+            "training": {"tokens": 1e12, "global_batch_sequences": 512},
+            "runtime": {"backend": "deepspeed", "fsdp_version": 1}})
+
+
+def test_published_fsdp_runs_take_the_api_they_state():
+    from pathlib import Path
+
+    from planner.validate.published import load_published
+    path = Path(__file__).resolve().parents[1] / "data/published_runs_sample.yaml"
+    versions = {r.id: r.spec.runtime.fsdp_version for r in load_published(path)
+                if r.spec.runtime.backend == "fsdp"}
+    assert versions["torchtitan-a100-llama-2-70b-lbs2-ac-full"] == 2  # FSDP2 (fully_shard)
+    assert versions["llmfoundry-mpt7b-h100-bf16-s2048-g8"] == 1  # FULL_SHARD
+    assert versions["tinyllama-1.1b-16xa100-40gb"] == 1

@@ -152,3 +152,34 @@ def test_interleaving_needs_a_backend_that_has_it():
                                         "but DeepSpeed's pipeline engine runs plain 1F1B"):
         spec_from_dict({**base, "runtime": {"virtual_stages": 2}})
     assert spec(virtual_stages=2).runtime.virtual_stages == 2
+
+
+def test_megatron_runs_transformer_engines_attention_unless_told_otherwise():
+    """runtime.attention_kernel: te (Transformer Engine's DotProductAttention) is the megatron
+    backend's default and prices attention at the GPU's attention_te_fwd/bwd; flash2 (the other
+    backends' default) at attention_fwd/bwd; a written value wins either way."""
+    from planner.estimate.timing import attention_seconds
+    s = spec()
+    eff = s.cluster.gpu.efficiency
+    assert eff.attention_te_fwd != eff.attention_fwd  # the H100 catalog holds both
+    te = attention_seconds(s, plan())
+    flash2 = attention_seconds(spec(attention_kernel="flash2"), plan())
+    assert te[0] / flash2[0] == pytest.approx(eff.attention_fwd / eff.attention_te_fwd)
+    assert te[1] / flash2[1] == pytest.approx(eff.attention_bwd / eff.attention_te_bwd)
+    ds = spec_from_dict({**_data(), "runtime": {}})
+    assert attention_seconds(ds, plan()) == pytest.approx(flash2)
+    assert attention_seconds(spec_from_dict({**_data(), "runtime": {"attention_kernel": "te"}}),
+                             plan()) == pytest.approx(te)
+
+
+def _data():
+    return {"model": MODEL, "cluster": {"gpu": "H100-SXM", "nodes": 1, "gpus_per_node": 8},
+            "training": {"tokens": 1e12, "global_batch_sequences": 512}}
+
+
+def test_a_gpu_without_te_values_prices_both_kernels_alike():
+    from planner.estimate.timing import attention_seconds
+    data = {**_data(), "cluster": {"gpu": "A100-80GB-SXM", "nodes": 1, "gpus_per_node": 8}}
+    te = spec_from_dict({**data, "runtime": {"attention_kernel": "te"}})
+    assert te.cluster.gpu.efficiency.attention_te_fwd is None
+    assert attention_seconds(te, plan()) == attention_seconds(spec_from_dict(data), plan())
