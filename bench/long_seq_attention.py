@@ -4,11 +4,12 @@ usage: python bench/long_seq_attention.py     (writes bench/results/long_seq_att
 
 For every bf16 llm-foundry row of bench/data/published_fp8_cp.yaml (MPT-1B/3B on 8 H100s at 512,
 8,192 and 32,768 tokens, FlashAttention 2.4.2), the planner's tokens/s per GPU is compared with
-the measured one under three attention efficiencies: the catalog's (fitted on 2k-8k-token runs);
-FlashAttention-2's own benchmark on an H100 SXM5, head dim 128, causal forward 335 TFLOP/s and
-backward 322 TFLOP/s at 16k tokens (Shah et al. 2024, FlashAttention-3, figs. 5 and 6); and free
-attention (an upper bound: what the rest of the step allows).  Last, the one attention
-efficiency (forward = backward) that would make each row exact, found by bisection.
+the measured one under three attention efficiencies: the catalog's (fitted on the 20 published
+H100 runs, these among them: bench/published_runs.py --fit); FlashAttention-2's own benchmark on
+an H100 SXM5, head dim 128, causal forward 335 TFLOP/s and backward 322 TFLOP/s at 16k tokens
+(Shah et al. 2024, FlashAttention-3, figs. 5 and 6); and free attention (an upper bound: what the
+rest of the step allows).  Last, the one attention efficiency (forward = backward) that would
+make each row exact, found by bisection.
 """
 from __future__ import annotations
 

@@ -243,8 +243,12 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
                      "launcher configs set no grad_sync_dtype)")
     elif megatron:  # the host runs ahead of the GPU: no synchronising call per micro-batch
         runtime["host_sync_fraction"] = 0.0
+    if megatron:  # Megatron-Core's attention is Transformer Engine's DotProductAttention
+        runtime["attention_kernel"] = "te"
     if fsdp and not megatron:  # PyTorch FSDP: its own buffers (gathers per block)
         runtime["backend"] = "fsdp"
+        # llm-foundry's rows say FSDP1 (FULL_SHARD); torchtitan's and torchao's are FSDP2
+        runtime["fsdp_version"] = 1 if "FSDP1" in str(par.get("fsdp")) else 2
     elif fsdp:  # Megatron FSDP: ZeRO-3 with block gathers
         runtime["zero3_gather_granularity"] = "block"
     if isinstance(par.get("vp"), int) and par["vp"] > 1:

@@ -1,11 +1,13 @@
 """Predicted vs measured throughput of published multi-GPU training runs.
 
-usage: python bench/published_runs.py [--cv [--extra]] [PUBLISHED.yaml]
+usage: python bench/published_runs.py [--cv [--extra] | --fit] [PUBLISHED.yaml]
 (default: ../shared/calibration/published_runs_sample.yaml beside the repository, else the copy
 in tests/data/).  --cv: leave one source out (planner/validate/crossval.py): the GEMM and
 attention efficiencies fitted on these runs are refitted without each source's runs, which are
-then predicted; the out-of-sample error is shown first, the in-sample one beside it.  Compares tokens per second per GPU, which does not depend on any source's
-FLOP-counting convention; MFU is shown with the planner's convention (6·N_matmul + 12·L·h·s).
+then predicted; the out-of-sample error is shown first, the in-sample one beside it.  --fit:
+each GPU generation's constants refitted on all its runs (the catalog's H100 values).  Compares
+tokens per second per GPU, which does not depend on any source's FLOP-counting convention; MFU is
+shown with the planner's convention (6·N_matmul + 12·L·h·s).
 """
 from __future__ import annotations
 
@@ -113,7 +115,27 @@ def cross_validated(path: Path) -> None:
           f"90th percentile {both['p90']:.1%}, worst {both['worst']:.1%}")
 
 
+def fitted(path: Path) -> None:
+    """Each GPU generation's fitted constants from all its runs (what the catalog ships): the
+    shared sample's, and the shared sample's with the not-shared bf16 runs."""
+    from planner.validate.crossval import FITTED, PRIORS, generation, refit
+    runs, extra = load_published(path), extra_runs()
+    print(f"{', '.join(FITTED)} refitted on all runs of a generation, from the priors {PRIORS}")
+    for gen in PRIORS:
+        mine = [r for r in runs if generation(r.spec.cluster.gpu.name) == gen]
+        more = [r for r in extra if generation(r.spec.cluster.gpu.name) == gen]
+        for label, pool in ((f"{len(mine)} shared runs", mine),
+                            (f"{len(mine) + len(more)} runs with the not-shared", mine + more)):
+            values = refit(pool, gen)
+            print(f"  {gen} on its {label}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a not in ("--cv", "--extra")]
+    flags = ("--cv", "--extra", "--fit")
+    args = [a for a in sys.argv[1:] if a not in flags]
     given = Path(args[0]) if args else default_path()
-    (cross_validated if "--cv" in sys.argv[1:] else main)(given)
+    if "--fit" in sys.argv[1:]:
+        fitted(given)
+    else:
+        (cross_validated if "--cv" in sys.argv[1:] else main)(given)
