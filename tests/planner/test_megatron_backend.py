@@ -183,3 +183,24 @@ def test_a_gpu_without_te_values_prices_both_kernels_alike():
     te = spec_from_dict({**data, "runtime": {"attention_kernel": "te"}})
     assert te.cluster.gpu.efficiency.attention_te_fwd is None
     assert attention_seconds(te, plan()) == attention_seconds(spec_from_dict(data), plan())
+
+
+def test_execute_refuses_transformer_engines_attention(tmp_path):
+    """The executor runs PyTorch's SDPA: a spec that prices Transformer Engine's attention is
+    refused by --execute in one line, and by DeepSpeed's executor rules for any plan."""
+    from planner.backends.deepspeed import DEEPSPEED
+    from planner.search.rules import check
+    f = tmp_path / "te.yaml"
+    f.write_text("model: {preset: llama2-7b, seq_len: 2048}\n"
+                 "cluster: {gpu: H100-SXM, nodes: 1, gpus_per_node: 8}\n"
+                 "training: {tokens: 1.0e12, global_batch_sequences: 512}\n"
+                 "runtime: {attention_kernel: te}\n")
+    out = invoke(f, "--execute", "--dry-run")
+    assert out.exit_code == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert "runtime.attention_kernel te" in out.stderr
+    te = spec_from_dict({**_data(), "runtime": {"attention_kernel": "te"}})
+    p = plan(zero=ZeroStage.GRADIENTS)
+    refused = check(te, p, DEEPSPEED, executable=True)
+    assert refused is not None and "runtime.attention_kernel te" in refused.reason
+    assert check(te, p, DEEPSPEED, executable=False) is None
+    assert check(spec_from_dict(_data()), p, DEEPSPEED, executable=True) is None

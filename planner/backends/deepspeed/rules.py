@@ -8,8 +8,8 @@ from typing import Optional
 
 from planner.model import fp8
 from planner.plan.rule import Rule
-from planner.spec.units import (ContextParallel, Fp8Recipe, Optimizer, Precision, Recompute,
-                                ZeroStage)
+from planner.spec.units import (AttentionKernel, ContextParallel, Fp8Recipe, Optimizer, Precision,
+                                Recompute, ZeroStage)
 
 CPU_OPTIMIZERS = (Optimizer.ADAM, Optimizer.ADAMW)
 
@@ -117,6 +117,10 @@ def _unbuilt(spec, p):
     return bool(unbuilt_features(spec.model))
 
 
+def _te_attention(spec, p):
+    return spec.runtime.te_attention and spec.model.attention is AttentionKernel.FLASH
+
+
 #: the fp8 recipes the executor runs: torchao's Float8Linear swapped in for the block GEMMs
 #: (executor/fp8.py); Transformer Engine's modules are not wired in
 EXECUTOR_FP8_RECIPES = (Fp8Recipe.TORCHAO_TENSORWISE, Fp8Recipe.TORCHAO_ROWWISE)
@@ -188,6 +192,9 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
         f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
         f"blocks only")),
     Rule("fp8 GEMMs", _fp8, _fp8_why),
+    Rule("Transformer Engine attention", _te_attention, lambda s, p: (
+        "runtime.attention_kernel te: the executor runs PyTorch's scaled_dot_product_attention, "
+        "not Transformer Engine's (set runtime.attention_kernel: flash2)")),
     Rule("per-op recompute", _op_recompute, lambda s, p: (
         "recompute op: the executor recomputes whole blocks (full) or the attention sublayer "
         "(selective); per-op selective checkpointing is planned only")),
