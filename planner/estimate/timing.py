@@ -21,6 +21,7 @@ from planner.network import collectives as coll
 from planner.network.topology import group_link
 from planner.plan.degrees import ORDERS
 from planner.plan.strategy import PRECISIONS, Plan, where
+from planner.spec.profile import constant_value
 from planner.spec.spec import Spec
 from planner.spec.units import (TERA, Activation, AttentionKernel, ContextParallel, Fp8Recipe,
                                 Norm, Position, Precision, Recompute)
@@ -142,8 +143,8 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
         fp32 = plan.is_precision(Precision.FP32)
         fwd, bwd = eff.attention_fwd, eff.attention_bwd
         if spec.runtime.te_attention:  # Transformer Engine's kernel (Megatron-Core, NeMo)
-            fwd = eff.attention_te_fwd if eff.attention_te_fwd is not None else fwd
-            bwd = eff.attention_te_bwd if eff.attention_te_bwd is not None else bwd
+            fwd, bwd = (constant_value(spec, "attention_te_fwd"),
+                        constant_value(spec, "attention_te_bwd"))
         fwd = where(fp32, eff.attention_fp32, fwd)
         bwd = where(fp32, eff.attention_fp32, bwd)
         return fwd_flops / (peak * fwd), 2.5 * fwd_flops / (peak * bwd)
