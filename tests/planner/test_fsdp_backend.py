@@ -11,7 +11,7 @@ from planner.search.engine import search
 from planner.spec.loading import spec_from_dict
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
-from ..conftest import invoke
+from ..conftest import invoke, llama7b_spec_file
 
 MODEL = {"preset": "llama2-7b", "seq_len": 2048}
 
@@ -111,11 +111,7 @@ def test_the_search_offers_fsdps_layouts_only_and_never_for_execute(tmp_path):
                for e in result.feasible)
     assert spec().runtime.zero3_gather_granularity == "block"
     assert spec().runtime.host_sync_fraction == 0.8
-    f = tmp_path / "fsdp.yaml"
-    f.write_text("model: {preset: llama2-7b, seq_len: 2048}\n"
-                 "cluster: {gpu: H100-SXM, nodes: 1, gpus_per_node: 8}\n"
-                 "training: {tokens: 1.0e12, global_batch_sequences: 512}\n"
-                 "runtime: {backend: fsdp}\n")
+    f = llama7b_spec_file(tmp_path / "fsdp.yaml", "{backend: fsdp}")
     out = invoke(f, "--execute", "--dry-run")
     assert out.exit_code == 1 and "runtime.backend fsdp is plan-only" in out.stderr
 

@@ -13,7 +13,7 @@ from planner.search.engine import search
 from planner.spec.loading import spec_from_dict
 from planner.spec.units import Offload, Precision, Recompute, ZeroStage
 
-from ..conftest import invoke
+from ..conftest import invoke, llama7b_spec_file
 
 MODEL = {"preset": "llama2-7b", "seq_len": 2048}
 
@@ -130,11 +130,7 @@ def test_megatron_options_need_the_megatron_backend():
 
 
 def test_execute_refuses_a_plan_only_backend_in_one_line(tmp_path):
-    f = tmp_path / "mega.yaml"
-    f.write_text("model: {preset: llama2-7b, seq_len: 2048}\n"
-                 "cluster: {gpu: H100-SXM, nodes: 1, gpus_per_node: 8}\n"
-                 "training: {tokens: 1.0e12, global_batch_sequences: 512}\n"
-                 "runtime: {backend: megatron}\n")
+    f = llama7b_spec_file(tmp_path / "mega.yaml", "{backend: megatron}")
     planned = invoke(f)
     assert planned.exit_code == 0 and "megatron" in planned.output
     result = invoke(f, "--execute", "--dry-run")
@@ -190,11 +186,7 @@ def test_execute_refuses_transformer_engines_attention(tmp_path):
     refused by --execute in one line, and by DeepSpeed's executor rules for any plan."""
     from planner.backends.deepspeed import DEEPSPEED
     from planner.search.rules import check
-    f = tmp_path / "te.yaml"
-    f.write_text("model: {preset: llama2-7b, seq_len: 2048}\n"
-                 "cluster: {gpu: H100-SXM, nodes: 1, gpus_per_node: 8}\n"
-                 "training: {tokens: 1.0e12, global_batch_sequences: 512}\n"
-                 "runtime: {attention_kernel: te}\n")
+    f = llama7b_spec_file(tmp_path / "te.yaml", "{attention_kernel: te}")
     out = invoke(f, "--execute", "--dry-run")
     assert out.exit_code == 1 and len(out.stderr.strip().splitlines()) == 1
     assert "runtime.attention_kernel te" in out.stderr
