@@ -124,6 +124,14 @@ def gemm_seconds(spec: Spec, plan: Plan, shapes: list[tuple[int, int, int]]) -> 
     return sum(3 * 2 * m * n * k / (peak * gemm_efficiency(spec, plan, m, n, k)) for m, n, k in shapes)
 
 
+#: the GPU efficiencies (forward, backward) of each fused attention kernel generation
+#: (runtime.attention_kernel): FlashAttention-2, its first generation (flash-attn 1.x and the
+#: Triton port MPT ran), Transformer Engine's (Megatron-Core, NeMo)
+ATTENTION_CONSTANTS = {"flash2": ("attention_fwd", "attention_bwd"),
+                       "flash1": ("attention_flash1_fwd", "attention_flash1_bwd"),
+                       "te": ("attention_te_fwd", "attention_te_bwd")}
+
+
 def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     """(forward, backward) of one block's attention core.  Fused kernels skip the masked half of
     a causal s x s product (Dao 2023); FlashAttention's backward does 2.5x the forward's matmuls.
@@ -141,10 +149,8 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     if mdl.attention is AttentionKernel.FLASH:
         fwd_flops = 4 * b * causal_pairs(mdl) * q / cp  # 4·b·s²·h halved by causality (or band)
         fp32 = plan.is_precision(Precision.FP32)
-        fwd, bwd = eff.attention_fwd, eff.attention_bwd
-        if spec.runtime.te_attention:  # Transformer Engine's kernel (Megatron-Core, NeMo)
-            fwd, bwd = (constant_value(spec, "attention_te_fwd"),
-                        constant_value(spec, "attention_te_bwd"))
+        kernel = ATTENTION_CONSTANTS[spec.runtime.attention_impl]
+        fwd, bwd = constant_value(spec, kernel[0]), constant_value(spec, kernel[1])
         fwd = where(fp32, eff.attention_fp32, fwd)
         bwd = where(fp32, eff.attention_fp32, bwd)
         return fwd_flops / (peak * fwd), 2.5 * fwd_flops / (peak * bwd)

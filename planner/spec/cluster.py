@@ -36,6 +36,12 @@ class EfficiencySpec(_Frozen):
     attention_te_bwd: Optional[float] = Field(
         None, gt=0, le=1, description="Transformer Engine's fused attention backward "
                                       "(None: attention_bwd)")
+    attention_flash1_fwd: Optional[float] = Field(
+        None, gt=0, le=1, description="first-generation FlashAttention forward (flash-attn 1.x "
+                                      "or its Triton port; runtime.attention_kernel flash1; "
+                                      "None: not measured on this GPU)")
+    attention_flash1_bwd: Optional[float] = Field(
+        None, gt=0, le=1, description="first-generation FlashAttention backward")
     gemm_fp32_max: float = Field(0.9, gt=0, le=1, description="fp32 (SIMT) GEMM fraction of "
                                  "the fp32 peak")
     gemm_fp32_half_dim: PositiveFloat = Field(64, description="fp32 GEMM dimension at half "

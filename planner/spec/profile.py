@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -38,6 +38,10 @@ CONSTANTS: dict[str, Constant] = {
                                  "Transformer Engine attention forward, of peak"),
     "attention_te_bwd": Constant("efficiency", 0.05, 1.0,
                                  "Transformer Engine attention backward, of peak"),
+    "attention_flash1_fwd": Constant("efficiency", 0.02, 1.0,
+                                     "first-generation FlashAttention forward, of peak"),
+    "attention_flash1_bwd": Constant("efficiency", 0.02, 1.0,
+                                     "first-generation FlashAttention backward, of peak"),
     "attention_fp32": Constant("efficiency", 0.005, 1.0, "fp32 attention, of the fp32 peak"),
     "hbm": Constant("efficiency", 0.05, 1.0, "memory-bound kernels, of hbm_gbps"),
     "network": Constant("efficiency", 0.05, 1.0, "NCCL bus bandwidth, of link speed"),
@@ -162,13 +166,14 @@ def with_constants(spec, values: dict[str, float]):
 FALLBACK = {"attention_te_fwd": "attention_fwd", "attention_te_bwd": "attention_bwd"}
 
 
-def constant_value(spec, name: str) -> float:
+def constant_value(spec, name: str) -> Optional[float]:
     """The value the estimate uses (an unset Transformer Engine attention efficiency is the
-    FlashAttention one)."""
+    FlashAttention one); None for one the GPU has no value for (the first FlashAttention
+    generation where it was never measured: a spec that runs it there is refused)."""
     c = CONSTANTS[name]
     holder = spec.cluster.gpu.efficiency if c.section == "efficiency" else spec.runtime
     value = getattr(holder, name)
     if value is None and name in FALLBACK:
         value = getattr(holder, FALLBACK[name])
-    return float(value)
+    return None if value is None else float(value)
 

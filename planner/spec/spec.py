@@ -19,8 +19,8 @@ from planner.spec.cluster import (MAX_WORLD_SIZE, ClusterSpec,  # noqa: F401 (AP
 from planner.spec.launch import LaunchSpec, NcclSpec, SlurmSpec  # noqa: F401 (API)
 from planner.spec.training import (LAW_CONSTANTS, BudgetSpec, LabSpec,  # noqa: F401 (API)
                                    ScalingLawSpec, TrainingSpec)
-from planner.spec.units import (ContextParallel, Fp8Recipe, Offload, Precision, Recompute,
-                                ZeroStage)
+from planner.spec.units import (AttentionKernel, ContextParallel, Fp8Recipe, Offload,
+                                Precision, Recompute, ZeroStage)
 
 from planner.spec.model import (MAX_D_FF, MAX_D_MODEL, MAX_LAYERS,  # noqa: F401 (API)
                                 MAX_SEQ_LEN, MAX_VOCAB, ModelSpec, MoESpec)
@@ -102,6 +102,11 @@ HOST_SYNC_DEFAULT = {"deepspeed": 0.8, "megatron": 0.0, "fsdp": 0.8}
 GATHER_DEFAULT = {"deepspeed": "module", "megatron": "module", "fsdp": "block"}
 
 
+#: what each runtime.attention_kernel names, for messages
+ATTENTION_NAMES = {"flash1": "first-generation FlashAttention (flash-attn 1.x or its Triton port)",
+                   "flash2": "FlashAttention-2", "te": "Transformer Engine's attention"}
+
+
 class RuntimeSpec(_Frozen):
     """The framework that runs the plan (``backend``), its buffer sizes (DeepSpeed's defaults) and
     the allocator facts the report shows."""
@@ -111,12 +116,15 @@ class RuntimeSpec(_Frozen):
         "priced (planner/backends/): deepspeed (what plan --execute runs), megatron "
         "(Megatron-Core with its distributed optimizer and Transformer Engine; plan-only) or "
         "fsdp (PyTorch FSDP, fully_shard per block as torchtitan applies it; plan-only)")
-    attention_kernel: Optional[Literal["flash2", "te"]] = Field(
+    attention_kernel: Optional[Literal["flash1", "flash2", "te"]] = Field(
         None, description="whose fused attention kernel runs model.attention flash, for its "
-                          "efficiency: flash2 = FlashAttention-2 as PyTorch stacks call it "
-                          "(flash-attn, SDPA's flash backend; gpu efficiency attention_fwd/bwd), "
-                          "te = Transformer Engine's DotProductAttention (attention_te_fwd/bwd); "
-                          "unwritten: te under backend megatron, else flash2")
+                          "efficiency: flash1 = first-generation FlashAttention (flash-attn 1.x, "
+                          "or its Triton port: MPT's attn_impl triton; gpu efficiency "
+                          "attention_flash1_fwd/bwd), flash2 = FlashAttention-2 as PyTorch "
+                          "stacks call it (flash-attn 2.x, SDPA's flash backend; "
+                          "attention_fwd/bwd), te = Transformer Engine's DotProductAttention "
+                          "(attention_te_fwd/bwd); unwritten: te under backend megatron, else "
+                          "flash2")
     fsdp_version: Optional[Literal[1, 2]] = Field(
         None, description="PyTorch FSDP's API (backend fsdp only): 1 = FullyShardedDataParallel, "
                           "flat parameters, host hooks once per wrapped unit (llm-foundry, "
@@ -197,10 +205,9 @@ class RuntimeSpec(_Frozen):
         return data
 
     @property
-    def te_attention(self) -> bool:
-        """Whether Transformer Engine's attention runs (attention_kernel, or its default)."""
-        kernel = self.attention_kernel or ("te" if self.backend == "megatron" else "flash2")
-        return kernel == "te"
+    def attention_impl(self) -> str:
+        """The fused attention kernel that runs: attention_kernel, or the backend's default."""
+        return self.attention_kernel or ("te" if self.backend == "megatron" else "flash2")
 
     @model_validator(mode="after")
     def _backend_options(self) -> "RuntimeSpec":
@@ -271,6 +278,18 @@ class Spec(_Frozen):
             raise ValueError(f"training.global_batch_sequences: {sequences:,} sequences of "
                              f"{self.model.seq_len:,} tokens is over the {MAX_SPEC_INT:.0e} tokens "
                              f"a step may hold")
+        return self
+
+    @model_validator(mode="after")
+    def _attention_kernel_measured(self) -> "Spec":
+        eff = self.cluster.gpu.efficiency
+        flash1 = self.runtime.attention_impl == "flash1" \
+            and self.model.attention is AttentionKernel.FLASH
+        if flash1 and (eff.attention_flash1_fwd is None or eff.attention_flash1_bwd is None):
+            raise ValueError(
+                f"runtime.attention_kernel: flash1 has no measured efficiency on the "
+                f"{self.cluster.gpu.name} (set cluster.gpu.efficiency.attention_flash1_fwd and "
+                f"attention_flash1_bwd, or a cluster.profile that holds them)")
         return self
 
     @property

@@ -218,7 +218,7 @@ def _fit_identified(runs: Sequence[MeasuredRun], limit: int,
     excluded: list[str] = []
     best: Optional[tuple[float, list[str], dict[str, float]]] = None
     for _ in range(len(TIME_CONSTANTS)):
-        names = [n for n in TIME_CONSTANTS if n not in excluded]
+        names = [n for n in TIME_CONSTANTS if n in start and n not in excluded]
         chosen = choose_constants(sensitivities(runs, names), names, limit)
         if not chosen:
             break
@@ -252,8 +252,12 @@ def calibrate(runs: Sequence[MeasuredRun], constants: Optional[Sequence[str]] = 
         raise ValueError(f"constants: unknown or not a step-time constant: {sorted(unknown)} "
                          f"(known: {', '.join(TIME_CONSTANTS)})")
     timed = [r for r in runs if r.step_s]
-    start = {n: constant_value(timed[0].spec if timed else runs[0].spec, n)
-             for n in TIME_CONSTANTS}
+    first = timed[0].spec if timed else runs[0].spec
+    start = {n: v for n in TIME_CONSTANTS if (v := constant_value(first, n)) is not None}
+    unset = set(constants or ()) - set(start)
+    if unset:
+        raise ValueError(f"constants: {sorted(unset)} have no value on the "
+                         f"{first.cluster.gpu.name} to start a fit from (the runs do not use them)")
     fitted: dict[str, float] = {}
     chosen: list[str] = []
     if timed and constants:

@@ -8,6 +8,7 @@ from typing import Optional
 
 from planner.model import fp8
 from planner.plan.rule import Rule
+from planner.spec.spec import ATTENTION_NAMES
 from planner.spec.units import (AttentionKernel, ContextParallel, Fp8Recipe, Optimizer, Precision,
                                 Recompute, ZeroStage)
 
@@ -117,8 +118,8 @@ def _unbuilt(spec, p):
     return bool(unbuilt_features(spec.model))
 
 
-def _te_attention(spec, p):
-    return spec.runtime.te_attention and spec.model.attention is AttentionKernel.FLASH
+def _other_attention(spec, p):
+    return spec.runtime.attention_impl != "flash2" and spec.model.attention is AttentionKernel.FLASH
 
 
 #: the fp8 recipes the executor runs: torchao's Float8Linear swapped in for the block GEMMs
@@ -192,9 +193,10 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
         f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
         f"blocks only")),
     Rule("fp8 GEMMs", _fp8, _fp8_why),
-    Rule("Transformer Engine attention", _te_attention, lambda s, p: (
-        "runtime.attention_kernel te: the executor runs PyTorch's scaled_dot_product_attention, "
-        "not Transformer Engine's (set runtime.attention_kernel: flash2)")),
+    Rule("attention kernel", _other_attention, lambda s, p: (
+        f"runtime.attention_kernel {s.runtime.attention_impl}: the executor runs PyTorch's "
+        f"scaled_dot_product_attention, not {ATTENTION_NAMES[s.runtime.attention_impl]} (set "
+        f"runtime.attention_kernel: flash2)")),
     Rule("per-op recompute", _op_recompute, lambda s, p: (
         "recompute op: the executor recomputes whole blocks (full) or the attention sublayer "
         "(selective); per-op selective checkpointing is planned only")),
