@@ -245,6 +245,10 @@ def build(row: dict) -> tuple[dict, Plan, list[str]]:
         runtime["host_sync_fraction"] = 0.0
     if megatron:  # Megatron-Core's attention is Transformer Engine's DotProductAttention
         runtime["attention_kernel"] = "te"
+    if row["source"] == "llm-foundry-bench":
+        # the October 2023 tables ran MPT's attn_impl triton, submit_benchmarks.py's default
+        # (sweep.sh never overrode it): FlashAttention's first-generation Triton port
+        runtime["attention_kernel"] = "flash1"
     if fsdp and not megatron:  # PyTorch FSDP: its own buffers (gathers per block)
         runtime["backend"] = "fsdp"
         # llm-foundry's rows say FSDP1 (FULL_SHARD); torchtitan's and torchao's are FSDP2

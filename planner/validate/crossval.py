@@ -22,15 +22,23 @@ from planner.validate.calibrate import MeasuredRun, fit_constants
 from planner.validate.published import PublishedRun
 
 #: what was fitted on the published runs, per GPU generation
-FITTED = ("gemm_max", "attention_fwd", "attention_bwd")
+FITTED = ("gemm_max", "attention_fwd", "attention_bwd", "attention_flash1_fwd",
+          "attention_flash1_bwd")
 #: values known without the published runs:
 #: - gemm_max 0.81: the one large-GEMM measurement we hold, an 8192^3 bf16 GEMM at 802 of 989
 #:   TFLOP/s on the H200 (shared/calibration's matmul row); no A100 or H100 GEMM was measured;
 #: - A100 attention: FlashAttention-2 forward ~60 %, backward ~45-50 % of peak (Dao 2023, fig. 5);
-#: - H100 attention: FlashAttention-2 at 35-45 % of peak (Shah et al. 2024, FlashAttention-3,
-#:   fig. 5), the middle taken for both passes.
-PRIORS = {"A100": {"gemm_max": 0.81, "attention_fwd": 0.60, "attention_bwd": 0.475},
-          "H100": {"gemm_max": 0.81, "attention_fwd": 0.40, "attention_bwd": 0.40}}
+#: - H100 attention: FlashAttention-2, causal, head dim 128, 16k tokens: forward 335 and
+#:   backward 322 of 989 TFLOP/s (Shah et al. 2024, FlashAttention-3, figs. 5 and 6);
+#: - first-generation FlashAttention (flash-attn 1.x, its Triton port), forward + backward,
+#:   causal, head dim 128, 16k tokens (FlashAttention-2's release benchmark, Dao 2023, figs. 4
+#:   and 7; flash-attention's assets/flash2_{a100,h100}_fwd_bwd_benchmark.png): 83 (CUDA) and 80
+#:   (Triton) of 312 TFLOP/s on the A100, 137 (CUDA) of 989 on the H100; only the sum of the
+#:   passes is published, so both take it.
+PRIORS = {"A100": {"gemm_max": 0.81, "attention_fwd": 0.60, "attention_bwd": 0.475,
+                   "attention_flash1_fwd": 0.26, "attention_flash1_bwd": 0.26},
+          "H100": {"gemm_max": 0.81, "attention_fwd": 0.339, "attention_bwd": 0.326,
+                   "attention_flash1_fwd": 0.14, "attention_flash1_bwd": 0.14}}
 #: log-space width of the pull toward the prior: about one run's worth
 PRIOR_SIGMA = 0.3
 

@@ -119,6 +119,23 @@ def _backend(entry: dict[str, Any], framework: str) -> dict[str, Any]:
     return {}
 
 
+#: llm-foundry's large-scale section (scripts/train/benchmarking/sweep.py, January 2024) passed
+#: --attn_impl flash (flash-attn 2.4.2) for these models and --attn_impl triton for 13b and 30b
+LLM_FOUNDRY_FLASH2 = ("MPT-1b", "MPT-3b", "MPT-7b", "MPT-70b")
+
+
+def _attention_kernel(entry: dict[str, Any], framework: str) -> dict[str, Any]:
+    """llm-foundry's benchmark tables ran MPT's attn_impl triton (FlashAttention's first-generation
+    Triton port; submit_benchmarks.py's default, which sweep.sh of October 2023 never overrode)
+    except the large-scale rows that sweep.py gave --attn_impl flash; the others ran
+    FlashAttention-2 or Megatron's kernels (the backend's default)."""
+    if "Composer" not in framework:
+        return {}
+    large = "Large Scale" in str(entry["source"].get("locator", ""))
+    flash2 = large and entry["model"]["name"] in LLM_FOUNDRY_FLASH2
+    return {"attention_kernel": "flash2" if flash2 else "flash1"}
+
+
 def published_run(entry: dict[str, Any]) -> PublishedRun:
     model, hw, par = entry["model"], entry["hardware"], entry["parallel"]
     framework = _framework(par, model)
@@ -144,7 +161,8 @@ def published_run(entry: dict[str, Any]) -> PublishedRun:
                     "cpu_checkpointing": _cpu_checkpointing(par),
                     "zero3_gather_granularity": _granularity(entry, framework),
                     "virtual_stages": par.get("interleaved_virtual_stages") or 1,
-                    **_backend(entry, framework)},
+                    **_backend(entry, framework),
+                    **_attention_kernel(entry, framework)},
     })
     precision = Precision.BF16 if "bf16" in par["precision"] else Precision.FP16
     plan = Plan(dp=dp, tp=par["tensor_parallel"], pp=par["pipeline_parallel"],
