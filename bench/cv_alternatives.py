@@ -17,6 +17,9 @@ count for every FSDP run.  Tried here and not adopted:
   128 x 256 output tiles (NVIDIA, "Matrix Multiplication Background User's Guide": tile and wave
   quantisation) and the SM counts of the datasheets (A100 108, H100 SXM 132), instead of the
   catalog's product of three x / (x + gemm_half_dim) factors.  Also the K factor alone.
+- FSDP's steps at the prices bench/fsdp_host.py measures on the CPU, against DeepSpeed ZeRO-3's
+  fetch/release (FSDP1 2.15 per unit, FSDP2 0.26 per parameter tensor, ``MEASURED_PRICE``),
+  instead of one DeepSpeed price each.
 - No host/GPU serialisation for PyTorch-FSDP runs (llm-foundry, torchtitan, torchao, fms-fsdp,
   lit-gpt): runtime.host_sync_fraction 0, as the Megatron rows of bench/published_fp8_cp.py
   take, instead of the 0.8 fitted on DeepSpeed runs.
@@ -38,6 +41,7 @@ import published_runs as pr  # noqa: E402
 from planner.backends import registry  # noqa: E402
 from planner.backends.deepspeed import timing as deepspeed_timing  # noqa: E402
 from planner.backends.deepspeed.timing import zero3_fetch_units  # noqa: E402
+from planner.backends.fsdp import timing as fsdp_timing  # noqa: E402
 from planner.estimate import timing  # noqa: E402
 from planner.spec.units import Precision  # noqa: E402
 from planner.validate.crossval import leave_one_source_out, summary  # noqa: E402
@@ -52,6 +56,10 @@ FSDP_SOURCES = ("llm-foundry", "torchtitan", "torchao", "PyTorch blog", "TinyLla
 CATALOG_CURVE = timing.gemm_efficiency
 PER_MODULE = "FSDP host per module (DeepSpeed ZeRO-3's count; the model before)"
 PER_UNIT = "FSDP host per unit (FSDP1's count, for FSDP2 runs too)"
+MEASURED = "FSDP steps at their CPU-measured prices (bench/fsdp_host.py)"
+#: FSDP1's per-unit and FSDP2's per-parameter host work over DeepSpeed ZeRO-3's per-module
+#: fetch/release, forward + backward (bench/results/fsdp_host.txt)
+MEASURED_PRICE = {1: 2.15, 2: 0.26}
 
 
 def quantised(k_only: bool):
@@ -82,7 +90,14 @@ def per_unit(spec, plan, stage):
     return zero3_fetch_units(spec, stage, 0) * 2 * spec.runtime.zero3_module_us
 
 
-HOSTS = {PER_MODULE: deepspeed_timing.host_us_per_micro_batch, PER_UNIT: per_unit}
+def measured_price(spec, plan, stage):
+    """The shipped count (FSDP1 per unit, FSDP2 per parameter) at the CPU-measured prices."""
+    version = spec.runtime.fsdp_version or 2
+    return fsdp_timing.host_us_per_micro_batch(spec, plan, stage) * MEASURED_PRICE[version]
+
+
+HOSTS = {PER_MODULE: deepspeed_timing.host_us_per_micro_batch, PER_UNIT: per_unit,
+         MEASURED: measured_price}
 
 
 def score(shared, extra) -> tuple[dict, dict, dict, list]:
@@ -100,7 +115,8 @@ def main() -> str:
                 ("tile + wave quantisation, K factor", quantised(False), lambda r: r),
                 ("FSDP runs: host_sync_fraction 0", CATALOG_CURVE, no_host_sync),
                 (PER_MODULE, CATALOG_CURVE, lambda r: r),
-                (PER_UNIT, CATALOG_CURVE, lambda r: r)]
+                (PER_UNIT, CATALOG_CURVE, lambda r: r),
+                (MEASURED, CATALOG_CURVE, lambda r: r)]
     lines = ["leave-one-source-out |error| of tokens/s per GPU under alternative mechanisms "
              "(bench/cv_alternatives.py)", ""]
     fsdp = registry.BACKENDS["fsdp"]
