@@ -12,8 +12,9 @@ once; at world size 1 FSDP1 turns FULL_SHARD into NO_SHARD and DeepSpeed takes o
 CPU thread, a stack of the executor's GPT-2 blocks at a tiny shape (batch 1, 8 tokens, d_model
 64) in fp32, so that every op's arithmetic is negligible, no collective waits, and the wall time
 is Python, hooks, the dispatcher and autograd.  Forward + backward of the same stack is timed
-plain, under DeepSpeed ZeRO-3 (deepspeed.initialize, engine.backward), under FSDP1 (FullyShardedDataParallel, one unit per
-block plus the root) and under FSDP2 (fully_shard per block, then the root), at 2 and 6 blocks:
+plain, under DeepSpeed ZeRO-3 (deepspeed.initialize, engine.backward), under FSDP1
+(FullyShardedDataParallel, one unit per block plus the root) and under FSDP2 (fully_shard per
+block, then the root), at 2 and 6 blocks:
 the difference per added block, over the plain stack's, is each framework's host work per block,
 free of what a step costs once.  Medians of interleaved repeats.  Divided by the planner's count
 per block (DeepSpeed: its modules with parameters; FSDP1: one unit; FSDP2: its parameter
