@@ -168,7 +168,5 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    text = main()
-    print(text, end="")
-    if "--no-write" not in sys.argv:
-        OUT.write_text(text)
+    from _report import publish
+    publish(main(), OUT)

@@ -175,7 +175,5 @@ def main(rounds: int = 15, reps: int = 30) -> str:
 
 
 if __name__ == "__main__":
-    text = main()
-    print(text)
-    if "--no-write" not in sys.argv[1:]:
-        OUT.write_text(text)
+    from _report import publish
+    publish(main(), OUT)

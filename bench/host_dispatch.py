@@ -131,7 +131,5 @@ def predictions() -> str:
 
 
 if __name__ == "__main__":
-    out = main()
-    print(out)
-    if "--no-write" not in sys.argv[1:]:
-        OUT.write_text(out)
+    from _report import publish
+    publish(main(), OUT)

@@ -84,7 +84,5 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    out = main()
-    print(out)
-    if "--no-write" not in sys.argv[1:]:
-        OUT.write_text(out)
+    from _report import publish
+    publish(main(), OUT)

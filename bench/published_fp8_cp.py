@@ -109,7 +109,6 @@ runtime.allocator_fragmentation)), not with 'required' (which adds the CUDA cont
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 
 import yaml
@@ -430,7 +429,5 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    text = main()
-    print(text)
-    if "--no-write" not in sys.argv:
-        OUT.write_text(text + "\n")
+    from _report import publish
+    publish(main(), OUT)

@@ -13,7 +13,6 @@ row is out of sample for the MoE terms.
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 
 from tabulate import tabulate
@@ -101,7 +100,5 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    text = main()
-    print(text)
-    if "--no-write" not in sys.argv:
-        (ROOT / "bench/results/published_moe.txt").write_text(text + "\n")
+    from _report import publish
+    publish(main(), ROOT / "bench/results/published_moe.txt")
