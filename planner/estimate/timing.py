@@ -431,9 +431,12 @@ def step_time_for_order(spec: Spec, plan: Plan, order,
             worst = {k: where(slower, here[k], worst[k]) for k in worst}
     m = plan.grad_accum
     # prefetch/bucketing hides traffic under the same micro-batch's compute; the first gather
-    # and the last reduction (one block's share) stay exposed
+    # and the last reduction (one block's share) stay exposed, and while the collectives run,
+    # their kernels hold SMs the compute would have used (overlap_slowdown of its rate)
+    slowdown = spec.cluster.gpu.efficiency.overlap_slowdown
     hidden = np.maximum(0.0, worst["per_micro"] - worst["comp"]) \
-        + worst["per_micro"] / np.maximum(1, worst["layers"])
+        + worst["per_micro"] / np.maximum(1, worst["layers"]) \
+        + slowdown * np.minimum(worst["per_micro"], worst["comp"])
     exposed_micro = where(backend.overlaps_dp(spec, plan), hidden, worst["per_micro"])
     bubble = (plan.pp - 1) / spec.runtime.virtual_stages * worst["slot"]
     return StepTime(compute=m * worst["comp"], tp_comm=m * worst["tp"], ep_comm=m * worst["ep"],

@@ -54,6 +54,10 @@ class EfficiencySpec(_Frozen):
         None, description="fp8 GEMM dimension at half efficiency (None: gemm_half_dim)")
     hbm: float = Field(0.85, gt=0, le=1, description="memory-bound kernels, of hbm_gbps")
     network: float = Field(0.85, gt=0, le=1, description="NCCL bus bandwidth, of link speed")
+    overlap_slowdown: float = Field(
+        0.0, ge=0, lt=1, description="share of the compute rate lost while an overlapped "
+                                     "collective runs: the SMs NCCL's kernels hold (its 32 "
+                                     "channels, one CTA each) over the GPU's SMs; 0: none")
 
 
 class GpuSpec(_Frozen):

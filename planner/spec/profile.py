@@ -45,6 +45,8 @@ CONSTANTS: dict[str, Constant] = {
     "attention_fp32": Constant("efficiency", 0.005, 1.0, "fp32 attention, of the fp32 peak"),
     "hbm": Constant("efficiency", 0.05, 1.0, "memory-bound kernels, of hbm_gbps"),
     "network": Constant("efficiency", 0.05, 1.0, "NCCL bus bandwidth, of link speed"),
+    "overlap_slowdown": Constant("efficiency", 0.0, 0.9,
+                                 "compute rate lost while an overlapped collective runs"),
     "cpu_op_us": Constant("runtime", 0.1, 5000.0, "host time per kernel, microseconds"),
     "zero_hook_us": Constant("runtime", 0.1, 5000.0, "ZeRO-1/2 gradient hook per tensor, us"),
     "zero3_module_us": Constant("runtime", 1.0, 50000.0, "ZeRO-3 bookkeeping per module, us"),

@@ -304,4 +304,4 @@ def test_explicit_gpu_without_catalog():
 def test_overriding_one_efficiency_keeps_the_catalog_rest():
     spec = spec_from_dict(build({"cluster.gpu": {"name": "H100", "efficiency": {"gemm_max": 0.7}}}))
     assert spec.cluster.gpu.efficiency.gemm_max == 0.7
-    assert spec.cluster.gpu.efficiency.attention_fwd == 0.332  # the catalog's H100 value
+    assert spec.cluster.gpu.efficiency.attention_fwd == 0.333  # the catalog's H100 value
