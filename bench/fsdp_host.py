@@ -8,21 +8,20 @@ tensors.  This measures what one such step costs against DeepSpeed's, on this ma
 usage: python bench/fsdp_host.py   (writes bench/results/fsdp_host.txt; --no-write only prints)
 
 Method: one process, rank 0 of 2 over PyTorch's fake process group (every collective returns at
-once; at world size 1 FSDP1 turns FULL_SHARD into NO_SHARD and DeepSpeed takes other paths), one
-CPU thread, a stack of the executor's GPT-2 blocks at a tiny shape (batch 1, 8 tokens, d_model
-64) in fp32, so that every op's arithmetic is negligible, no collective waits, and the wall time
-is Python, hooks, the dispatcher and autograd.  Forward + backward of the same stack is timed
-plain, under DeepSpeed ZeRO-3 (deepspeed.initialize, engine.backward), under FSDP1
-(FullyShardedDataParallel, one unit per block plus the root) and under FSDP2 (fully_shard per
-block, then the root), at 2 and 6 blocks:
-the difference per added block, over the plain stack's, is each framework's host work per block,
-free of what a step costs once.  Medians of interleaved repeats.  Divided by the planner's count
-per block (DeepSpeed: its modules with parameters; FSDP1: one unit; FSDP2: its parameter
-tensors) it gives each framework's price per counted step, and their ratios to DeepSpeed's.  The
-CPU leaves out what a GPU adds to each step (kernel launches of the copies, CUDA event waits,
-stream syncs: DeepSpeed's fetch synchronises the stream at world size 1, the case its fitted
-price comes from); the ratios are those of the host's Python and dispatch work, and
-bench/cv_alternatives.py scores them on the published runs (docs/calibration.md).
+once; at world size 1 FSDP1 turns FULL_SHARD into NO_SHARD and DeepSpeed takes other paths), one CPU
+thread, a stack of the executor's GPT-2 blocks at a tiny shape (batch 1, 8 tokens, d_model 64) in
+fp32, so that every op's arithmetic is negligible, no collective waits, and the wall time is Python,
+hooks, the dispatcher and autograd.  Forward + backward of the same stack is timed plain, under
+DeepSpeed ZeRO-3 (deepspeed.initialize, engine.backward), under FSDP1 (FullyShardedDataParallel, one
+unit per block plus the root) and under FSDP2 (fully_shard per block, then the root), at 2 and 6
+blocks: the difference per added block, over the plain stack's, is each framework's host work per
+block, free of what a step costs once.  Medians of interleaved repeats.  Divided by the planner's
+count per block (DeepSpeed: its modules with parameters; FSDP1: one unit; FSDP2: its parameter
+tensors) it gives each framework's price per counted step, and their ratios to DeepSpeed's.  The CPU
+leaves out what a GPU adds to each step (kernel launches of the copies, CUDA event waits, stream
+syncs: DeepSpeed's fetch synchronises the stream at world size 1, the case its fitted price comes
+from); the ratios are those of the host's Python and dispatch work, and bench/cv_alternatives.py
+scores them on the published runs (docs/calibration.md).
 """
 from __future__ import annotations
 
@@ -67,20 +66,20 @@ def _stack(n: int):
 
 
 def _wrapped(framework: str, n: int):
-    """(forward + backward callable, its model) under the framework."""
+    """The forward + backward of an n-block stack under the framework."""
     import torch
 
     from executor.model import Block
     model = _stack(n)
     x = torch.randn(1, 8, 64)
     if framework == "plain":
-        return lambda: model(x).sum().backward(), model
+        return lambda: model(x).sum().backward()
     if framework == "fsdp1":
         from torch.distributed.fsdp import FullyShardedDataParallel
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
         m = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({Block}),
                                      device_id=torch.device("cpu"))
-        return lambda: m(x).sum().backward(), m
+        return lambda: m(x).sum().backward()
     if framework == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -88,7 +87,7 @@ def _wrapped(framework: str, n: int):
         for b in model.blocks:
             fully_shard(b, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        return lambda: model(x).sum().backward(), model
+        return lambda: model(x).sum().backward()
     import deepspeed
     config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": 3},
@@ -99,7 +98,7 @@ def _wrapped(framework: str, n: int):
     def step():
         engine.backward(engine(x).sum())
         engine.zero_grad()
-    return step, engine
+    return step
 
 
 def _seconds(fn, reps: int) -> float:
@@ -123,7 +122,7 @@ def _counts(n: int) -> dict[str, int]:
 def _worker(rounds: int, reps: int) -> dict[str, dict[int, float]]:
     import torch
     torch.set_num_threads(1)
-    fns = {(f, n): _wrapped(f, n)[0] for f in FRAMEWORKS for n in SIZES}
+    fns = {(f, n): _wrapped(f, n) for f in FRAMEWORKS for n in SIZES}
     for fn in fns.values():
         _seconds(fn, 10)  # warm-up
     samples = {k: [] for k in fns}

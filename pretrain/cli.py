@@ -11,7 +11,6 @@ import click
 
 from executor.errors import ExecutorError
 from planner.errors import PlannerError
-from planner.spec.spec import ATTENTION_NAMES
 
 #: problems the user can fix: one line, exit code 1
 USER_ERRORS = (PlannerError, ExecutorError)
@@ -146,10 +145,8 @@ def plan_command(spec_path: str | None, as_json: bool, schema: bool, top: int | 
                                f"runs DeepSpeed (set runtime.backend: deepspeed, or plan "
                                f"without --execute)")
         if execute and spec.runtime.attention_impl != "flash2":
-            raise PlannerError(f"runtime.attention_kernel {spec.runtime.attention_impl} prices "
-                               f"{ATTENTION_NAMES[spec.runtime.attention_impl]}, but --execute "
-                               f"runs PyTorch's scaled_dot_product_attention (set "
-                               f"runtime.attention_kernel: flash2, or plan without --execute)")
+            from planner.backends.deepspeed.rules import attention_kernel_why
+            raise PlannerError(attention_kernel_why(spec, ", or plan without --execute"))
         if plot_dir is not None:
             _check_plot(spec, sweep_arg is not None or compare_arg is not None, question)
         if question is not None:

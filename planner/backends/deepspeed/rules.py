@@ -122,6 +122,15 @@ def _other_attention(spec, p):
     return spec.runtime.attention_impl != "flash2" and spec.model.attention is AttentionKernel.FLASH
 
 
+def attention_kernel_why(spec, alternative: str = "") -> str:
+    """Why the executor cannot run a plan priced at another attention kernel than FlashAttention-2
+    (the CLI's --execute says it before planning, with ``alternative`` to the fix)."""
+    kernel = spec.runtime.attention_impl
+    return (f"runtime.attention_kernel {kernel} prices {ATTENTION_NAMES[kernel]}, but the executor "
+            f"runs PyTorch's scaled_dot_product_attention (set runtime.attention_kernel: "
+            f"flash2{alternative})")
+
+
 #: the fp8 recipes the executor runs: torchao's Float8Linear swapped in for the block GEMMs
 #: (executor/fp8.py); Transformer Engine's modules are not wired in
 EXECUTOR_FP8_RECIPES = (Fp8Recipe.TORCHAO_TENSORWISE, Fp8Recipe.TORCHAO_ROWWISE)
@@ -193,10 +202,7 @@ EXECUTOR_RULES: tuple[Rule, ...] = (
         f"{unbuilt_features(s.model)[0]}: the executor's GPT builds GPT-2- and Llama-style "
         f"blocks only")),
     Rule("fp8 GEMMs", _fp8, _fp8_why),
-    Rule("attention kernel", _other_attention, lambda s, p: (
-        f"runtime.attention_kernel {s.runtime.attention_impl}: the executor runs PyTorch's "
-        f"scaled_dot_product_attention, not {ATTENTION_NAMES[s.runtime.attention_impl]} (set "
-        f"runtime.attention_kernel: flash2)")),
+    Rule("attention kernel", _other_attention, lambda s, p: attention_kernel_why(s)),
     Rule("per-op recompute", _op_recompute, lambda s, p: (
         "recompute op: the executor recomputes whole blocks (full) or the attention sublayer "
         "(selective); per-op selective checkpointing is planned only")),
