@@ -132,11 +132,35 @@ ATTENTION_CONSTANTS = {"flash2": ("attention_fwd", "attention_bwd"),
                        "te": ("attention_te_fwd", "attention_te_bwd")}
 
 
+def ring_merge_bytes(spec: Spec, plan: Plan) -> tuple[float, float]:
+    """HBM traffic (forward, backward) of PyTorch's ring attention merging its steps, one block
+    and micro-batch on the busiest cp rank (the last: every later step takes its whole query
+    slice).  torch.distributed.tensor.experimental.context_parallel (torchtitan's CP, so backend
+    fsdp) runs each step's SDPA call, then on the same stream upcasts the step's output to fp32
+    and folds it into the running output with separate element-wise ops (_SDPAMerger:
+    out - sigmoid(lse_step - lse) * (out - out_step), about 36 bytes per element beyond the
+    upcast), concatenates K and V for the next step, and downcasts at the end.  Its backward
+    accumulates dq, dk and dv in fp32 per step, rebuilding the half it updates with torch.cat
+    (_partial_update), and concatenates dk and dv in fp32 to pass them on.  Transformer
+    Engine's ring (Megatron-Core, NeMo: backend megatron) corrects the output with one fused
+    kernel per step on a second stream, under the next step's attention: not priced."""
+    ld, e, cp = local_dims(spec.model, plan), plan.activation_bytes, plan.cp
+    out = ld.tokens * ld.q_width  # elements of the rank's attention output (and dq)
+    kv = ld.tokens * ld.kv_width  # of its K (and of V)
+    later = cp - 1
+    fwd = (2 * e + 8) * out + later * ((e + 36) * out + 2 * e * 2 * kv)
+    bwd = (8 + e) * out + (8 + 3 * e) * 2 * kv + cp * ((8 + e) * out + (20 + 2.5 * e) * 2 * kv)
+    torch_ring = (cp > 1) & plan.is_cp_kind(ContextParallel.RING) \
+        & (spec.runtime.backend == "fsdp")
+    return where(torch_ring, fwd, 0.0), where(torch_ring, bwd, 0.0)
+
+
 def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
     """(forward, backward) of one block's attention core.  Fused kernels skip the masked half of
     a causal s x s product (Dao 2023); FlashAttention's backward does 2.5x the forward's matmuls.
     Eager attention runs QK^T and PV as batched GEMMs over the full square plus a memory-bound
-    softmax over a·s² elements per sequence.
+    softmax over a·s² elements per sequence.  PyTorch's ring attention adds the memory traffic
+    of merging its steps (ring_merge_bytes).
 
     Context parallelism gives each of the cp ranks 1/cp of the pairs: Ulysses attends over the
     whole sequence with heads / cp heads; ring attention over its own queries against every
@@ -153,7 +177,10 @@ def attention_seconds(spec: Spec, plan: Plan) -> tuple[float, float]:
         fwd, bwd = constant_value(spec, kernel[0]), constant_value(spec, kernel[1])
         fwd = where(fp32, eff.attention_fp32, fwd)
         bwd = where(fp32, eff.attention_fp32, bwd)
-        return fwd_flops / (peak * fwd), 2.5 * fwd_flops / (peak * bwd)
+        merge_f, merge_b = ring_merge_bytes(spec, plan)
+        hbm = spec.cluster.gpu.hbm_bytes_per_s
+        return (fwd_flops / (peak * fwd) + merge_f / hbm,
+                2.5 * fwd_flops / (peak * bwd) + merge_b / hbm)
     s = ld.seq * cp  # eager attention under Ulysses: the whole sequence, heads / cp
     fwd_flops = 4 * b * s * s * q / cp
     gemm = fwd_flops / (peak * gemm_efficiency(spec, plan, s, s, mdl.head_dim))

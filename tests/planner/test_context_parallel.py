@@ -148,6 +148,32 @@ def test_attention_work_per_rank_is_one_cp_th():
     assert f8 == pytest.approx(f1 / 8) and b8 == pytest.approx(b1 / 8)
 
 
+
+def test_pytorch_ring_pays_for_merging_its_steps_by_hand():
+    """torchtitan's ring (torch's context_parallel, backend fsdp) upcasts each step's output to
+    fp32 and merges it with separate element-wise ops, and accumulates its gradients in fp32; the
+    busiest rank's bytes, counted by hand for Llama 3 8B at 32k tokens over cp 8 (4,096 local
+    tokens, q width 4,096, K/V width 1,024, bf16), priced at the HBM's achieved bandwidth.
+    Transformer Engine's ring (backend megatron) and Ulysses pay none."""
+    def runtime(**rt):
+        return spec_from_dict({
+            "model": {"preset": "llama3-8b", "seq_len": 32768},
+            "cluster": {"gpu": "H100-SXM", "nodes": 1, "gpus_per_node": 8},
+            "training": {"tokens": 1e10, "global_batch_sequences": 16}, "runtime": rt})
+    out, kv = 4096 * 4096, 4096 * 1024
+    fwd = 12 * out + 7 * (38 * out + 8 * kv)  # upcast + downcast; 7 later steps' merge + K/V cat
+    bwd = 10 * out + 28 * kv + 8 * (10 * out + 50 * kv)  # zeros, casts; 8 steps' fp32 sums, cats
+    torch_ring = runtime(backend="fsdp", attention_kernel="flash2")
+    hbm = torch_ring.cluster.gpu.hbm_bytes_per_s
+    te_f, te_b = attention_seconds(runtime(backend="megatron", attention_kernel="flash2"),
+                                   plan(cp=8, kind=R))
+    f, b = attention_seconds(torch_ring, plan(cp=8, kind=R))
+    assert f - te_f == pytest.approx(fwd / hbm) and b - te_b == pytest.approx(bwd / hbm)
+    assert attention_seconds(torch_ring, plan(cp=8, kind=U)) == pytest.approx((te_f, te_b))
+    one = attention_seconds(torch_ring, plan(cp=1))
+    assert one == pytest.approx(attention_seconds(runtime(backend="megatron",
+                                                          attention_kernel="flash2"), plan(cp=1)))
+
 def test_step_time_names_the_exchange():
     s = spec()
     st = step_time_for_order(s, plan(cp=8), ORDERS[0])
