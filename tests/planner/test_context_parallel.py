@@ -148,7 +148,6 @@ def test_attention_work_per_rank_is_one_cp_th():
     assert f8 == pytest.approx(f1 / 8) and b8 == pytest.approx(b1 / 8)
 
 
-
 def test_pytorch_ring_pays_for_merging_its_steps_by_hand():
     """torchtitan's ring (torch's context_parallel, backend fsdp) upcasts each step's output to
     fp32 and merges it with separate element-wise ops, and accumulates its gradients in fp32; the
@@ -173,6 +172,7 @@ def test_pytorch_ring_pays_for_merging_its_steps_by_hand():
     one = attention_seconds(torch_ring, plan(cp=1))
     assert one == pytest.approx(attention_seconds(runtime(backend="megatron",
                                                           attention_kernel="flash2"), plan(cp=1)))
+
 
 def test_step_time_names_the_exchange():
     s = spec()
