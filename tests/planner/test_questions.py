@@ -215,8 +215,11 @@ def test_questions_stay_bounded_for_huge_batches(monkeypatch):
     from planner.spec.spec import MAX_MICRO_BATCH
     asked = []
     solve = inverse._solve
-    monkeypatch.setattr(inverse, "_solve", lambda q, var, usable: (asked.append(var),
-                                                                    solve(q, var, usable))[1])
+
+    def spy(question, var, usable):
+        asked.append(var)
+        return solve(question, var, usable)
+    monkeypatch.setattr(inverse, "_solve", spy)
     spec = edit(load_spec("specs/125m_on_1xH100.yaml"),
                 {"training.global_batch_tokens": 10**9 * 1024})
     answer = inverse.largest_micro_batch(spec)
